@@ -1,0 +1,639 @@
+//! Configuration: command-line flags and environment variables, merged over an
+//! optional TOML file, then validated into typed values.
+//!
+//! Parsing ([`ServeArgs`], [`FileConfig`]) and validation ([`Config`]) are
+//! separate steps, as in ripgrep's low-level and high-level arguments. This
+//! module never touches the database: identifiers are checked here for shape
+//! only and against the catalog later, by `source`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Turn a database table into a live Server-Sent Events feed.
+#[derive(Debug, Parser)]
+#[command(name = "rowcast", version, about)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "ROWCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the configured feeds over HTTP.
+    Serve(ServeArgs),
+    /// Check the configuration against the database, print each feed's query, and exit.
+    Check(ServeArgs),
+    /// Run a self-contained demo: an embedded SQLite database, a writer, and a live page.
+    Demo(DemoArgs),
+}
+
+/// Flags of `rowcast demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ROWCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite file for the demo (created and migrated if missing).
+    #[arg(long, env = "ROWCAST_DEMO_DB")]
+    pub database_file: Option<PathBuf>,
+    /// Sample messages written per second.
+    #[arg(long, default_value_t = 3.0)]
+    pub rate: f64,
+}
+
+/// Flags of `rowcast serve` and `rowcast check`. Every one overrides the
+/// configuration file; the per-feed ones describe the `--table` feed.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file declaring server settings and feeds.
+    #[arg(long, short, env = "ROWCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL: postgres://…, mysql://… (also MariaDB) or sqlite://path.db
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ROWCAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serve a feed of this table, named after it.
+    #[arg(long, env = "ROWCAST_TABLE")]
+    pub table: Option<String>,
+    /// Schema (Postgres) or database (MySQL) of the table [default: the connection's].
+    #[arg(long, env = "ROWCAST_SCHEMA")]
+    pub schema: Option<String>,
+    /// Name of the `--table` feed [default: the table name].
+    #[arg(long, env = "ROWCAST_FEED")]
+    pub feed: Option<String>,
+    /// Increasing integer column that orders the rows [default: the primary key].
+    #[arg(long, env = "ROWCAST_ID_COLUMN")]
+    pub id_column: Option<String>,
+    /// Columns to send, comma-separated [default: all].
+    #[arg(long, env = "ROWCAST_COLUMNS", value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Columns clients may filter on, comma-separated.
+    #[arg(long, env = "ROWCAST_FILTER_COLUMNS", value_delimiter = ',')]
+    pub filter_columns: Option<Vec<String>>,
+    /// Static SQL condition a row must meet to be sent, e.g. "type = 'message'".
+    #[arg(long = "where", env = "ROWCAST_WHERE")]
+    pub condition: Option<String>,
+    /// View (or table) to read rows from when it differs from `--table`.
+    #[arg(long, env = "ROWCAST_FROM")]
+    pub from: Option<String>,
+    /// SELECT statement to read rows from, e.g. with a join.
+    #[arg(long, env = "ROWCAST_SELECT")]
+    pub select: Option<String>,
+    /// SSE event name for the `--table` feed [default: none, so `onmessage` fires].
+    #[arg(long, env = "ROWCAST_EVENT")]
+    pub event: Option<String>,
+    /// Shortest interval between polls, used while rows flow [default: 100ms].
+    #[arg(long, env = "ROWCAST_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Longest interval between polls, reached when the table is idle [default: 1s].
+    #[arg(long, env = "ROWCAST_MAX_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub max_poll_interval: Option<Duration>,
+    /// Rows read per query [default: 500].
+    #[arg(long, env = "ROWCAST_BATCH_SIZE")]
+    pub batch_size: Option<u32>,
+    /// Recent events kept in memory per feed for reconnecting clients [default: 10000].
+    #[arg(long, env = "ROWCAST_RING_SIZE")]
+    pub ring_size: Option<usize>,
+    /// Interval of `: keep-alive` comments on a quiet stream [default: 15s].
+    #[arg(long, env = "ROWCAST_KEEP_ALIVE", value_parser = humantime::parse_duration)]
+    pub keep_alive: Option<Duration>,
+    /// Reconnect delay sent to clients in the `retry:` field [default: 3s].
+    #[arg(long, env = "ROWCAST_RETRY", value_parser = humantime::parse_duration)]
+    pub retry: Option<Duration>,
+    /// Most database connections rowcast opens [default: 10].
+    #[arg(long, env = "ROWCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+}
+
+/// The TOML file, as written. Unknown keys are errors, so a typo is caught
+/// at start-up rather than silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Database URL (the `DATABASE_URL` environment variable or flag wins).
+    pub database_url: Option<String>,
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Interval of keep-alive comments.
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+    /// Reconnect delay sent to clients.
+    #[serde(default, with = "humantime_serde")]
+    pub retry: Option<Duration>,
+    /// Most database connections.
+    pub max_connections: Option<u32>,
+    // Defaults for every feed. (Not a flattened `FeedTuning`: serde cannot
+    // combine `flatten` with `deny_unknown_fields`.)
+    /// Shortest interval between polls.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// Longest interval between polls.
+    #[serde(default, with = "humantime_serde")]
+    pub max_poll_interval: Option<Duration>,
+    /// Rows read per query.
+    pub batch_size: Option<u32>,
+    /// Events kept in memory for reconnecting clients.
+    pub ring_size: Option<usize>,
+    /// The feeds, as `[[feed]]` tables.
+    #[serde(default, rename = "feed")]
+    pub feeds: Vec<FeedFile>,
+}
+
+/// Per-feed settings that may also be given once for all feeds.
+#[derive(Debug, Default, Clone)]
+pub struct FeedTuning {
+    /// Shortest interval between polls.
+    pub poll_interval: Option<Duration>,
+    /// Longest interval between polls.
+    pub max_poll_interval: Option<Duration>,
+    /// Rows read per query.
+    pub batch_size: Option<u32>,
+    /// Events kept in memory for reconnecting clients.
+    pub ring_size: Option<usize>,
+}
+
+macro_rules! tuning_of {
+    ($source:expr) => {
+        FeedTuning {
+            poll_interval: $source.poll_interval,
+            max_poll_interval: $source.max_poll_interval,
+            batch_size: $source.batch_size,
+            ring_size: $source.ring_size,
+        }
+    };
+}
+
+/// One `[[feed]]` table of the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedFile {
+    /// Name in URLs (`/events/{name}`); defaults to the table name.
+    pub name: Option<String>,
+    /// Base table: its key is checked, its locks and notifications matter.
+    pub table: Option<String>,
+    /// Schema (Postgres) or database (MySQL) of the table.
+    pub schema: Option<String>,
+    /// Increasing integer column.
+    pub id_column: Option<String>,
+    /// Columns to send.
+    pub columns: Option<Vec<String>>,
+    /// Columns clients may filter on.
+    pub filter_columns: Option<Vec<String>>,
+    /// Static row condition (SQL).
+    #[serde(rename = "where")]
+    pub condition: Option<String>,
+    /// View or table to read rows from.
+    pub from: Option<String>,
+    /// SELECT to read rows from.
+    pub select: Option<String>,
+    /// SSE event name.
+    pub event: Option<String>,
+    /// Shortest interval between polls.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// Longest interval between polls.
+    #[serde(default, with = "humantime_serde")]
+    pub max_poll_interval: Option<Duration>,
+    /// Rows read per query.
+    pub batch_size: Option<u32>,
+    /// Events kept in memory for reconnecting clients.
+    pub ring_size: Option<usize>,
+}
+
+/// A configuration mistake, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("no database: set --database-url, DATABASE_URL or `database_url` in the config file")]
+    NoDatabase,
+    #[error("no feed: give --table, or declare [[feed]] tables in the config file")]
+    NoFeeds,
+    #[error("feed {index}: `table` is missing")]
+    NoTable { index: usize },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Validated configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the rows come from.
+    pub database_url: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Interval of keep-alive comments on quiet streams.
+    pub keep_alive: Duration,
+    /// Reconnect delay sent to clients.
+    pub retry: Duration,
+    /// Most database connections.
+    pub max_connections: u32,
+    /// The feeds, each with a distinct name.
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// Validated configuration of one feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedConfig {
+    /// Name in URLs and in multi-feed event names.
+    pub name: String,
+    /// Schema of the base table, if not the connection's default.
+    pub schema: Option<String>,
+    /// Base table.
+    pub table: String,
+    /// Cursor column, or `None` to use the primary key.
+    pub id_column: Option<String>,
+    /// Columns to send, or `None` for all.
+    pub columns: Option<Vec<String>>,
+    /// Columns clients may filter on.
+    pub filter_columns: Vec<String>,
+    /// Static row condition.
+    pub condition: Option<String>,
+    /// Where rows are read from, when not the base table itself.
+    pub read_from: Option<ReadFrom>,
+    /// SSE event name of single-feed streams.
+    pub event: Option<String>,
+    /// Shortest interval between polls.
+    pub poll_interval: Duration,
+    /// Longest interval between polls.
+    pub max_poll_interval: Duration,
+    /// Rows per query.
+    pub batch_size: u32,
+    /// Events kept in memory for reconnecting clients.
+    pub ring_size: usize,
+}
+
+/// A feed's row source when it is not the base table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadFrom {
+    /// A view or table in the same schema.
+    Relation(String),
+    /// A SELECT statement, wrapped as a subquery.
+    Select(String),
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Config {
+    /// Reads the file named by `--config`, if any, and merges the flags over it.
+    pub fn load(args: &ServeArgs) -> Result<Config, Error> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| Error::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    /// Merges flags over the file and validates the result.
+    pub fn merge(args: &ServeArgs, file: FileConfig) -> Result<Config, Error> {
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .filter(|url| !url.trim().is_empty())
+            .ok_or(Error::NoDatabase)?;
+        let flag_tuning = tuning_of!(args);
+        let defaults = tuning_of!(file);
+
+        let mut feeds = file.feeds;
+        if let Some(table) = &args.table {
+            let flag_feed = FeedFile {
+                name: args.feed.clone(),
+                table: Some(table.clone()),
+                schema: args.schema.clone(),
+                id_column: args.id_column.clone(),
+                columns: args.columns.clone(),
+                filter_columns: args.filter_columns.clone(),
+                condition: args.condition.clone(),
+                from: args.from.clone(),
+                select: args.select.clone(),
+                event: args.event.clone(),
+                ..FeedFile::default()
+            };
+            let name = flag_feed.name.clone().unwrap_or_else(|| table.clone());
+            // A `--table` feed replaces a file feed of the same name.
+            feeds.retain(|f| f.name.as_ref().or(f.table.as_ref()) != Some(&name));
+            feeds.push(flag_feed);
+        } else if has_feed_flags(args) {
+            return Err(invalid(
+                "--table",
+                "per-feed flags (--id-column, --columns, --where, …) need --table",
+            ));
+        }
+        if feeds.is_empty() {
+            return Err(Error::NoFeeds);
+        }
+
+        let feeds = feeds
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| validate_feed(i, f, &flag_tuning, &defaults))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, feed) in feeds.iter().enumerate() {
+            if feeds[..i].iter().any(|other| other.name == feed.name) {
+                return Err(invalid(
+                    format!("feed `{}`", feed.name),
+                    "two feeds share this name; give one a distinct `name`",
+                ));
+            }
+        }
+
+        let max_connections = args.max_connections.or(file.max_connections).unwrap_or(10);
+        if max_connections < 2 {
+            return Err(invalid("max_connections", "must be at least 2"));
+        }
+        let keep_alive = args
+            .keep_alive
+            .or(file.keep_alive)
+            .unwrap_or(Duration::from_secs(15));
+        if keep_alive.is_zero() {
+            return Err(invalid("keep_alive", "must be greater than zero"));
+        }
+        Ok(Config {
+            database_url,
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            keep_alive,
+            retry: args.retry.or(file.retry).unwrap_or(Duration::from_secs(3)),
+            max_connections,
+            feeds,
+        })
+    }
+}
+
+fn has_feed_flags(args: &ServeArgs) -> bool {
+    args.schema.is_some()
+        || args.feed.is_some()
+        || args.id_column.is_some()
+        || args.columns.is_some()
+        || args.filter_columns.is_some()
+        || args.condition.is_some()
+        || args.from.is_some()
+        || args.select.is_some()
+        || args.event.is_some()
+}
+
+fn validate_feed(
+    index: usize,
+    file: FeedFile,
+    flags: &FeedTuning,
+    defaults: &FeedTuning,
+) -> Result<FeedConfig, Error> {
+    let table = file.table.ok_or(Error::NoTable { index })?;
+    let name = file.name.unwrap_or_else(|| table.clone());
+    let key = |field: &str| format!("feed `{name}`: `{field}`");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            format!("feed `{name}`: `name`"),
+            "use letters, digits, `_` and `-` only (it appears in URLs and event ids)",
+        ));
+    }
+    let identifier = |field: &str, value: String| -> Result<String, Error> {
+        if value.trim().is_empty() || value.contains('\0') {
+            Err(invalid(key(field), "must be a non-empty identifier"))
+        } else {
+            Ok(value)
+        }
+    };
+    let identifiers = |field: &str, values: Vec<String>| -> Result<Vec<String>, Error> {
+        values
+            .into_iter()
+            .map(|v| identifier(field, v.trim().to_owned()))
+            .collect()
+    };
+
+    let read_from = match (file.from, file.select) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("select"),
+                "give either `from` or `select`, not both",
+            ))
+        }
+        (Some(from), None) => Some(ReadFrom::Relation(identifier("from", from)?)),
+        (None, Some(select)) if select.trim().is_empty() => {
+            return Err(invalid(key("select"), "is empty"))
+        }
+        (None, Some(select)) => Some(ReadFrom::Select(
+            select.trim().trim_end_matches(';').to_owned(),
+        )),
+        (None, None) => None,
+    };
+    if let Some(event) = &file.event {
+        if event.is_empty() || !crate::sse::is_field_value(event) {
+            return Err(invalid(key("event"), "must be one line of text"));
+        }
+    }
+    let condition = file.condition.filter(|c| !c.trim().is_empty());
+
+    let tuning = tuning_of!(file);
+    let poll_interval = flags
+        .poll_interval
+        .or(tuning.poll_interval)
+        .or(defaults.poll_interval)
+        .unwrap_or(Duration::from_millis(100));
+    let max_poll_interval = flags
+        .max_poll_interval
+        .or(tuning.max_poll_interval)
+        .or(defaults.max_poll_interval)
+        .unwrap_or(Duration::from_secs(1))
+        .max(poll_interval);
+    if poll_interval.is_zero() {
+        return Err(invalid(key("poll_interval"), "must be greater than zero"));
+    }
+    let batch_size = flags
+        .batch_size
+        .or(tuning.batch_size)
+        .or(defaults.batch_size)
+        .unwrap_or(500);
+    if !(1..=100_000).contains(&batch_size) {
+        return Err(invalid(key("batch_size"), "must be between 1 and 100000"));
+    }
+    let ring_size = flags
+        .ring_size
+        .or(tuning.ring_size)
+        .or(defaults.ring_size)
+        .unwrap_or(10_000);
+
+    Ok(FeedConfig {
+        schema: file.schema.map(|s| identifier("schema", s)).transpose()?,
+        table: identifier("table", table)?,
+        id_column: file
+            .id_column
+            .map(|c| identifier("id_column", c))
+            .transpose()?,
+        columns: file
+            .columns
+            .map(|c| identifiers("columns", c))
+            .transpose()?,
+        filter_columns: identifiers("filter_columns", file.filter_columns.unwrap_or_default())?,
+        condition,
+        read_from,
+        event: file.event,
+        poll_interval,
+        max_poll_interval,
+        batch_size,
+        ring_size,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(table: Option<&str>) -> ServeArgs {
+        ServeArgs {
+            database_url: Some("sqlite://x.db".into()),
+            table: table.map(Into::into),
+            ..ServeArgs::default()
+        }
+    }
+
+    fn file(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn table_flag_alone_makes_a_feed_with_defaults() {
+        let config = Config::merge(&args(Some("messages")), FileConfig::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.feeds.len(), 1);
+        let feed = &config.feeds[0];
+        assert_eq!(feed.name, "messages");
+        assert_eq!(feed.table, "messages");
+        assert_eq!(feed.batch_size, 500);
+        assert_eq!(feed.poll_interval, Duration::from_millis(100));
+        assert_eq!(feed.event, None);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = file(
+            r#"
+            database_url = "postgres://file"
+            poll_interval = "2s"
+            batch_size = 50
+            [[feed]]
+            table = "orders"
+            batch_size = 10
+            "#,
+        )
+        .unwrap();
+        let mut a = args(None);
+        a.batch_size = Some(7);
+        let config = Config::merge(&a, file).unwrap();
+        assert_eq!(config.database_url, "sqlite://x.db");
+        assert_eq!(config.feeds[0].batch_size, 7);
+        assert_eq!(config.feeds[0].poll_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn feed_value_beats_file_default() {
+        let file = file("batch_size = 50\n[[feed]]\ntable = \"a\"\nbatch_size = 10\n").unwrap();
+        let config = Config::merge(&args(None), file).unwrap();
+        assert_eq!(config.feeds[0].batch_size, 10);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_valid_ones() {
+        let err = file("[[feed]]\ntable = \"a\"\nid_colum = \"x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `id_colum`"), "{text}");
+        assert!(text.contains("id_column"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                "[[feed]]\ntable = \"a\"\nname = \"a b\"\n",
+                "feed `a b`: `name`",
+            ),
+            (
+                "[[feed]]\ntable = \"a\"\nbatch_size = 0\n",
+                "feed `a`: `batch_size`",
+            ),
+            (
+                "[[feed]]\ntable = \"a\"\nfrom = \"v\"\nselect = \"select 1\"\n",
+                "feed `a`: `select`",
+            ),
+            (
+                "[[feed]]\ntable = \"a\"\nevent = \"x\\ny\"\n",
+                "feed `a`: `event`",
+            ),
+            (
+                "[[feed]]\ntable = \"a\"\n[[feed]]\ntable = \"a\"\n",
+                "feed `a`",
+            ),
+            ("[[feed]]\nname = \"x\"\n", "feed 0: `table` is missing"),
+        ];
+        for (text, key) in cases {
+            let err = Config::merge(&args(None), file(text).unwrap()).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn missing_database_and_feeds_are_explained() {
+        let err = Config::merge(&ServeArgs::default(), FileConfig::default()).unwrap_err();
+        assert!(matches!(err, Error::NoDatabase));
+        let err = Config::merge(&args(None), FileConfig::default()).unwrap_err();
+        assert!(matches!(err, Error::NoFeeds));
+        let mut a = args(None);
+        a.id_column = Some("x".into());
+        let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().starts_with("--table:"), "{err}");
+    }
+
+    #[test]
+    fn select_loses_its_trailing_semicolon() {
+        let file = file("[[feed]]\ntable = \"a\"\nselect = \"SELECT * FROM a;\"\n").unwrap();
+        let config = Config::merge(&args(None), file).unwrap();
+        assert_eq!(
+            config.feeds[0].read_from,
+            Some(ReadFrom::Select("SELECT * FROM a".into()))
+        );
+    }
+}

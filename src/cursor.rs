@@ -1,0 +1,160 @@
+//! Cursors: the position of a client in a feed, and how it travels as text.
+//!
+//! A single-feed stream's event id is the row id (`1042`). A multi-feed
+//! stream's id lists every feed's position (`messages:1042,orders:77`) so one
+//! `Last-Event-ID` resumes them all. `start` stands for "before every row" (a
+//! feed whose table was empty). This module only parses and prints; it never
+//! decides what a position means for the database.
+
+use std::fmt;
+
+/// A position in a feed: every row with a greater id comes after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cursor {
+    /// Before every row, whatever its id (even a negative one).
+    Start,
+    /// Just after the row with this id. `i128` holds both signed and
+    /// `BIGINT UNSIGNED` ids.
+    At(i128),
+}
+
+/// Why a cursor given by a client could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("`{0}` is not a row id: expected an integer or `start`")]
+    NotAnId(String),
+    #[error("`{0}` is not a cursor of this stream: expected `feed:id` pairs separated by commas")]
+    NotComposite(String),
+    #[error("cursor names feed `{0}` more than once")]
+    RepeatedFeed(String),
+}
+
+impl Cursor {
+    /// Parses a single-feed cursor: an integer or `start`.
+    pub fn parse(text: &str) -> Result<Cursor, ParseError> {
+        let text = text.trim();
+        if text == "start" {
+            return Ok(Cursor::Start);
+        }
+        // `i128::from_str` accepts a leading `+`; a row id never has one.
+        if text.starts_with('+') {
+            return Err(ParseError::NotAnId(text.to_owned()));
+        }
+        text.parse()
+            .map(Cursor::At)
+            .map_err(|_| ParseError::NotAnId(text.to_owned()))
+    }
+
+    /// The id of the first row that can follow this cursor.
+    pub fn next_id(self) -> Option<i128> {
+        match self {
+            Cursor::Start => Some(i128::MIN),
+            Cursor::At(id) => id.checked_add(1),
+        }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cursor::Start => f.write_str("start"),
+            Cursor::At(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Prints a multi-feed cursor: `a:1,b:start`.
+pub fn format_composite<'a>(positions: impl IntoIterator<Item = (&'a str, Cursor)>) -> String {
+    let mut out = String::new();
+    for (feed, cursor) in positions {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(feed);
+        out.push(':');
+        out.push_str(&cursor.to_string());
+    }
+    out
+}
+
+/// Parses a multi-feed cursor into `(feed, cursor)` pairs, in the order given.
+pub fn parse_composite(text: &str) -> Result<Vec<(String, Cursor)>, ParseError> {
+    let mut pairs: Vec<(String, Cursor)> = Vec::new();
+    for part in text.trim().split(',') {
+        let (feed, cursor) = part
+            .split_once(':')
+            .filter(|(feed, _)| !feed.is_empty())
+            .ok_or_else(|| ParseError::NotComposite(text.to_owned()))?;
+        if pairs.iter().any(|(seen, _)| seen == feed) {
+            return Err(ParseError::RepeatedFeed(feed.to_owned()));
+        }
+        pairs.push((feed.to_owned(), Cursor::parse(cursor)?));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids_of_every_range() {
+        assert_eq!(Cursor::parse("1042"), Ok(Cursor::At(1042)));
+        assert_eq!(Cursor::parse("-5"), Ok(Cursor::At(-5)));
+        assert_eq!(
+            Cursor::parse("18446744073709551615"),
+            Ok(Cursor::At(u64::MAX as i128))
+        );
+        assert_eq!(Cursor::parse("start"), Ok(Cursor::Start));
+        assert_eq!(Cursor::parse(" 7 "), Ok(Cursor::At(7)));
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_id() {
+        for bad in ["", "abc", "1.5", "+3", "1e3", "0x10", "12 3"] {
+            assert_eq!(
+                Cursor::parse(bad),
+                Err(ParseError::NotAnId(bad.trim().to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn start_sorts_before_every_id() {
+        assert!(Cursor::Start < Cursor::At(i128::MIN));
+        assert!(Cursor::At(-1) < Cursor::At(0));
+        assert_eq!(Cursor::Start.next_id(), Some(i128::MIN));
+        assert_eq!(Cursor::At(i128::MAX).next_id(), None);
+    }
+
+    #[test]
+    fn composite_round_trips() {
+        let text = format_composite([("messages", Cursor::At(1042)), ("orders", Cursor::Start)]);
+        assert_eq!(text, "messages:1042,orders:start");
+        assert_eq!(
+            parse_composite(&text).unwrap(),
+            vec![
+                ("messages".to_owned(), Cursor::At(1042)),
+                ("orders".to_owned(), Cursor::Start)
+            ]
+        );
+    }
+
+    #[test]
+    fn composite_rejects_malformed_text() {
+        assert_eq!(
+            parse_composite("1042"),
+            Err(ParseError::NotComposite("1042".into()))
+        );
+        assert_eq!(
+            parse_composite(":5"),
+            Err(ParseError::NotComposite(":5".into()))
+        );
+        assert_eq!(
+            parse_composite("a:1,a:2"),
+            Err(ParseError::RepeatedFeed("a".into()))
+        );
+        assert_eq!(parse_composite("a:x"), Err(ParseError::NotAnId("x".into())));
+    }
+}

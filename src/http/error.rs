@@ -1,0 +1,60 @@
+//! HTTP errors: each variant is a status code and a JSON body that names the
+//! problem (`{"error":"unknown_filter","detail":"…"}`). Internal detail is
+//! logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no feed named `{name}`; feeds: {available}")]
+    UnknownFeed { name: String, available: String },
+    #[error(
+        "no feed requested: add ?feed=<name> (repeat it for several feeds); feeds: {available}"
+    )]
+    NoFeedRequested { available: String },
+    #[error("feed `{0}` is requested more than once")]
+    RepeatedFeed(String),
+    #[error("`{param}` is not a filter of {feeds}; filters: {valid}")]
+    UnknownFilter {
+        param: String,
+        feeds: String,
+        valid: String,
+    },
+    #[error("{source_name}: {problem}")]
+    BadCursor {
+        source_name: &'static str,
+        problem: crate::cursor::ParseError,
+    },
+    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds or /healthz")]
+    NotFound,
+}
+
+impl Error {
+    /// The machine-readable code in the body's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::UnknownFeed { .. } => "unknown_feed",
+            Error::NoFeedRequested { .. } => "no_feed",
+            Error::RepeatedFeed(_) => "repeated_feed",
+            Error::UnknownFilter { .. } => "unknown_filter",
+            Error::BadCursor { .. } => "bad_cursor",
+            Error::NotFound => "not_found",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::UnknownFeed { .. } | Error::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code(), "detail": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}

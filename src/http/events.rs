@@ -1,0 +1,351 @@
+//! `GET /events/{feed}` and `GET /events?feed=a&feed=b`: Server-Sent Events.
+//!
+//! A request is parsed into feeds, filters and cursors first (bad input →
+//! 400/404 before any stream starts). The stream then writes frames that the
+//! hub built once; per client there is only a filter check and a write.
+
+use super::error::Error;
+use super::ApiContext;
+use crate::cursor::{self, Cursor};
+use crate::hub::{Delivery, Hub, Subscriber};
+use crate::sse;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Query parameters that are not filters.
+const RESERVED: [&str; 3] = ["after", "feed", "access_token"];
+
+/// A client's filter on one feed: every listed column must hold one of its
+/// values (a repeated parameter means IN).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Filter(Vec<(usize, Vec<String>)>);
+
+impl Filter {
+    pub fn matches(&self, values: &[Option<Box<str>>]) -> bool {
+        self.0.iter().all(|(column, allowed)| {
+            values[*column]
+                .as_deref()
+                .is_some_and(|v| allowed.iter().any(|a| a == v))
+        })
+    }
+
+    fn add(&mut self, column: usize, value: String) {
+        match self.0.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, values)) => values.push(value),
+            None => self.0.push((column, vec![value])),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One feed of a stream request.
+struct Wanted {
+    hub: Arc<Hub>,
+    filter: Filter,
+    after: Option<Cursor>,
+}
+
+pub async fn one_feed(
+    State(ctx): State<ApiContext>,
+    Path(feed): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let hub = ctx.hub(&feed)?;
+    let mut filter = Filter::default();
+    for (name, value) in &params {
+        if RESERVED.contains(&name.as_str()) {
+            if name == "feed" {
+                return Err(unknown_filter(name, std::slice::from_ref(&hub)));
+            }
+            continue;
+        }
+        let column = filter_index(&hub, name)
+            .ok_or_else(|| unknown_filter(name, std::slice::from_ref(&hub)))?;
+        filter.add(column, value.clone());
+    }
+    let after = match resume_text(&params, &headers) {
+        Some((source_name, text)) => {
+            Some(Cursor::parse(&text).map_err(|problem| Error::BadCursor {
+                source_name,
+                problem,
+            })?)
+        }
+        None => None,
+    };
+    let announce = after.is_none();
+    Ok(stream(
+        &ctx,
+        vec![Wanted { hub, filter, after }],
+        false,
+        announce,
+    ))
+}
+
+pub async fn many_feeds(
+    State(ctx): State<ApiContext>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for (_, name) in params.iter().filter(|(k, _)| k == "feed") {
+        if wanted.iter().any(|w| w.hub.name() == name) {
+            return Err(Error::RepeatedFeed(name.clone()));
+        }
+        wanted.push(Wanted {
+            hub: ctx.hub(name)?,
+            filter: Filter::default(),
+            after: None,
+        });
+    }
+    if wanted.is_empty() {
+        return Err(Error::NoFeedRequested {
+            available: ctx.feed_names(),
+        });
+    }
+    for (name, value) in &params {
+        if RESERVED.contains(&name.as_str()) {
+            continue;
+        }
+        // `feed.column` filters one feed; a bare `column` every feed that has it.
+        let (only, column) = match name.split_once('.') {
+            Some((feed, column)) if wanted.iter().any(|w| w.hub.name() == feed) => {
+                (Some(feed), column)
+            }
+            _ => (None, name.as_str()),
+        };
+        let mut used = false;
+        for w in wanted
+            .iter_mut()
+            .filter(|w| only.is_none_or(|f| f == w.hub.name()))
+        {
+            if let Some(index) = filter_index(&w.hub, column) {
+                w.filter.add(index, value.clone());
+                used = true;
+            }
+        }
+        if !used {
+            let hubs: Vec<_> = wanted.iter().map(|w| w.hub.clone()).collect();
+            return Err(unknown_filter(name, &hubs));
+        }
+    }
+    if let Some((source_name, text)) = resume_text(&params, &headers) {
+        let positions = cursor::parse_composite(&text).map_err(|problem| Error::BadCursor {
+            source_name,
+            problem,
+        })?;
+        // A feed the cursor does not name starts live; a named feed that is
+        // not requested any more is ignored.
+        for (feed, position) in positions {
+            if let Some(w) = wanted.iter_mut().find(|w| w.hub.name() == feed) {
+                w.after = Some(position);
+            }
+        }
+    }
+    Ok(stream(&ctx, wanted, true, true))
+}
+
+/// The resume cursor: `Last-Event-ID` (what EventSource sends on reconnect)
+/// wins over `?after=` (what a first connection may give).
+fn resume_text(params: &[(String, String)], headers: &HeaderMap) -> Option<(&'static str, String)> {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    match header {
+        Some(text) => Some(("Last-Event-ID", text)),
+        None => params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| ("after", v.clone())),
+    }
+}
+
+fn filter_index(hub: &Hub, column: &str) -> Option<usize> {
+    hub.query.filter_columns.iter().position(|c| c == column)
+}
+
+fn unknown_filter(param: &str, hubs: &[Arc<Hub>]) -> Error {
+    let feeds = hubs
+        .iter()
+        .map(|h| format!("feed `{}`", h.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut valid: Vec<String> = hubs
+        .iter()
+        .flat_map(|h| h.query.filter_columns.iter().cloned())
+        .collect();
+    valid.extend(RESERVED.iter().map(|r| r.to_string()));
+    valid.dedup();
+    Error::UnknownFilter {
+        param: param.to_owned(),
+        feeds,
+        valid: valid.join(", "),
+    }
+}
+
+type Deliveries = SelectAll<BoxStream<'static, (usize, Delivery, Cursor)>>;
+
+/// The state of one open stream.
+struct EventStream {
+    /// Bytes to send before any event.
+    opening: Option<Bytes>,
+    feeds: Vec<(Arc<Hub>, Filter)>,
+    /// Each feed's position as the client will know it.
+    positions: Vec<Cursor>,
+    deliveries: Deliveries,
+    /// Whether events are named after their feed with composite ids.
+    multi: bool,
+    ctx: ApiContext,
+}
+
+fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) -> Response {
+    let subscribers: Vec<Subscriber> = wanted.iter().map(|w| w.hub.subscribe(w.after)).collect();
+    let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
+    let mut opening = BytesMut::new();
+    opening.extend_from_slice(&sse::retry(ctx.settings.retry));
+    if announce {
+        let id = if multi {
+            composite(wanted.iter().map(|w| w.hub.name()), &positions)
+        } else {
+            positions[0].to_string()
+        };
+        opening.extend_from_slice(&sse::position(&id));
+    }
+    let deliveries = stream::select_all(subscribers.into_iter().enumerate().map(|(i, sub)| {
+        stream::unfold(sub, move |mut sub| async move {
+            let delivery = sub.next().await?;
+            let position = sub.position();
+            Some(((i, delivery, position), sub))
+        })
+        .boxed()
+    }));
+    let state = EventStream {
+        opening: Some(opening.freeze()),
+        feeds: wanted.into_iter().map(|w| (w.hub, w.filter)).collect(),
+        positions,
+        deliveries,
+        multi,
+        ctx: ctx.clone(),
+    };
+    let body = stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), state))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn composite<'a>(names: impl Iterator<Item = &'a str>, positions: &[Cursor]) -> String {
+    cursor::format_composite(names.zip(positions.iter().copied()))
+}
+
+impl EventStream {
+    /// The next bytes to write, or `None` to end the stream (shutdown).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(opening) = self.opening.take() {
+            return Some(opening);
+        }
+        loop {
+            let next = tokio::time::timeout(self.ctx.settings.keep_alive, self.deliveries.next());
+            let (feed, delivery, position) = tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => return None,
+                next = next => match next {
+                    Err(_) => return Some(Bytes::from_static(sse::KEEP_ALIVE)),
+                    Ok(None) => return None,
+                    Ok(Some(item)) => item,
+                },
+            };
+            let chunk = self.frame(feed, &delivery);
+            self.positions[feed] = position;
+            if let Some(chunk) = chunk {
+                return Some(chunk);
+            }
+        }
+    }
+
+    /// The bytes of a delivery for this client, or `None` when its filter
+    /// lets nothing through.
+    fn frame(&mut self, feed: usize, delivery: &Delivery) -> Option<Bytes> {
+        let filter = &self.feeds[feed].1;
+        if !self.multi && filter.is_empty() {
+            if let Delivery::Batch(batch) = delivery {
+                return Some(batch.frames.clone());
+            }
+        }
+        let mut buf = BytesMut::new();
+        for event in delivery.events() {
+            if !filter.matches(&event.filters) {
+                continue;
+            }
+            if self.multi {
+                self.positions[feed] = Cursor::At(event.id);
+                let id = composite(self.feeds.iter().map(|(h, _)| h.name()), &self.positions);
+                sse::put_event(&mut buf, &id, Some(self.feeds[feed].0.name()), &event.data);
+            } else {
+                buf.extend_from_slice(&event.frame);
+            }
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_needs_every_column_and_any_of_its_values() {
+        let mut filter = Filter::default();
+        filter.add(0, "5".into());
+        filter.add(0, "6".into());
+        filter.add(1, "alice".into());
+        let row = |a: Option<&str>, b: Option<&str>| -> Vec<Option<Box<str>>> {
+            vec![a.map(Into::into), b.map(Into::into)]
+        };
+        assert!(filter.matches(&row(Some("5"), Some("alice"))));
+        assert!(filter.matches(&row(Some("6"), Some("alice"))));
+        assert!(!filter.matches(&row(Some("7"), Some("alice"))));
+        assert!(!filter.matches(&row(Some("5"), Some("bob"))));
+        assert!(!filter.matches(&row(None, Some("alice"))));
+        assert!(Filter::default().matches(&row(None, None)));
+    }
+
+    #[test]
+    fn last_event_id_wins_over_after() {
+        let params = vec![("after".to_owned(), "3".to_owned())];
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("after", "3".to_owned()))
+        );
+        headers.insert("last-event-id", HeaderValue::from_static("9"));
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("Last-Event-ID", "9".to_owned()))
+        );
+        headers.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("after", "3".to_owned()))
+        );
+        assert_eq!(resume_text(&[], &HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! HTTP: the axum router, its shared state, and the small JSON endpoints.
+//!
+//! `app(ctx)` builds the router (tests call it directly); `serve` runs it on
+//! a bound listener until shutdown. Handlers read hubs only: nothing here
+//! queries the database.
+
+mod error;
+mod events;
+
+pub use error::Error;
+
+use crate::hub::Hub;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// Stream settings shared by every request.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Interval of keep-alive comments on quiet streams.
+    pub keep_alive: Duration,
+    /// Reconnect delay sent in `retry:`.
+    pub retry: Duration,
+}
+
+/// The state every handler sees.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// One hub per feed, in configuration order.
+    pub hubs: Arc<Vec<Arc<Hub>>>,
+    /// Stream settings.
+    pub settings: Arc<StreamSettings>,
+    /// Fires when the server stops: open streams end.
+    pub shutdown: CancellationToken,
+}
+
+impl ApiContext {
+    fn hub(&self, name: &str) -> Result<Arc<Hub>, Error> {
+        self.hubs
+            .iter()
+            .find(|h| h.name() == name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownFeed {
+                name: name.to_owned(),
+                available: self.feed_names(),
+            })
+    }
+
+    fn feed_names(&self) -> String {
+        self.hubs
+            .iter()
+            .map(|h| h.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The router. Streams are never compressed: a compressing layer would
+/// buffer events.
+pub fn app(ctx: ApiContext) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/events", get(events::many_feeds))
+        .route("/events/{feed}", get(events::one_feed))
+        .route("/feeds", get(feeds))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { Error::NotFound })
+        .layer(TraceLayer::new_for_http())
+        .with_state(ctx)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
+
+fn feed_summary(hub: &Hub) -> serde_json::Value {
+    let (cursor, at) = hub.head();
+    json!({
+        "name": hub.name(),
+        "table": hub.query.source,
+        "cursor": cursor.to_string(),
+        "latest_at": at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
+        "clients": hub.clients(),
+        "filter_columns": hub.query.filter_columns,
+    })
+}
+
+/// `GET /feeds`: every feed with its latest cursor, from memory.
+async fn feeds(State(ctx): State<ApiContext>) -> Json<serde_json::Value> {
+    Json(json!({ "feeds": ctx.hubs.iter().map(|h| feed_summary(h)).collect::<Vec<_>>() }))
+}
+
+/// `GET /healthz`: 200 when every poller's last poll succeeded, else 503
+/// naming the failing feeds.
+async fn healthz(State(ctx): State<ApiContext>) -> impl IntoResponse {
+    let mut healthy = true;
+    let feeds: serde_json::Map<String, serde_json::Value> = ctx
+        .hubs
+        .iter()
+        .map(|hub| {
+            let status = match hub.failure() {
+                None => json!({ "status": "ok", "cursor": hub.head().0.to_string() }),
+                Some(error) => {
+                    healthy = false;
+                    json!({ "status": "failing", "error": error })
+                }
+            };
+            (hub.name().to_owned(), status)
+        })
+        .collect();
+    let (code, status) = if healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    (code, Json(json!({ "status": status, "feeds": feeds })))
+}

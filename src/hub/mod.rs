@@ -1,0 +1,223 @@
+//! Hubs: one per feed. A hub frames each new row into SSE bytes once, keeps
+//! the most recent events in a replay ring, caches the feed's latest cursor,
+//! and broadcasts batches to every subscriber.
+//!
+//! The poller is the only writer. A hub never queries the database for a
+//! live client; only [`catchup`] does, for clients behind the ring, and
+//! coalesces identical reads so that a reconnect storm costs a few queries.
+
+mod catchup;
+mod subscriber;
+
+pub use subscriber::{Delivery, Subscriber};
+
+use crate::config::FeedConfig;
+use crate::cursor::Cursor;
+use crate::source::{FeedQuery, Row, Source};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+use tokio::sync::broadcast;
+
+/// Batches a subscriber may fall behind before it is caught up from the ring
+/// or the database instead of the broadcast.
+const BROADCAST_CAPACITY: usize = 256;
+
+/// One row, framed.
+#[derive(Debug)]
+pub struct Event {
+    /// The row id.
+    pub id: i128,
+    /// The complete single-feed SSE frame (`id:`, optional `event:`, `data:`).
+    pub frame: Bytes,
+    /// The row's JSON, a slice of `frame`.
+    pub data: Bytes,
+    /// Filter column values as text, in the feed's filter order.
+    pub filters: Box<[Option<Box<str>>]>,
+}
+
+/// Events published by one poll, framed into one buffer.
+#[derive(Debug)]
+pub struct Batch {
+    /// The events, in id order.
+    pub events: Vec<Arc<Event>>,
+    /// Every event's frame, back to back: what a subscriber that wants them
+    /// all writes in one go.
+    pub frames: Bytes,
+    /// The poller's cursor after this batch (may pass ids that the feed's
+    /// row condition excluded).
+    pub head: Cursor,
+}
+
+/// A feed's shared state: configuration, queries and the fan-out.
+pub struct Hub {
+    /// The feed's configuration.
+    pub config: FeedConfig,
+    /// The feed's checked columns and SQL.
+    pub query: FeedQuery,
+    source: Source,
+    state: Mutex<State>,
+    sender: broadcast::Sender<Arc<Batch>>,
+    clients: AtomicUsize,
+    catch_up: catchup::CatchUp,
+}
+
+struct State {
+    /// Recent events in id order, at most `config.ring_size`.
+    ring: VecDeque<Arc<Event>>,
+    /// Every event after this cursor is in the ring.
+    floor: Cursor,
+    /// The poller's cursor: every row up to here has been published.
+    head: Cursor,
+    /// When `head` last moved forward with a row.
+    head_at: Option<SystemTime>,
+    /// Why the poller is failing, if it is.
+    failure: Option<String>,
+}
+
+/// Where a joining subscriber starts.
+pub(crate) enum Joined {
+    /// The ring holds everything after the cursor: replay `backlog`, then
+    /// follow the broadcast.
+    Live {
+        receiver: broadcast::Receiver<Arc<Batch>>,
+        backlog: Vec<Arc<Event>>,
+    },
+    /// The cursor is older than the ring: read from the database first.
+    Behind,
+}
+
+impl Hub {
+    /// A hub whose poller starts at `head`.
+    pub fn new(config: FeedConfig, query: FeedQuery, source: Source, head: Cursor) -> Hub {
+        Hub {
+            catch_up: catchup::CatchUp::new(),
+            config,
+            query,
+            source,
+            state: Mutex::new(State {
+                ring: VecDeque::new(),
+                floor: head,
+                head,
+                head_at: None,
+                failure: None,
+            }),
+            sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// The feed's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated
+        // in a way that matters more than stopping the feed would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The poller's cursor and when a row last moved it.
+    pub fn head(&self) -> (Cursor, Option<SystemTime>) {
+        let state = self.state();
+        (state.head, state.head_at)
+    }
+
+    /// Connected subscribers.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Why the poller is failing, or `None` when its last poll succeeded.
+    pub fn failure(&self) -> Option<String> {
+        self.state().failure.clone()
+    }
+
+    /// Records the outcome of a poll.
+    pub fn set_failure(&self, failure: Option<String>) {
+        self.state().failure = failure;
+    }
+
+    /// Frames rows into events, once, for everyone.
+    pub fn frame(&self, rows: Vec<Row>) -> (Vec<Arc<Event>>, Bytes) {
+        let event_name = self.config.event.as_deref();
+        let mut buf = BytesMut::new();
+        let mut spans = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(json) = row.json else { continue };
+            let start = buf.len();
+            crate::sse::put_event(&mut buf, &row.id.to_string(), event_name, json.as_bytes());
+            // `data: <json>\n\n` ends the frame.
+            let data_end = buf.len() - 2;
+            let data_start = data_end - json.len();
+            spans.push((row.id, start, data_start, data_end, row.filters));
+        }
+        let frames = buf.freeze();
+        let events = spans
+            .into_iter()
+            .map(|(id, start, data_start, data_end, filters)| {
+                Arc::new(Event {
+                    id,
+                    frame: frames.slice(start..data_end + 2),
+                    data: frames.slice(data_start..data_end),
+                    filters: filters
+                        .into_iter()
+                        .map(|v| v.map(String::into_boxed_str))
+                        .collect(),
+                })
+            })
+            .collect();
+        (events, frames)
+    }
+
+    /// Publishes the rows of one poll and moves the head to `head`.
+    pub fn publish(&self, rows: Vec<Row>, head: Cursor) {
+        let (events, frames) = self.frame(rows);
+        let mut state = self.state();
+        if !events.is_empty() {
+            state.head_at = Some(SystemTime::now());
+        }
+        state.head = head;
+        state.ring.extend(events.iter().cloned());
+        while state.ring.len() > self.config.ring_size {
+            if let Some(evicted) = state.ring.pop_front() {
+                state.floor = Cursor::At(evicted.id);
+            }
+        }
+        if state.ring.is_empty() {
+            state.floor = head;
+        }
+        // Sent under the lock so that a joining subscriber sees each batch
+        // either in the ring or on its receiver, never both or neither.
+        // An error only means nobody is listening.
+        let _ = self.sender.send(Arc::new(Batch {
+            events,
+            frames,
+            head,
+        }));
+    }
+
+    /// Joins the fan-out just after `after`.
+    pub(crate) fn join(&self, after: Cursor) -> Joined {
+        let state = self.state();
+        if after < state.floor {
+            return Joined::Behind;
+        }
+        let first_new = state.ring.partition_point(|e| Cursor::At(e.id) <= after);
+        Joined::Live {
+            receiver: self.sender.subscribe(),
+            backlog: state.ring.range(first_new..).cloned().collect(),
+        }
+    }
+
+    /// A subscriber starting after `after`, or live from now.
+    pub fn subscribe(self: &Arc<Self>, after: Option<Cursor>) -> Subscriber {
+        Subscriber::new(self.clone(), after)
+    }
+}
+
+#[cfg(test)]
+mod tests;

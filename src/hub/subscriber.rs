@@ -1,0 +1,135 @@
+//! A subscriber follows one feed from a cursor: replay from the ring or the
+//! database, then the live broadcast, without a gap or a duplicate.
+//!
+//! A subscriber that falls behind the broadcast is never skipped ahead: it
+//! rejoins from its own position, through the ring or the database.
+
+use super::{Batch, Event, Hub, Joined};
+use crate::cursor::Cursor;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+
+/// The next events for a subscriber.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A whole live batch, every event of it new to this subscriber: its
+    /// `frames` can be written as they are.
+    Batch(Arc<Batch>),
+    /// Some events, in id order.
+    Events(Vec<Arc<Event>>),
+}
+
+impl Delivery {
+    /// The events delivered.
+    pub fn events(&self) -> &[Arc<Event>] {
+        match self {
+            Delivery::Batch(batch) => &batch.events,
+            Delivery::Events(events) => events,
+        }
+    }
+}
+
+/// One client's place in one feed.
+pub struct Subscriber {
+    hub: Arc<Hub>,
+    /// Every row up to here has been delivered or passed over.
+    position: Cursor,
+    receiver: Option<Receiver<Arc<Batch>>>,
+}
+
+impl Subscriber {
+    pub(super) fn new(hub: Arc<Hub>, after: Option<Cursor>) -> Subscriber {
+        hub.clients.fetch_add(1, Ordering::Relaxed);
+        let position = after.unwrap_or_else(|| hub.head().0);
+        Subscriber {
+            hub,
+            position,
+            receiver: None,
+        }
+    }
+
+    /// The feed followed.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Every row up to here has been delivered or passed over.
+    pub fn position(&self) -> Cursor {
+        self.position
+    }
+
+    /// Waits for the next events after the position. `None` when the feed
+    /// shuts down. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let mut retry = Duration::from_millis(250);
+        loop {
+            let Some(receiver) = &mut self.receiver else {
+                match self.hub.join(self.position) {
+                    Joined::Live { receiver, backlog } => {
+                        self.receiver = Some(receiver);
+                        if let Some(last) = backlog.last() {
+                            self.position = Cursor::At(last.id);
+                            return Some(Delivery::Events(backlog));
+                        }
+                    }
+                    Joined::Behind => match self.hub.catch_up(self.position).await {
+                        Ok(page) if page.complete_to <= self.position => {
+                            // A reused page from before the ring moved on:
+                            // read afresh rather than spin on it.
+                            self.hub.forget_page(self.position).await;
+                        }
+                        Ok(page) => {
+                            let after = self.position;
+                            self.position = self.position.max(page.complete_to);
+                            let events = newer(&page.events, after);
+                            if !events.is_empty() {
+                                return Some(Delivery::Events(events));
+                            }
+                        }
+                        Err(err) => {
+                            // Keep the stream: the client is better served by
+                            // waiting here than by reconnecting in a loop.
+                            tracing::warn!(feed = %self.hub.name(), cause = %err, "catch-up read failed; retrying");
+                            tokio::time::sleep(retry).await;
+                            retry = (retry * 2).min(Duration::from_secs(5));
+                        }
+                    },
+                }
+                continue;
+            };
+            match receiver.recv().await {
+                Ok(batch) => {
+                    let after = self.position;
+                    self.position = self.position.max(batch.head);
+                    match batch.events.first() {
+                        Some(first) if Cursor::At(first.id) > after => {
+                            return Some(Delivery::Batch(batch))
+                        }
+                        Some(_) => {
+                            let events = newer(&batch.events, after);
+                            if !events.is_empty() {
+                                return Some(Delivery::Events(events));
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Err(RecvError::Lagged(_)) => self.receiver = None,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn newer(events: &[Arc<Event>], after: Cursor) -> Vec<Arc<Event>> {
+    let first = events.partition_point(|e| Cursor::At(e.id) <= after);
+    events[first..].to_vec()
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,128 @@
+//! Ring, join and subscriber logic, with rows published by hand. The source
+//! is an unused in-memory SQLite pool: nothing here reaches a database.
+
+use super::*;
+use crate::config::{Config, ServeArgs};
+use crate::source::{query::Dialect, Table};
+
+fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
+    let mut feed = Config::merge(
+        &ServeArgs {
+            database_url: Some("sqlite::memory:".into()),
+            table: Some("messages".into()),
+            filter_columns: Some(vec!["room_id".into()]),
+            ring_size: Some(ring_size),
+            ..ServeArgs::default()
+        },
+        Default::default(),
+    )
+    .unwrap()
+    .feeds
+    .remove(0);
+    feed.ring_size = ring_size;
+    let table = Table {
+        display: "messages".into(),
+        columns: vec!["id".into(), "room_id".into()],
+        id_column: "id".into(),
+        unsigned: false,
+    };
+    let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
+    let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+    Arc::new(Hub::new(feed, query, Source::Sqlite(pool), head))
+}
+
+fn rows(ids: &[i128]) -> Vec<Row> {
+    ids.iter()
+        .map(|&id| Row {
+            id,
+            json: Some(format!("{{\"id\":{id}}}")),
+            filters: vec![Some((id % 2).to_string())],
+        })
+        .collect()
+}
+
+fn ids(delivery: &Delivery) -> Vec<i128> {
+    delivery.events().iter().map(|e| e.id).collect()
+}
+
+#[tokio::test]
+async fn frames_are_built_once_and_sliced() {
+    let hub = hub(10, Cursor::Start);
+    let (events, frames) = hub.frame(rows(&[1, 2]));
+    assert_eq!(
+        &frames[..],
+        b"id: 1\ndata: {\"id\":1}\n\nid: 2\ndata: {\"id\":2}\n\n"
+    );
+    assert_eq!(&events[1].frame[..], b"id: 2\ndata: {\"id\":2}\n\n");
+    assert_eq!(&events[1].data[..], b"{\"id\":2}");
+    assert_eq!(events[1].filters[0].as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn rows_without_json_move_the_head_but_make_no_event() {
+    let hub = hub(10, Cursor::At(0));
+    let mut batch = rows(&[1, 2, 3]);
+    batch[1].json = None;
+    hub.publish(batch, Cursor::At(3));
+    assert_eq!(hub.head().0, Cursor::At(3));
+    let Joined::Live { backlog, .. } = hub.join(Cursor::At(0)) else {
+        panic!("the ring covers the start")
+    };
+    assert_eq!(backlog.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
+}
+
+#[tokio::test]
+async fn ring_evicts_oldest_and_raises_its_floor() {
+    let hub = hub(3, Cursor::At(0));
+    hub.publish(rows(&[1, 2, 3, 4, 5]), Cursor::At(5));
+    assert!(matches!(hub.join(Cursor::At(1)), Joined::Behind));
+    let Joined::Live { backlog, .. } = hub.join(Cursor::At(2)) else {
+        panic!("ids after 2 are all in the ring")
+    };
+    assert_eq!(backlog.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
+}
+
+#[tokio::test]
+async fn subscriber_replays_then_follows_without_duplicates() {
+    let hub = hub(100, Cursor::At(0));
+    hub.publish(rows(&[1, 2, 3]), Cursor::At(3));
+    let mut sub = hub.subscribe(Some(Cursor::At(1)));
+    assert_eq!(ids(&sub.next().await.unwrap()), [2, 3]);
+    hub.publish(rows(&[4, 5]), Cursor::At(5));
+    let live = sub.next().await.unwrap();
+    assert!(
+        matches!(live, Delivery::Batch(_)),
+        "a whole new batch is passed on as is"
+    );
+    assert_eq!(ids(&live), [4, 5]);
+    assert_eq!(sub.position(), Cursor::At(5));
+    assert_eq!(hub.clients(), 1);
+    drop(sub);
+    assert_eq!(hub.clients(), 0);
+}
+
+#[tokio::test]
+async fn live_subscriber_starts_at_the_head() {
+    let hub = hub(100, Cursor::At(0));
+    hub.publish(rows(&[1, 2]), Cursor::At(2));
+    let mut sub = hub.subscribe(None);
+    assert_eq!(sub.position(), Cursor::At(2));
+    hub.publish(rows(&[3]), Cursor::At(3));
+    assert_eq!(ids(&sub.next().await.unwrap()), [3]);
+}
+
+#[tokio::test]
+async fn lagging_subscriber_rejoins_from_the_ring() {
+    let hub = hub(100_000, Cursor::At(0));
+    let mut sub = hub.subscribe(None);
+    // Overflow the broadcast: more batches than it keeps.
+    for id in 1..=(BROADCAST_CAPACITY as i128 + 10) {
+        hub.publish(rows(&[id]), Cursor::At(id));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < BROADCAST_CAPACITY + 10 {
+        seen.extend(ids(&sub.next().await.unwrap()));
+    }
+    let expected: Vec<i128> = (1..=(BROADCAST_CAPACITY as i128 + 10)).collect();
+    assert_eq!(seen, expected);
+}

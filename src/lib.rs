@@ -1,0 +1,154 @@
+//! # rowcast
+//!
+//! Turns a table of an existing Postgres, MySQL/MariaDB or SQLite database
+//! into a live feed of Server-Sent Events: every new row, in order, to every
+//! client, with nothing lost across reconnects, at the database cost of one
+//! client.
+//!
+//! # Layout
+//!
+//! The modules follow the data, in flow order:
+//!
+//! - [`config`]: flags, environment and TOML, validated into a [`Config`].
+//! - [`source`]: one file per database; checks feeds against the catalog and
+//!   reads rows after a cursor, rendered as JSON by the database.
+//! - [`poller`]: one task per feed; one query per poll, whatever the number of
+//!   clients.
+//! - [`hub`]: per feed, frames each row once, keeps a replay ring and the
+//!   latest cursor, broadcasts to subscribers, and catches up clients that
+//!   are behind the ring with coalesced reads.
+//! - [`http`]: the axum router: `/events` (SSE), `/feeds`, `/healthz`, `/`.
+//!
+//! Beside the flow: [`sse`] (pure wire framing), [`cursor`] (event ids as
+//! text), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
+
+pub mod config;
+pub mod cursor;
+pub mod demo;
+pub mod http;
+pub mod hub;
+pub mod poller;
+pub mod shutdown;
+pub mod source;
+pub mod sse;
+
+pub use config::Config;
+
+use hub::Hub;
+use source::Source;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long open streams and pollers get to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The checked feeds of a configuration, ready to serve.
+pub struct Feeds {
+    /// The database.
+    pub source: Source,
+    /// One hub per feed, in configuration order.
+    pub hubs: Vec<Arc<Hub>>,
+}
+
+/// Connects to the database and checks every feed against its catalog.
+/// Each feed starts at its table's current greatest id.
+pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
+    let source = Source::connect(&config.database_url, config.max_connections).await?;
+    let mut hubs = Vec::with_capacity(config.feeds.len());
+    for feed in &config.feeds {
+        let query = source.plan(feed).await?;
+        let head = source.max_id(&query).await?;
+        hubs.push(Arc::new(Hub::new(
+            feed.clone(),
+            query,
+            source.clone(),
+            head,
+        )));
+    }
+    Ok(Feeds { source, hubs })
+}
+
+/// Prepares the feeds and serves them on `listener` until `shutdown`
+/// completes.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let feeds = prepare(&config).await?;
+    serve(listener, &config, feeds, shutdown).await
+}
+
+/// Serves prepared feeds: starts a poller per feed and the HTTP server, and
+/// stops both, within a bounded time, when `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    feeds: Feeds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    let pollers = TaskTracker::new();
+    for hub in &feeds.hubs {
+        pollers.spawn(poller::run(
+            hub.clone(),
+            feeds.source.clone(),
+            token.clone(),
+        ));
+    }
+    pollers.close();
+
+    let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = feeds.source.kind(),
+        feeds = %names.join(","),
+        "rowcast listening"
+    );
+    let ctx = http::ApiContext {
+        hubs: Arc::new(feeds.hubs),
+        settings: Arc::new(http::StreamSettings {
+            keep_alive: config.keep_alive,
+            retry: config.retry,
+        }),
+        shutdown: token.clone(),
+    };
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    let server = axum::serve(listener, http::app(ctx))
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result?,
+        _ = async { token.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+        }
+    }
+    token.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, pollers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("pollers did not stop in time");
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, feeds.source.close()).await;
+    tracing::info!("rowcast stopped");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The `rowcast` command: tracing set-up, configuration, then `serve`,
+//! `check` or `demo`. Errors print as one readable line.
+
+use clap::Parser;
+use rowcast::config::{Cli, Command, Config, LogFormat};
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("rowcast=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rowcast: {}", chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match command {
+        Command::Serve(args) => {
+            let config = Config::load(&args)?;
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            rowcast::run(listener, config, rowcast::shutdown::signal()).await?;
+        }
+        Command::Check(args) => {
+            let config = Config::load(&args)?;
+            let feeds = rowcast::prepare(&config).await?;
+            for hub in &feeds.hubs {
+                let q = &hub.query;
+                println!("feed {}", hub.name());
+                println!("  reads      {}", q.source);
+                println!("  cursor     {} (now at {})", q.id_column, hub.head().0);
+                println!("  columns    {}", q.columns.join(", "));
+                println!("  filters    {}", q.filter_columns.join(", "));
+                println!("  query      {}", q.read_sql);
+            }
+            println!(
+                "ok: {} feed(s) on {}",
+                feeds.hubs.len(),
+                feeds.source.kind()
+            );
+        }
+        Command::Demo(args) => rowcast::demo::run(args, rowcast::shutdown::signal()).await?,
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, each cause once: our messages
+/// often already quote their cause.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let part = next.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = next.source();
+    }
+    text
+}

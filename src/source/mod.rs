@@ -1,0 +1,414 @@
+//! Sources: the database side of a feed. Connects, checks a feed's table and
+//! columns against the catalog, and reads rows after a cursor.
+//!
+//! One file per database (`postgres`, `mysql`, `sqlite`) for what differs —
+//! catalog queries, quoting, JSON rendering — and [`query`] for the one SQL
+//! shape they share. Identifiers come only from configuration and are quoted;
+//! request values are never part of the SQL text. This module never decides
+//! what a client sees: it returns raw rows, in id order.
+
+mod mysql;
+mod postgres;
+pub mod query;
+pub(crate) mod sqlite;
+
+use crate::config::FeedConfig;
+use crate::cursor::Cursor;
+pub use query::FeedQuery;
+use std::time::Duration;
+
+/// A connection pool to one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// One row as read by the poller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// The cursor column.
+    pub id: i128,
+    /// The row rendered as JSON by the database; `None` when the feed's row
+    /// condition excludes it (its id still counts as seen).
+    pub json: Option<String>,
+    /// The filter columns' values as text, in the feed's filter order.
+    pub filters: Vec<Option<String>>,
+}
+
+/// What the catalog says about a feed's base table.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Qualified name as given, for messages.
+    pub display: String,
+    /// Columns in table order.
+    pub columns: Vec<String>,
+    /// The cursor column.
+    pub id_column: String,
+    /// Whether the cursor column is an unsigned integer (MySQL).
+    pub unsigned: bool,
+}
+
+/// Everything that can go wrong talking to a database.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "unsupported database URL `{0}`: expected postgres://, mysql://, mariadb:// or sqlite://"
+    )]
+    Scheme(String),
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("table `{table}` not found; tables: {}", list(.available))]
+    UnknownTable {
+        table: String,
+        available: Vec<String>,
+    },
+    #[error("feed `{feed}`: `{key}`: column `{column}` not found in `{table}`; columns: {}", list(.available))]
+    UnknownColumn {
+        feed: String,
+        key: &'static str,
+        column: String,
+        table: String,
+        available: Vec<String>,
+    },
+    #[error("feed `{feed}`: `{table}` has no usable cursor: {reason}")]
+    NoCursor {
+        feed: String,
+        table: String,
+        reason: String,
+    },
+    #[error("feed `{feed}`: the configured `from`/`select` cannot be read: {source}")]
+    BadReadFrom { feed: String, source: sqlx::Error },
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database returned `{0}` as a row id, which is not an integer")]
+    BadId(String),
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Error {
+    /// Whether retrying later may succeed (the database is down or busy),
+    /// as opposed to a mistake in the configuration or schema.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Query(e) | Error::BadReadFrom { source: e, .. } => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_)
+                        | sqlx::Error::WorkerCrashed
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    // Postgres: connection exceptions, operator intervention
+                    // (shutdown), insufficient resources.
+                    .is_some_and(|c| {
+                        c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How long a query may wait for a pooled connection before the poller
+/// counts the database as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Source {
+    /// Opens a pool for `url` and checks that the database answers.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Source, Error> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        let connect_error = |source| Error::Connect {
+            url: redact(url),
+            source,
+        };
+        match scheme {
+            "postgres" | "postgresql" => postgres::connect(url, max_connections)
+                .await
+                .map(Source::Postgres)
+                .map_err(connect_error),
+            "mysql" | "mariadb" => mysql::connect(url, max_connections)
+                .await
+                .map(Source::MySql)
+                .map_err(connect_error),
+            "sqlite" => sqlite::connect(url, max_connections, false)
+                .await
+                .map(Source::Sqlite)
+                .map_err(connect_error),
+            _ => Err(Error::Scheme(redact(url))),
+        }
+    }
+
+    /// Which database this is, for logs and `check`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Postgres(_) => "postgres",
+            Source::MySql(_) => "mysql",
+            Source::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Checks a feed against the catalog and builds its queries.
+    pub async fn plan(&self, feed: &FeedConfig) -> Result<FeedQuery, Error> {
+        let table = match self {
+            Source::Postgres(pool) => postgres::describe(pool, feed).await?,
+            Source::MySql(pool) => mysql::describe(pool, feed).await?,
+            Source::Sqlite(pool) => sqlite::describe(pool, feed).await?,
+        };
+        let read_columns = match &feed.read_from {
+            None => table.columns.clone(),
+            Some(_) => self.read_columns(feed).await?,
+        };
+        FeedQuery::new(self.dialect(), feed, &table, &read_columns)
+    }
+
+    fn dialect(&self) -> query::Dialect {
+        match self {
+            Source::Postgres(_) => query::Dialect::Postgres,
+            Source::MySql(_) => query::Dialect::MySql,
+            Source::Sqlite(_) => query::Dialect::Sqlite,
+        }
+    }
+
+    /// The columns a feed's `from` view or `select` statement yields.
+    async fn read_columns(&self, feed: &FeedConfig) -> Result<Vec<String>, Error> {
+        use sqlx::Executor;
+        let sql = query::probe_sql(self.dialect(), feed);
+        let bad = |source| Error::BadReadFrom {
+            feed: feed.name.clone(),
+            source,
+        };
+        Ok(match self {
+            Source::Postgres(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
+            Source::MySql(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
+            Source::Sqlite(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
+        })
+    }
+
+    /// Rows with `after < id <= upto`, in id order, at most `limit`.
+    pub async fn read(
+        &self,
+        query: &FeedQuery,
+        after: Cursor,
+        upto: Cursor,
+        limit: u32,
+    ) -> Result<Vec<Row>, Error> {
+        let Some(range) = query.bounds(after, upto) else {
+            return Ok(Vec::new());
+        };
+        let sql = &query.read_sql;
+        let limit = i64::from(limit);
+        let raw = match self {
+            Source::Postgres(pool) => postgres::read(pool, sql, range, limit).await?,
+            Source::MySql(pool) => mysql::read(pool, sql, range, limit).await?,
+            Source::Sqlite(pool) => sqlite::read(pool, sql, range, limit).await?,
+        };
+        raw.into_iter().map(RawRow::parse).collect()
+    }
+
+    /// The greatest id in the feed now, or `Start` when it has no rows.
+    pub async fn max_id(&self, query: &FeedQuery) -> Result<Cursor, Error> {
+        let text = match self {
+            Source::Postgres(pool) => postgres::scalar(pool, &query.max_sql).await?,
+            Source::MySql(pool) => mysql::scalar(pool, &query.max_sql).await?,
+            Source::Sqlite(pool) => sqlite::scalar(pool, &query.max_sql).await?,
+        };
+        match text {
+            None => Ok(Cursor::Start),
+            Some(text) => parse_id(&text).map(Cursor::At),
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match self {
+            Source::Postgres(pool) => pool.close().await,
+            Source::MySql(pool) => pool.close().await,
+            Source::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+fn names<C: sqlx::Column>(columns: &[C]) -> Vec<String> {
+    columns.iter().map(|c| c.name().to_owned()).collect()
+}
+
+/// A bound of the id range, typed for the column it is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Signed(i64),
+    Unsigned(u64),
+}
+
+impl Bound {
+    /// The bound for a signed column; an unsigned bound never reaches one,
+    /// and would saturate if it did.
+    fn as_i64(self) -> i64 {
+        match self {
+            Bound::Signed(v) => v,
+            Bound::Unsigned(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// A row as the driver returns it: all text, parsed by [`RawRow::parse`].
+struct RawRow {
+    id: String,
+    json: Option<String>,
+    filters: Vec<Option<String>>,
+}
+
+impl RawRow {
+    fn parse(self) -> Result<Row, Error> {
+        Ok(Row {
+            id: parse_id(&self.id)?,
+            json: self.json.map(crate::sse::one_line),
+            filters: self.filters,
+        })
+    }
+}
+
+fn parse_id(text: &str) -> Result<i128, Error> {
+    text.trim()
+        .parse()
+        .map_err(|_| Error::BadId(text.to_owned()))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// What each database's catalog reports about a base table, before the
+/// cursor column is chosen.
+struct Catalog {
+    display: String,
+    /// `(name, type as the database spells it, integer?, unsigned?)`.
+    columns: Vec<(String, String, bool, bool)>,
+    primary_key: Vec<String>,
+    /// Columns that alone carry a unique index (the primary key included).
+    unique: Vec<String>,
+}
+
+impl Catalog {
+    /// Picks the cursor column: the configured one, else the primary key.
+    /// It must be an integer and unique, or rows sharing an id would be
+    /// skipped by `id > last`.
+    fn into_table(self, feed: &FeedConfig) -> Result<Table, Error> {
+        let no_cursor = |reason: String| Error::NoCursor {
+            feed: feed.name.clone(),
+            table: self.display.clone(),
+            reason,
+        };
+        let id = match &feed.id_column {
+            Some(id) => id.clone(),
+            None => match self.primary_key.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(no_cursor(
+                        "it has no primary key; set `id_column` (--id-column) to a unique, increasing integer column".into(),
+                    ))
+                }
+                many => {
+                    return Err(no_cursor(format!(
+                        "its primary key ({}) spans several columns; set `id_column` (--id-column) to a unique, increasing integer column",
+                        many.join(", ")
+                    )))
+                }
+            },
+        };
+        let Some((_, type_name, integer, unsigned)) = self.columns.iter().find(|c| c.0 == id)
+        else {
+            return Err(Error::UnknownColumn {
+                feed: feed.name.clone(),
+                key: "id_column",
+                column: id,
+                table: self.display.clone(),
+                available: self.columns.iter().map(|c| c.0.clone()).collect(),
+            });
+        };
+        if !integer {
+            return Err(no_cursor(format!(
+                "column `{id}` is `{type_name}`, not an integer; set `id_column` (--id-column) to a unique, increasing integer column"
+            )));
+        }
+        if !self.unique.contains(&id) && self.primary_key != [id.clone()] {
+            return Err(no_cursor(format!(
+                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX ON {} ({id}))",
+                self.display
+            )));
+        }
+        Ok(Table {
+            columns: self.columns.iter().map(|c| c.0.clone()).collect(),
+            unsigned: *unsigned,
+            id_column: id,
+            display: self.display,
+        })
+    }
+}
+
+/// Runs a feed's read statement on any driver's pool. A macro rather than a
+/// generic function: sqlx's per-driver trait bounds would outweigh the body.
+macro_rules! read_rows {
+    ($pool:expr, $sql:expr, $low:expr, $high:expr, $limit:expr) => {{
+        use sqlx::Row as _;
+        let rows = sqlx::query($sql)
+            .bind($low)
+            .bind($high)
+            .bind($limit)
+            .fetch_all($pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::source::RawRow {
+                    id: row.try_get(0)?,
+                    json: row.try_get(1)?,
+                    filters: (2..row.len())
+                        .map(|i| row.try_get(i))
+                        .collect::<Result<_, sqlx::Error>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    }};
+}
+use read_rows;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+}

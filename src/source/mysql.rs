@@ -1,0 +1,128 @@
+//! MySQL and MariaDB: connection options and catalog lookups in
+//! `information_schema`, readable with plain `SELECT` rights.
+
+use super::{read_rows, Bound, Catalog, Error, RawRow, Table};
+use crate::config::FeedConfig;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use std::str::FromStr;
+
+pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    // sqlx knows only the mysql:// scheme; MariaDB speaks the same protocol.
+    let url = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_owned(),
+    };
+    let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4");
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(super::ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+}
+
+const INTEGER_TYPES: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];
+
+pub(super) async fn describe(pool: &MySqlPool, feed: &FeedConfig) -> Result<Table, Error> {
+    let schema: String = match &feed.schema {
+        Some(schema) => schema.clone(),
+        None => sqlx::query_scalar::<_, Option<String>>("SELECT CAST(DATABASE() AS CHAR)")
+            .fetch_one(pool)
+            .await?
+            .ok_or_else(|| Error::UnknownTable {
+                table: format!(
+                    "{} (no database selected: name one in the URL or set `schema`)",
+                    feed.table
+                ),
+                available: Vec::new(),
+            })?,
+    };
+    let display = format!("{schema}.{}", feed.table);
+    let kind: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(TABLE_TYPE AS CHAR) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+    )
+    .bind(&schema)
+    .bind(&feed.table)
+    .fetch_optional(pool)
+    .await?;
+    match kind.as_deref() {
+        None => {
+            let available = sqlx::query_scalar(
+                "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_TYPE <> 'VIEW' ORDER BY 1",
+            )
+            .bind(&schema)
+            .fetch_all(pool)
+            .await?;
+            return Err(Error::UnknownTable {
+                table: display,
+                available,
+            });
+        }
+        Some("VIEW") => return Err(Error::NoCursor {
+            feed: feed.name.clone(),
+            table: display,
+            reason:
+                "it is a view, not a table; set `table` to its base table and `from` to the view"
+                    .into(),
+        }),
+        Some(_) => {}
+    }
+
+    let columns: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), CAST(DATA_TYPE AS CHAR) \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+         ORDER BY ORDINAL_POSITION",
+    )
+    .bind(&schema)
+    .bind(&feed.table)
+    .fetch_all(pool)
+    .await?;
+    let primary_key = sqlx::query_scalar(
+        "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY'",
+    )
+    .bind(&schema)
+    .bind(&feed.table)
+    .fetch_all(pool)
+    .await?;
+    let unique = sqlx::query_scalar(
+        "SELECT CAST(MAX(COLUMN_NAME) AS CHAR) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+         GROUP BY INDEX_NAME HAVING COUNT(*) = 1",
+    )
+    .bind(&schema)
+    .bind(&feed.table)
+    .fetch_all(pool)
+    .await?;
+    Catalog {
+        display,
+        columns: columns
+            .into_iter()
+            .map(|(name, column_type, data_type)| {
+                let integer = INTEGER_TYPES.contains(&data_type.to_ascii_lowercase().as_str());
+                let unsigned = column_type.to_ascii_lowercase().contains("unsigned");
+                (name, column_type, integer, unsigned)
+            })
+            .collect(),
+        primary_key,
+        unique,
+    }
+    .into_table(feed)
+}
+
+pub(super) async fn read(
+    pool: &MySqlPool,
+    sql: &str,
+    bounds: (Bound, Bound),
+    limit: i64,
+) -> Result<Vec<RawRow>, sqlx::Error> {
+    match bounds {
+        (Bound::Unsigned(low), Bound::Unsigned(high)) => read_rows!(pool, sql, low, high, limit),
+        (low, high) => read_rows!(pool, sql, low.as_i64(), high.as_i64(), limit),
+    }
+}
+
+pub(super) async fn scalar(pool: &MySqlPool, sql: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(sql).fetch_one(pool).await
+}
