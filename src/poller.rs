@@ -24,10 +24,11 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
     let mut retry = feed.poll_interval;
     loop {
         let (cursor, _) = hub.head();
-        let wait = match source
+        let result = source
             .read(&hub.query, cursor, Cursor::At(i128::MAX), feed.batch_size)
-            .await
-        {
+            .await;
+        hub.counters.query(&result);
+        let wait = match result {
             Ok(rows) => {
                 if hub.failure().is_some() {
                     tracing::info!(feed = %feed.name, %cursor, "database answers again; resuming");

@@ -27,7 +27,7 @@ pub enum Error {
         source_name: &'static str,
         problem: crate::cursor::ParseError,
     },
-    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds or /healthz")]
+    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /healthz or /metrics")]
     NotFound,
 }
 

@@ -6,6 +6,7 @@
 
 mod error;
 mod events;
+mod metrics;
 
 pub use error::Error;
 
@@ -71,6 +72,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/events/{feed}", get(events::one_feed))
         .route("/feeds", get(feeds))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { Error::NotFound })
         .layer(TraceLayer::new_for_http())
         .with_state(ctx)

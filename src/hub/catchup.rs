@@ -51,7 +51,9 @@ impl Hub {
             .try_get_with(after, async {
                 let (upto, _) = self.head();
                 let limit = self.config.batch_size;
-                let rows = self.source.read(&self.query, after, upto, limit).await?;
+                let rows = self.source.read(&self.query, after, upto, limit).await;
+                self.counters.query(&rows);
+                let rows = rows?;
                 let complete_to = match rows.last() {
                     Some(last) if rows.len() == limit as usize => Cursor::At(last.id),
                     _ => upto.max(after),

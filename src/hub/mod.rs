@@ -16,7 +16,7 @@ use crate::cursor::Cursor;
 use crate::source::{FeedQuery, Row, Source};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
@@ -62,6 +62,29 @@ pub struct Hub {
     sender: broadcast::Sender<Arc<Batch>>,
     clients: AtomicUsize,
     catch_up: catchup::CatchUp,
+    /// Counters for `/metrics`.
+    pub counters: Counters,
+}
+
+/// What a feed has done since start-up.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Row queries sent to the database: polls and catch-up reads.
+    pub queries: AtomicU64,
+    /// Queries that failed.
+    pub errors: AtomicU64,
+    /// Events published (rows that passed the feed's condition).
+    pub events: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one query and its outcome.
+    pub fn query<T, E>(&self, result: &Result<T, E>) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct State {
@@ -106,6 +129,7 @@ impl Hub {
             }),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
             clients: AtomicUsize::new(0),
+            counters: Counters::default(),
         }
     }
 
@@ -176,6 +200,9 @@ impl Hub {
     /// Publishes the rows of one poll and moves the head to `head`.
     pub fn publish(&self, rows: Vec<Row>, head: Cursor) {
         let (events, frames) = self.frame(rows);
+        self.counters
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut state = self.state();
         if !events.is_empty() {
             state.head_at = Some(SystemTime::now());
