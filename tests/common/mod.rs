@@ -1,0 +1,369 @@
+//! Test helpers: a uniquely named table on a real database, a real rowcast
+//! server on 127.0.0.1:0, and a real SSE client.
+#![allow(dead_code)] // each test binary uses its own share of the helpers
+
+pub mod proxy;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use rowcast::config::{Config, FileConfig, ServeArgs};
+use rowcast::hub::Hub;
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// The databases every behaviour is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// Runs an async test body once per database: `each_db!(name);` makes
+/// `name::postgres`, `name::mysql` and `name::sqlite` from `async fn name(Kind)`.
+#[macro_export]
+macro_rules! each_db {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(Kind::Postgres).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() { super::$name(Kind::MySql).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(Kind::Sqlite).await }
+        }
+    )*};
+}
+
+/// A database with tables that exist only for one test and are dropped
+/// when it ends, however it ends.
+pub struct TestDb {
+    pub kind: Kind,
+    /// What rowcast connects to.
+    pub url: String,
+    pub pool: AnyPool,
+    prefix: String,
+    tables: std::sync::Mutex<Vec<String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(kind: Kind) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let prefix = format!("rc_{:08x}", rand::random::<u32>());
+        let (url, dir) = match kind {
+            Kind::Postgres => (POSTGRES_URL.to_owned(), None),
+            Kind::MySql => (MYSQL_URL.to_owned(), None),
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                (url, Some(dir))
+            }
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test database {url}: {e}"));
+        if kind == Kind::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.unwrap();
+        }
+        TestDb {
+            kind,
+            url,
+            pool,
+            prefix,
+            tables: Default::default(),
+            _dir: dir,
+        }
+    }
+
+    /// A table name unique to this test, dropped at the end.
+    pub fn table(&self, name: &str) -> String {
+        let table = format!("{}_{name}", self.prefix);
+        self.tables.lock().unwrap().push(table.clone());
+        table
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Creates `name(id auto-increment primary key, room_id, body)` and
+    /// returns its full name.
+    pub async fn messages(&self, name: &str) -> String {
+        let t = self.table(name);
+        self.exec(&match self.kind {
+            Kind::Postgres => format!(
+                "CREATE TABLE {t} (id bigserial PRIMARY KEY, room_id bigint NOT NULL, body text NOT NULL)"
+            ),
+            Kind::MySql => format!(
+                "CREATE TABLE {t} (id BIGINT AUTO_INCREMENT PRIMARY KEY, room_id BIGINT NOT NULL, \
+                 body LONGTEXT NOT NULL) DEFAULT CHARSET = utf8mb4"
+            ),
+            Kind::Sqlite => format!(
+                "CREATE TABLE {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, body TEXT NOT NULL)"
+            ),
+        })
+        .await;
+        t
+    }
+
+    /// Inserts a message and returns its id.
+    pub async fn insert(&self, table: &str, room_id: i64, body: &str) -> i64 {
+        let p = |n| self.placeholder(n);
+        let sql = format!("INSERT INTO {table} (room_id, body) VALUES ({}, {})", p(1), p(2));
+        match self.kind {
+            Kind::MySql => {
+                let done = sqlx::query(&sql).bind(room_id).bind(body).execute(&self.pool).await.unwrap();
+                done.last_insert_id().expect("MySQL reports the inserted id")
+            }
+            _ => sqlx::query_scalar(&format!("{sql} RETURNING id"))
+                .bind(room_id)
+                .bind(body)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Inserts `n` messages in room `room_id` with bodies `m<i>`; returns their ids.
+    pub async fn insert_many(&self, table: &str, room_id: i64, n: usize) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(self.insert(table, room_id, &format!("m{i}")).await);
+        }
+        ids
+    }
+
+    pub fn placeholder(&self, n: usize) -> String {
+        match self.kind {
+            Kind::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let tables = std::mem::take(&mut *self.tables.lock().unwrap());
+        if tables.is_empty() || self.kind == Kind::Sqlite {
+            return;
+        }
+        let url = self.url.clone();
+        let kind = self.kind;
+        // Drop runs outside async context rules: use a runtime of our own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(pool) = AnyPoolOptions::new().max_connections(1).connect(&url).await else { return };
+                for table in tables.iter().rev() {
+                    let sql = match kind {
+                        Kind::Postgres => format!("DROP TABLE IF EXISTS {table} CASCADE; DROP VIEW IF EXISTS {table} CASCADE"),
+                        _ => format!("DROP VIEW IF EXISTS {table}; DROP TABLE IF EXISTS {table}"),
+                    };
+                    // A view and a table cannot share a name; one of the two drops is a no-op.
+                    for statement in sql.split("; ") {
+                        let _ = sqlx::raw_sql(statement).execute(&pool).await;
+                    }
+                }
+                pool.close().await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// A configuration from TOML feed tables, tuned for quick tests.
+pub fn config(url: &str, toml: &str) -> Config {
+    let file: FileConfig = toml::from_str(&format!(
+        "poll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n{toml}"
+    ))
+    .unwrap();
+    let args = ServeArgs {
+        database_url: Some(url.to_owned()),
+        ..ServeArgs::default()
+    };
+    Config::merge(&args, file).unwrap()
+}
+
+/// A rowcast server running in this process on an ephemeral port.
+pub struct Server {
+    pub url: String,
+    pub hubs: Vec<Arc<Hub>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), rowcast::Error>>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Server {
+        let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
+        Server::serve(config, feeds).await
+    }
+
+    pub async fn serve(config: Config, feeds: rowcast::Feeds) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hubs = feeds.hubs.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            rowcast::serve(listener, &config, feeds, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Server { url, hubs, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Queries this server sent for `feed` so far.
+    pub fn queries(&self, feed: &str) -> u64 {
+        let hub = self.hubs.iter().find(|h| h.name() == feed).unwrap();
+        hub.counters.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the server and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One event as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ev {
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+impl Ev {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", self.data))
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+/// A real SSE client on one stream.
+pub struct Client {
+    events: Events,
+    pub response_headers: reqwest::header::HeaderMap,
+}
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+impl Client {
+    /// Opens `url`, with `Last-Event-ID` when given; panics unless the
+    /// answer is a 200 event stream.
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> Client {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {url}: {:?}", response.text().await);
+        let response_headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|e| e.map_err(|e| e.to_string()))
+            .boxed();
+        Client { events, response_headers }
+    }
+
+    /// The next `n` events; panics if they do not come within [`WAIT`].
+    pub async fn take(&mut self, n: usize) -> Vec<Ev> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout(WAIT, self.events.next()).await {
+                Ok(Some(Ok(e))) => got.push(Ev { id: e.id, event: e.event, data: e.data }),
+                Ok(Some(Err(e))) => panic!("stream error after {} events: {e}", got.len()),
+                Ok(None) => panic!("stream ended after {} of {n} events: {got:?}", got.len()),
+                Err(_) => panic!("only {} of {n} events within {WAIT:?}: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Asserts that no event arrives within `window`.
+    pub async fn expect_quiet(&mut self, window: Duration) {
+        if let Ok(Some(e)) = tokio::time::timeout(window, self.events.next()).await {
+            panic!("expected no event, got {e:?}");
+        }
+    }
+
+    /// Waits for the end of the stream; panics on an event or a timeout.
+    pub async fn expect_end(&mut self, within: Duration) {
+        match tokio::time::timeout(within, self.events.next()).await {
+            Ok(None) | Ok(Some(Err(_))) => {}
+            Ok(Some(Ok(e))) => panic!("expected the stream to end, got {e:?}"),
+            Err(_) => panic!("stream still open after {within:?}"),
+        }
+    }
+}
+
+/// The ids of events, as numbers.
+pub fn ids(events: &[Ev]) -> Vec<i64> {
+    events.iter().map(|e| e.id.parse().unwrap_or_else(|_| panic!("id {:?}", e.id))).collect()
+}
+
+/// The `body` field of each event's JSON.
+pub fn bodies(events: &[Ev]) -> Vec<String> {
+    events.iter().map(|e| e.json()["body"].as_str().unwrap().to_owned()).collect()
+}
+
+/// GET `url` and return status and JSON body.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+}
+
+/// Waits until `/healthz` answers `status`.
+pub async fn wait_health(base: &str, status: u16) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = reqwest::get(format!("{base}/healthz")).await {
+            if response.status().as_u16() == status {
+                return response.json().await.unwrap();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/healthz never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
