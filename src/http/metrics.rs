@@ -14,12 +14,18 @@ type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> u64);
 
 pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let mut out = String::new();
-    let families: [Family; 5] = [
+    let families: [Family; 6] = [
         (
             "rowcast_queries_total",
             "counter",
             "Row queries sent to the database (polls and catch-up reads).",
             |h| h.counters.queries.load(Ordering::Relaxed),
+        ),
+        (
+            "rowcast_catch_up_queries_total",
+            "counter",
+            "Of those, catch-up reads for clients behind the replay ring.",
+            |h| h.counters.catch_up_queries.load(Ordering::Relaxed),
         ),
         (
             "rowcast_query_errors_total",

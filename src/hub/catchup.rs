@@ -10,6 +10,7 @@ use super::{Event, Hub};
 use crate::cursor::Cursor;
 use crate::source;
 use moka::future::Cache;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ impl Hub {
                 let limit = self.config.batch_size;
                 let rows = self.source.read(&self.query, after, upto, limit).await;
                 self.counters.query(&rows);
+                self.counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
                 let rows = rows?;
                 let complete_to = match rows.last() {
                     Some(last) if rows.len() == limit as usize => Cursor::At(last.id),

@@ -71,6 +71,8 @@ pub struct Hub {
 pub struct Counters {
     /// Row queries sent to the database: polls and catch-up reads.
     pub queries: AtomicU64,
+    /// Of those, catch-up reads for clients behind the ring.
+    pub catch_up_queries: AtomicU64,
     /// Queries that failed.
     pub errors: AtomicU64,
     /// Events published (rows that passed the feed's condition).

@@ -54,6 +54,8 @@ pub struct TestDb {
     pub pool: AnyPool,
     prefix: String,
     tables: std::sync::Mutex<Vec<String>>,
+    /// Statements run after the tables are dropped (e.g. DROP USER).
+    cleanup: std::sync::Mutex<Vec<String>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -84,6 +86,7 @@ impl TestDb {
             pool,
             prefix,
             tables: Default::default(),
+            cleanup: Default::default(),
             _dir: dir,
         }
     }
@@ -100,6 +103,11 @@ impl TestDb {
             .execute(&self.pool)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs `sql` when the test ends, after its tables are dropped.
+    pub fn on_drop(&self, sql: impl Into<String>) {
+        self.cleanup.lock().unwrap().push(sql.into());
     }
 
     /// Creates `name(id auto-increment primary key, room_id, body)` and
@@ -160,7 +168,8 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let tables = std::mem::take(&mut *self.tables.lock().unwrap());
-        if tables.is_empty() || self.kind == Kind::Sqlite {
+        let cleanup = std::mem::take(&mut *self.cleanup.lock().unwrap());
+        if (tables.is_empty() && cleanup.is_empty()) || self.kind == Kind::Sqlite {
             return;
         }
         let url = self.url.clone();
@@ -179,6 +188,9 @@ impl Drop for TestDb {
                     for statement in sql.split("; ") {
                         let _ = sqlx::raw_sql(statement).execute(&pool).await;
                     }
+                }
+                for statement in &cleanup {
+                    let _ = sqlx::raw_sql(statement).execute(&pool).await;
                 }
                 pool.close().await;
             });
