@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// Most database connections rowcast opens [default: 10].
     #[arg(long, env = "ROWCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Poll batches a client may fall behind the live broadcast before it is
+    /// caught up from the replay ring or the database [default: 256].
+    #[arg(long, env = "ROWCAST_CLIENT_BUFFER")]
+    pub client_buffer: Option<usize>,
 }
 
 /// The TOML file, as written. Unknown keys are errors, so a typo is caught
@@ -134,6 +138,8 @@ pub struct FileConfig {
     pub retry: Option<Duration>,
     /// Most database connections.
     pub max_connections: Option<u32>,
+    /// Poll batches a client may fall behind the live broadcast.
+    pub client_buffer: Option<usize>,
     // Defaults for every feed. (Not a flattened `FeedTuning`: serde cannot
     // combine `flatten` with `deny_unknown_fields`.)
     /// Shortest interval between polls.
@@ -255,6 +261,9 @@ pub struct Config {
     pub retry: Duration,
     /// Most database connections.
     pub max_connections: u32,
+    /// Poll batches a client may fall behind the live broadcast before it is
+    /// caught up from the ring or the database.
+    pub client_buffer: usize,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
 }
@@ -378,6 +387,10 @@ impl Config {
         if max_connections < 2 {
             return Err(invalid("max_connections", "must be at least 2"));
         }
+        let client_buffer = args.client_buffer.or(file.client_buffer).unwrap_or(256);
+        if client_buffer == 0 {
+            return Err(invalid("client_buffer", "must be at least 1"));
+        }
         let keep_alive = args
             .keep_alive
             .or(file.keep_alive)
@@ -394,6 +407,7 @@ impl Config {
             keep_alive,
             retry: args.retry.or(file.retry).unwrap_or(Duration::from_secs(3)),
             max_connections,
+            client_buffer,
             feeds,
         })
     }

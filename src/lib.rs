@@ -78,6 +78,7 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             query,
             source.clone(),
             head,
+            config.client_buffer,
         )));
     }
     Ok(Feeds { source, hubs })

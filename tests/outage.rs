@@ -23,7 +23,10 @@ async fn outage_loses_nothing(kind: Kind, address: &str) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let proxy = Proxy::start(address.parse().unwrap()).await;
-    let config = config(&proxy.url(&db.url), &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"));
+    let config = config(
+        &proxy.url(&db.url),
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
+    );
     let server = Server::start(config).await;
     let stream = format!("{}/events/messages", server.url);
     let mut client = Client::connect(&stream, None).await;

@@ -8,7 +8,10 @@ use common::*;
 use futures::future::join_all;
 use std::time::Duration;
 
-each_db!(two_hundred_clients_cost_one_query_per_poll, clients_behind_the_ring_share_catch_up_reads);
+each_db!(
+    two_hundred_clients_cost_one_query_per_poll,
+    clients_behind_the_ring_share_catch_up_reads
+);
 
 /// A SELECT-only MariaDB user whose statements the database counts
 /// (`USER_STATISTICS`); returns rowcast's URL and the user name.
@@ -17,7 +20,8 @@ async fn counted_mysql_user(db: &TestDb) -> (String, String) {
     db.exec("SET GLOBAL userstat = 1").await;
     for host in ["%", "localhost"] {
         db.exec(&format!("CREATE USER '{user}'@'{host}'")).await;
-        db.exec(&format!("GRANT SELECT ON test.* TO '{user}'@'{host}'")).await;
+        db.exec(&format!("GRANT SELECT ON test.* TO '{user}'@'{host}'"))
+            .await;
         db.on_drop(format!("DROP USER IF EXISTS '{user}'@'{host}'"));
     }
     (format!("mysql://{user}@127.0.0.1:3306/test"), user)
@@ -34,7 +38,11 @@ async fn database_count(db: &TestDb, table: &str, mysql_user: &str) -> Option<i6
             let mut last = -1;
             for _ in 0..40 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let now: i64 = sqlx::query_scalar(sql).bind(table).fetch_one(&db.pool).await.unwrap();
+                let now: i64 = sqlx::query_scalar(sql)
+                    .bind(table)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
                 if now == last {
                     return Some(now);
                 }
@@ -44,7 +52,11 @@ async fn database_count(db: &TestDb, table: &str, mysql_user: &str) -> Option<i6
         }
         Kind::MySql => {
             let sql = "SELECT CAST(SELECT_COMMANDS AS SIGNED) FROM information_schema.USER_STATISTICS WHERE USER = ?";
-            let count: Option<i64> = sqlx::query_scalar(sql).bind(mysql_user).fetch_optional(&db.pool).await.unwrap();
+            let count: Option<i64> = sqlx::query_scalar(sql)
+                .bind(mysql_user)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
             Some(count.unwrap_or(0))
         }
         Kind::Sqlite => None,
@@ -58,7 +70,10 @@ async fn two_hundred_clients_cost_one_query_per_poll(kind: Kind) {
         Kind::MySql => counted_mysql_user(&db).await,
         _ => (db.url.clone(), String::new()),
     };
-    let config = config(&url, &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"));
+    let config = config(
+        &url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
+    );
     let server = Server::start(config).await;
     let stream = format!("{}/events/messages", server.url);
     let mut clients = join_all((0..200).map(|_| Client::connect(&stream, None))).await;
@@ -76,7 +91,10 @@ async fn two_hundred_clients_cost_one_query_per_poll(kind: Kind) {
     server.stop().await;
 
     // The poller's pace alone sets the count: far below one per client.
-    assert!(server_queries < 100, "{server_queries} queries for 200 clients");
+    assert!(
+        server_queries < 100,
+        "{server_queries} queries for 200 clients"
+    );
     match (kind, db_before, database_count(&db, &t, &user).await) {
         // Postgres counted every scan since the table was made: the polls
         // plus the start-up MAX(id).
@@ -100,7 +118,9 @@ async fn clients_behind_the_ring_share_catch_up_reads(kind: Kind) {
     let t = db.messages("messages").await;
     let config = config(
         &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nring_size = 5\nbatch_size = 10\n"),
+        &format!(
+            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nring_size = 5\nbatch_size = 10\n"
+        ),
     );
     let server = Server::start(config).await;
     let expected = db.insert_many(&t, 1, 40).await;
@@ -114,7 +134,11 @@ async fn clients_behind_the_ring_share_catch_up_reads(kind: Kind) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let hub = server.hubs[0].clone();
-    let catch_up = || hub.counters.catch_up_queries.load(std::sync::atomic::Ordering::SeqCst);
+    let catch_up = || {
+        hub.counters
+            .catch_up_queries
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
     let before = catch_up();
 
     let stream = format!("{}/events/messages?after=start", server.url);
@@ -126,6 +150,9 @@ async fn clients_behind_the_ring_share_catch_up_reads(kind: Kind) {
     // 40 rows behind a ring of 5, read 10 at a time: 4 or 5 pages, however
     // many clients ask (a page read by one is reused by the rest).
     let reads = catch_up() - before;
-    assert!((4..=10).contains(&reads), "{reads} catch-up reads for 50 clients");
+    assert!(
+        (4..=10).contains(&reads),
+        "{reads} catch-up reads for 50 clients"
+    );
     server.stop().await;
 }

@@ -100,7 +100,11 @@ async fn filters_select_rows_by_column_value(kind: Kind) {
     let got = room2.take(4).await;
     assert_eq!(ids(&got), ids_by_room[2]);
     assert!(bodies(&got).iter().all(|b| b == "r2"));
-    let mut expected: Vec<i64> = ids_by_room[1].iter().chain(&ids_by_room[3]).copied().collect();
+    let mut expected: Vec<i64> = ids_by_room[1]
+        .iter()
+        .chain(&ids_by_room[3])
+        .copied()
+        .collect();
     expected.sort();
     assert_eq!(ids(&rooms13.take(8).await), expected);
     room2.expect_quiet(Duration::from_millis(200)).await;
@@ -124,7 +128,9 @@ async fn several_feeds_resume_with_one_id(kind: Kind) {
     let b1 = db.insert(&b, 1, "b1").await;
     let got = [got, client.take(1).await].concat();
     assert_eq!(
-        got.iter().map(|e| (e.event.as_str(), e.json()["id"].as_i64().unwrap())).collect::<Vec<_>>(),
+        got.iter()
+            .map(|e| (e.event.as_str(), e.json()["id"].as_i64().unwrap()))
+            .collect::<Vec<_>>(),
         [("alpha", a1), ("beta", b1)]
     );
     assert_eq!(got[1].id, format!("alpha:{a1},beta:{b1}"));
@@ -136,7 +142,11 @@ async fn several_feeds_resume_with_one_id(kind: Kind) {
     let mut client = Client::connect(&url, Some(&got[1].id)).await;
     let resumed = client.take(3).await;
     let of = |feed: &str| -> Vec<i64> {
-        resumed.iter().filter(|e| e.event == feed).map(|e| e.json()["id"].as_i64().unwrap()).collect()
+        resumed
+            .iter()
+            .filter(|e| e.event == feed)
+            .map(|e| e.json()["id"].as_i64().unwrap())
+            .collect()
     };
     assert_eq!(of("alpha"), [a2, a3]);
     assert_eq!(of("beta"), [b2]);
@@ -148,7 +158,10 @@ async fn several_feeds_resume_with_one_id(kind: Kind) {
     let a4 = db.insert(&a, 1, "a4").await;
     let b7 = db.insert(&b, 7, "b7").await;
     let got = filtered.take(2).await;
-    let mut pairs: Vec<(String, i64)> = got.iter().map(|e| (e.event.clone(), e.json()["id"].as_i64().unwrap())).collect();
+    let mut pairs: Vec<(String, i64)> = got
+        .iter()
+        .map(|e| (e.event.clone(), e.json()["id"].as_i64().unwrap()))
+        .collect();
     pairs.sort();
     assert_eq!(pairs, [("alpha".to_owned(), a4), ("beta".to_owned(), b7)]);
     server.stop().await;

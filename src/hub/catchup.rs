@@ -54,7 +54,9 @@ impl Hub {
                 let limit = self.config.batch_size;
                 let rows = self.source.read(&self.query, after, upto, limit).await;
                 self.counters.query(&rows);
-                self.counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .catch_up_queries
+                    .fetch_add(1, Ordering::Relaxed);
                 let rows = rows?;
                 let complete_to = match rows.last() {
                     Some(last) if rows.len() == limit as usize => Cursor::At(last.id),

@@ -21,10 +21,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
-/// Batches a subscriber may fall behind before it is caught up from the ring
-/// or the database instead of the broadcast.
-const BROADCAST_CAPACITY: usize = 256;
-
 /// One row, framed.
 #[derive(Debug)]
 pub struct Event {
@@ -115,8 +111,16 @@ pub(crate) enum Joined {
 }
 
 impl Hub {
-    /// A hub whose poller starts at `head`.
-    pub fn new(config: FeedConfig, query: FeedQuery, source: Source, head: Cursor) -> Hub {
+    /// A hub whose poller starts at `head`. A subscriber that falls more
+    /// than `client_buffer` batches behind is caught up from the ring or the
+    /// database instead of the broadcast.
+    pub fn new(
+        config: FeedConfig,
+        query: FeedQuery,
+        source: Source,
+        head: Cursor,
+        client_buffer: usize,
+    ) -> Hub {
         Hub {
             catch_up: catchup::CatchUp::new(),
             config,
@@ -129,7 +133,7 @@ impl Hub {
                 head_at: None,
                 failure: None,
             }),
-            sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            sender: broadcast::channel(client_buffer).0,
             clients: AtomicUsize::new(0),
             counters: Counters::default(),
         }

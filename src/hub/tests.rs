@@ -5,6 +5,8 @@ use super::*;
 use crate::config::{Config, ServeArgs};
 use crate::source::{query::Dialect, Table};
 
+const BUFFER: usize = 16;
+
 fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
     let mut feed = Config::merge(
         &ServeArgs {
@@ -28,7 +30,7 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
     };
     let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
     let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    Arc::new(Hub::new(feed, query, Source::Sqlite(pool), head))
+    Arc::new(Hub::new(feed, query, Source::Sqlite(pool), head, BUFFER))
 }
 
 fn rows(ids: &[i128]) -> Vec<Row> {
@@ -116,13 +118,13 @@ async fn lagging_subscriber_rejoins_from_the_ring() {
     let hub = hub(100_000, Cursor::At(0));
     let mut sub = hub.subscribe(None);
     // Overflow the broadcast: more batches than it keeps.
-    for id in 1..=(BROADCAST_CAPACITY as i128 + 10) {
+    for id in 1..=(BUFFER as i128 + 10) {
         hub.publish(rows(&[id]), Cursor::At(id));
     }
     let mut seen = Vec::new();
-    while seen.len() < BROADCAST_CAPACITY + 10 {
+    while seen.len() < BUFFER + 10 {
         seen.extend(ids(&sub.next().await.unwrap()));
     }
-    let expected: Vec<i128> = (1..=(BROADCAST_CAPACITY as i128 + 10)).collect();
+    let expected: Vec<i128> = (1..=(BUFFER as i128 + 10)).collect();
     assert_eq!(seen, expected);
 }

@@ -78,7 +78,10 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot reach the test database {url}: {e}"));
         if kind == Kind::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.unwrap();
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         TestDb {
             kind,
@@ -133,11 +136,21 @@ impl TestDb {
     /// Inserts a message and returns its id.
     pub async fn insert(&self, table: &str, room_id: i64, body: &str) -> i64 {
         let p = |n| self.placeholder(n);
-        let sql = format!("INSERT INTO {table} (room_id, body) VALUES ({}, {})", p(1), p(2));
+        let sql = format!(
+            "INSERT INTO {table} (room_id, body) VALUES ({}, {})",
+            p(1),
+            p(2)
+        );
         match self.kind {
             Kind::MySql => {
-                let done = sqlx::query(&sql).bind(room_id).bind(body).execute(&self.pool).await.unwrap();
-                done.last_insert_id().expect("MySQL reports the inserted id")
+                let done = sqlx::query(&sql)
+                    .bind(room_id)
+                    .bind(body)
+                    .execute(&self.pool)
+                    .await
+                    .unwrap();
+                done.last_insert_id()
+                    .expect("MySQL reports the inserted id")
             }
             _ => sqlx::query_scalar(&format!("{sql} RETURNING id"))
                 .bind(room_id)
@@ -238,13 +251,20 @@ impl Server {
             })
             .await
         });
-        Server { url, hubs, stop: Some(stop), task: Some(task) }
+        Server {
+            url,
+            hubs,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Queries this server sent for `feed` so far.
     pub fn queries(&self, feed: &str) -> u64 {
         let hub = self.hubs.iter().find(|h| h.name() == feed).unwrap();
-        hub.counters.queries.load(std::sync::atomic::Ordering::SeqCst)
+        hub.counters
+            .queries
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops the server and waits until it has.
@@ -284,7 +304,8 @@ pub struct Ev {
 
 impl Ev {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", self.data))
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", self.data))
     }
 }
 
@@ -307,14 +328,22 @@ impl Client {
             request = request.header("Last-Event-ID", id);
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 200, "GET {url}: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            200,
+            "GET {url}: {:?}",
+            response.text().await
+        );
         let response_headers = response.headers().clone();
         let events = response
             .bytes_stream()
             .eventsource()
             .map(|e| e.map_err(|e| e.to_string()))
             .boxed();
-        Client { events, response_headers }
+        Client {
+            events,
+            response_headers,
+        }
     }
 
     /// The next `n` events; panics if they do not come within [`WAIT`].
@@ -322,7 +351,11 @@ impl Client {
         let mut got = Vec::with_capacity(n);
         while got.len() < n {
             match tokio::time::timeout(WAIT, self.events.next()).await {
-                Ok(Some(Ok(e))) => got.push(Ev { id: e.id, event: e.event, data: e.data }),
+                Ok(Some(Ok(e))) => got.push(Ev {
+                    id: e.id,
+                    event: e.event,
+                    data: e.data,
+                }),
                 Ok(Some(Err(e))) => panic!("stream error after {} events: {e}", got.len()),
                 Ok(None) => panic!("stream ended after {} of {n} events: {got:?}", got.len()),
                 Err(_) => panic!("only {} of {n} events within {WAIT:?}: {got:?}", got.len()),
@@ -350,12 +383,18 @@ impl Client {
 
 /// The ids of events, as numbers.
 pub fn ids(events: &[Ev]) -> Vec<i64> {
-    events.iter().map(|e| e.id.parse().unwrap_or_else(|_| panic!("id {:?}", e.id))).collect()
+    events
+        .iter()
+        .map(|e| e.id.parse().unwrap_or_else(|_| panic!("id {:?}", e.id)))
+        .collect()
 }
 
 /// The `body` field of each event's JSON.
 pub fn bodies(events: &[Ev]) -> Vec<String> {
-    events.iter().map(|e| e.json()["body"].as_str().unwrap().to_owned()).collect()
+    events
+        .iter()
+        .map(|e| e.json()["body"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// GET `url` and return status and JSON body.
@@ -363,7 +402,10 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
 }
 
 /// Waits until `/healthz` answers `status`.
@@ -375,7 +417,10 @@ pub async fn wait_health(base: &str, status: u16) -> serde_json::Value {
                 return response.json().await.unwrap();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "/healthz never answered {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never answered {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

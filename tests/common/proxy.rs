@@ -40,7 +40,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, up, connections, accept }
+        Proxy {
+            addr,
+            up,
+            connections,
+            accept,
+        }
     }
 
     /// `url` with its host and port replaced by the proxy's.
