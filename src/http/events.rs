@@ -185,8 +185,11 @@ fn unknown_filter(param: &str, hubs: &[Arc<Hub>]) -> Error {
         .iter()
         .flat_map(|h| h.query.filter_columns.iter().cloned())
         .collect();
-    valid.extend(RESERVED.iter().map(|r| r.to_string()));
+    valid.sort();
     valid.dedup();
+    if valid.is_empty() {
+        valid.push("(none)".to_owned());
+    }
     Error::UnknownFilter {
         param: param.to_owned(),
         feeds,
