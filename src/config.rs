@@ -106,6 +106,22 @@ pub struct ServeArgs {
     /// Recent events kept in memory per feed for reconnecting clients [default: 10000].
     #[arg(long, env = "ROWCAST_RING_SIZE")]
     pub ring_size: Option<usize>,
+    /// Shortest time a gap in the ids stays open before what is missing is
+    /// passed over [default: 1s].
+    #[arg(long, env = "ROWCAST_GAP_GRACE", value_parser = humantime::parse_duration)]
+    pub gap_grace: Option<Duration>,
+    /// Longest time rows are held back behind a gap [default: 30s].
+    #[arg(long, env = "ROWCAST_HOLD_CAP", value_parser = humantime::parse_duration)]
+    pub hold_cap: Option<Duration>,
+    /// Interval of re-checks for rows that commit after their gap was passed over [default: 15s].
+    #[arg(long, env = "ROWCAST_LATE_CHECK_INTERVAL", value_parser = humantime::parse_duration)]
+    pub late_check_interval: Option<Duration>,
+    /// SQL returning the highest id the application declares complete (for the `--table` feed).
+    #[arg(long, env = "ROWCAST_WATERMARK")]
+    pub watermark: Option<String>,
+    /// Gap handling of the `--table` feed: `hold` (default) or `ignore` (the naive poller, for measurement).
+    #[arg(long, env = "ROWCAST_GAPS")]
+    pub gaps: Option<String>,
     /// Interval of `: keep-alive` comments on a quiet stream [default: 15s].
     #[arg(long, env = "ROWCAST_KEEP_ALIVE", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
@@ -152,6 +168,16 @@ pub struct FileConfig {
     pub batch_size: Option<u32>,
     /// Events kept in memory for reconnecting clients.
     pub ring_size: Option<usize>,
+    /// Shortest time a gap in the ids stays open before what is missing is
+    /// passed over.
+    #[serde(default, with = "humantime_serde")]
+    pub gap_grace: Option<Duration>,
+    /// Longest time rows are held back behind a gap.
+    #[serde(default, with = "humantime_serde")]
+    pub hold_cap: Option<Duration>,
+    /// Interval of re-checks for rows that commit after their gap was passed over.
+    #[serde(default, with = "humantime_serde")]
+    pub late_check_interval: Option<Duration>,
     /// The feeds, as `[[feed]]` tables.
     #[serde(default, rename = "feed")]
     pub feeds: Vec<FeedFile>,
@@ -168,6 +194,12 @@ pub struct FeedTuning {
     pub batch_size: Option<u32>,
     /// Events kept in memory for reconnecting clients.
     pub ring_size: Option<usize>,
+    /// Shortest time a gap stays open.
+    pub gap_grace: Option<Duration>,
+    /// Longest time rows are held back behind a gap.
+    pub hold_cap: Option<Duration>,
+    /// Interval of late-row re-checks.
+    pub late_check_interval: Option<Duration>,
 }
 
 macro_rules! tuning_of {
@@ -177,6 +209,9 @@ macro_rules! tuning_of {
             max_poll_interval: $source.max_poll_interval,
             batch_size: $source.batch_size,
             ring_size: $source.ring_size,
+            gap_grace: $source.gap_grace,
+            hold_cap: $source.hold_cap,
+            late_check_interval: $source.late_check_interval,
         }
     };
 }
@@ -216,6 +251,20 @@ pub struct FeedFile {
     pub batch_size: Option<u32>,
     /// Events kept in memory for reconnecting clients.
     pub ring_size: Option<usize>,
+    /// Shortest time a gap in the ids stays open before what is missing is
+    /// passed over.
+    #[serde(default, with = "humantime_serde")]
+    pub gap_grace: Option<Duration>,
+    /// Longest time rows are held back behind a gap.
+    #[serde(default, with = "humantime_serde")]
+    pub hold_cap: Option<Duration>,
+    /// Interval of re-checks for rows that commit after their gap was passed over.
+    #[serde(default, with = "humantime_serde")]
+    pub late_check_interval: Option<Duration>,
+    /// SQL returning the highest id the application declares complete.
+    pub watermark: Option<String>,
+    /// `hold` (default) or `ignore` (the naive poller, for measurement).
+    pub gaps: Option<String>,
 }
 
 /// A configuration mistake, naming the key at fault.
@@ -297,6 +346,16 @@ pub struct FeedConfig {
     pub batch_size: u32,
     /// Events kept in memory for reconnecting clients.
     pub ring_size: usize,
+    /// How gaps in the ids are treated.
+    pub gaps: crate::gap::GapMode,
+    /// Shortest time a gap stays open.
+    pub gap_grace: Duration,
+    /// Longest time rows are held back behind a gap.
+    pub hold_cap: Duration,
+    /// Interval of late-row re-checks.
+    pub late_check_interval: Duration,
+    /// SQL returning the highest id the application declares complete.
+    pub watermark: Option<String>,
 }
 
 /// A feed's row source when it is not the base table.
@@ -353,6 +412,8 @@ impl Config {
                 from: args.from.clone(),
                 select: args.select.clone(),
                 event: args.event.clone(),
+                watermark: args.watermark.clone(),
+                gaps: args.gaps.clone(),
                 ..FeedFile::default()
             };
             let name = flag_feed.name.clone().unwrap_or_else(|| table.clone());
@@ -423,6 +484,8 @@ fn has_feed_flags(args: &ServeArgs) -> bool {
         || args.from.is_some()
         || args.select.is_some()
         || args.event.is_some()
+        || args.watermark.is_some()
+        || args.gaps.is_some()
 }
 
 fn validate_feed(
@@ -510,7 +573,60 @@ fn validate_feed(
         .or(defaults.ring_size)
         .unwrap_or(10_000);
 
+    let pick = |flag: Option<Duration>, feed: Option<Duration>, all: Option<Duration>, default| {
+        flag.or(feed).or(all).unwrap_or(default)
+    };
+    let gap_grace = pick(
+        flags.gap_grace,
+        tuning.gap_grace,
+        defaults.gap_grace,
+        Duration::from_secs(1),
+    );
+    let hold_cap = pick(
+        flags.hold_cap,
+        tuning.hold_cap,
+        defaults.hold_cap,
+        Duration::from_secs(30),
+    );
+    if hold_cap < gap_grace {
+        return Err(invalid(
+            key("hold_cap"),
+            "must not be shorter than `gap_grace`",
+        ));
+    }
+    let late_check_interval = pick(
+        flags.late_check_interval,
+        tuning.late_check_interval,
+        defaults.late_check_interval,
+        Duration::from_secs(15),
+    );
+    if late_check_interval.is_zero() {
+        return Err(invalid(
+            key("late_check_interval"),
+            "must be greater than zero",
+        ));
+    }
+    let gaps = match file.gaps.as_deref() {
+        None | Some("hold") => crate::gap::GapMode::Hold,
+        Some("ignore") => crate::gap::GapMode::Ignore,
+        Some(other) => {
+            return Err(invalid(
+                key("gaps"),
+                format!("`{other}` is not a gap mode; valid: hold, ignore"),
+            ))
+        }
+    };
+    let watermark = file
+        .watermark
+        .map(|w| w.trim().trim_end_matches(';').to_owned())
+        .filter(|w| !w.is_empty());
+
     Ok(FeedConfig {
+        gaps,
+        gap_grace,
+        hold_cap,
+        late_check_interval,
+        watermark,
         schema: file.schema.map(|s| identifier("schema", s)).transpose()?,
         table: identifier("table", table)?,
         id_column: file

@@ -25,6 +25,7 @@
 pub mod config;
 pub mod cursor;
 pub mod demo;
+pub mod gap;
 pub mod http;
 pub mod hub;
 pub mod poller;
@@ -69,18 +70,37 @@ pub struct Feeds {
 /// Each feed starts at its table's current greatest id.
 pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     let source = Source::connect(&config.database_url, config.max_connections).await?;
-    let mut hubs = Vec::with_capacity(config.feeds.len());
+    let mut plans = Vec::with_capacity(config.feeds.len());
     for feed in &config.feeds {
         let query = source.plan(feed).await?;
-        let head = source.max_id(&query).await?;
-        hubs.push(Arc::new(Hub::new(
-            feed.clone(),
-            query,
-            source.clone(),
-            head,
-            config.client_buffer,
-        )));
+        source.validate(feed, &query).await?;
+        let gap_setup = source.gap_setup(feed, &query).await?;
+        for warning in &gap_setup.warnings {
+            tracing::warn!("{warning}");
+        }
+        plans.push((feed, query, gap_setup));
     }
+    // Feeds wait for in-flight writers side by side, not one after another.
+    let heads = futures::future::try_join_all(
+        plans
+            .iter()
+            .map(|(feed, query, gaps)| poller::starting_head(&source, feed, query, gaps)),
+    )
+    .await?;
+    let hubs = plans
+        .into_iter()
+        .zip(heads)
+        .map(|((feed, query, gap_setup), head)| {
+            Arc::new(Hub::new(
+                feed.clone(),
+                query,
+                gap_setup,
+                source.clone(),
+                head,
+                config.client_buffer,
+            ))
+        })
+        .collect();
     Ok(Feeds { source, hubs })
 }
 

@@ -27,14 +27,17 @@ pub fn position(id: &str) -> Bytes {
 }
 
 /// Appends one event to `buf`. `data` must be a single line (JSON rendered
-/// by a database always is once [`one_line`] has run over it).
-pub fn put_event(buf: &mut BytesMut, id: &str, event: Option<&str>, data: &[u8]) {
+/// by a database always is once [`one_line`] has run over it). An event
+/// without an id leaves the client's last event id as it was (late rows).
+pub fn put_event(buf: &mut BytesMut, id: Option<&str>, event: Option<&str>, data: &[u8]) {
     debug_assert!(!data.contains(&b'\n') && !data.contains(&b'\r'));
-    buf.reserve(id.len() + data.len() + event.map_or(0, str::len) + 24);
+    buf.reserve(id.map_or(0, str::len) + data.len() + event.map_or(0, str::len) + 24);
     if let Some(event) = event {
         put_field(buf, "event", event);
     }
-    put_field(buf, "id", id);
+    if let Some(id) = id {
+        put_field(buf, "id", id);
+    }
     buf.put_slice(b"data: ");
     buf.put_slice(data);
     buf.put_slice(b"\n\n");
@@ -67,7 +70,7 @@ pub fn is_field_value(text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn event(id: &str, name: Option<&str>, data: &str) -> String {
+    fn event(id: Option<&str>, name: Option<&str>, data: &str) -> String {
         let mut buf = BytesMut::new();
         put_event(&mut buf, id, name, data.as_bytes());
         String::from_utf8(buf.to_vec()).unwrap()
@@ -75,15 +78,23 @@ mod tests {
 
     #[test]
     fn plain_event_has_no_event_line() {
-        assert_eq!(event("7", None, r#"{"a":1}"#), "id: 7\ndata: {\"a\":1}\n\n");
+        assert_eq!(
+            event(Some("7"), None, r#"{"a":1}"#),
+            "id: 7\ndata: {\"a\":1}\n\n"
+        );
     }
 
     #[test]
     fn named_event_comes_first() {
         assert_eq!(
-            event("m:7", Some("messages"), "{}"),
+            event(Some("m:7"), Some("messages"), "{}"),
             "event: messages\nid: m:7\ndata: {}\n\n"
         );
+    }
+
+    #[test]
+    fn late_event_has_no_id() {
+        assert_eq!(event(None, None, "{}"), "data: {}\n\n");
     }
 
     #[test]

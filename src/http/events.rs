@@ -299,9 +299,14 @@ impl EventStream {
                 continue;
             }
             if self.multi {
+                let name = Some(self.feeds[feed].0.name());
+                if event.late {
+                    sse::put_event(&mut buf, None, name, &event.data);
+                    continue;
+                }
                 self.positions[feed] = Cursor::At(event.id);
                 let id = composite(self.feeds.iter().map(|(h, _)| h.name()), &self.positions);
-                sse::put_event(&mut buf, &id, Some(self.feeds[feed].0.name()), &event.data);
+                sse::put_event(&mut buf, Some(&id), name, &event.data);
             } else {
                 buf.extend_from_slice(&event.frame);
             }

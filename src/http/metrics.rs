@@ -10,43 +10,71 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 /// A metric family: name, type, help, and how to read it off a hub.
-type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> u64);
+type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> f64);
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
+    counter.load(Ordering::Relaxed) as f64
+}
 
 pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let mut out = String::new();
-    let families: [Family; 6] = [
+    let families: [Family; 10] = [
         (
             "rowcast_queries_total",
             "counter",
             "Row queries sent to the database (polls and catch-up reads).",
-            |h| h.counters.queries.load(Ordering::Relaxed),
+            |h| count(&h.counters.queries),
         ),
         (
             "rowcast_catch_up_queries_total",
             "counter",
             "Of those, catch-up reads for clients behind the replay ring.",
-            |h| h.counters.catch_up_queries.load(Ordering::Relaxed),
+            |h| count(&h.counters.catch_up_queries),
         ),
         (
             "rowcast_query_errors_total",
             "counter",
             "Row queries that failed.",
-            |h| h.counters.errors.load(Ordering::Relaxed),
+            |h| count(&h.counters.errors),
         ),
         (
             "rowcast_events_total",
             "counter",
             "Rows published to subscribers.",
-            |h| h.counters.events.load(Ordering::Relaxed),
+            |h| count(&h.counters.events),
         ),
         ("rowcast_clients", "gauge", "Connected subscribers.", |h| {
-            h.clients() as u64
+            h.clients() as f64
         }),
         (
             "rowcast_feed_up",
             "gauge",
             "1 when the feed's last poll succeeded.",
-            |h| u64::from(h.failure().is_none()),
+            |h| f64::from(u8::from(h.failure().is_none())),
+        ),
+        (
+            "rowcast_gaps_passed_total",
+            "counter",
+            "Gaps in the ids passed over after they settled.",
+            |h| count(&h.counters.gaps_passed),
+        ),
+        (
+            "rowcast_gaps_capped_total",
+            "counter",
+            "Gaps passed over because rows were held past hold_cap.",
+            |h| count(&h.counters.gaps_capped),
+        ),
+        (
+            "rowcast_late_rows_total",
+            "counter",
+            "Rows that committed after their gap was passed over, delivered late.",
+            |h| count(&h.counters.late_rows),
+        ),
+        (
+            "rowcast_gap_hold_seconds",
+            "gauge",
+            "How long rows have been held back behind a gap (0 when none are).",
+            |h| h.holding_since().map_or(0.0, |t| t.elapsed().as_secs_f64()),
         ),
     ];
     for (name, kind, help, value) in families {

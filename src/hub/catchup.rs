@@ -62,7 +62,7 @@ impl Hub {
                     Some(last) if rows.len() == limit as usize => Cursor::At(last.id),
                     _ => upto.max(after),
                 };
-                let (events, _) = self.frame(rows);
+                let (events, _) = self.frame(rows, false);
                 Ok(Arc::new(Page {
                     events,
                     complete_to,

@@ -13,7 +13,7 @@ pub use subscriber::{Delivery, Subscriber};
 
 use crate::config::FeedConfig;
 use crate::cursor::Cursor;
-use crate::source::{FeedQuery, Row, Source};
+use crate::source::{FeedQuery, GapSetup, Row, Source};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +32,9 @@ pub struct Event {
     pub data: Bytes,
     /// Filter column values as text, in the feed's filter order.
     pub filters: Box<[Option<Box<str>>]>,
+    /// A row that committed after its gap was passed over: delivered out of
+    /// order, without an `id:` so that no client's cursor moves back.
+    pub late: bool,
 }
 
 /// Events published by one poll, framed into one buffer.
@@ -45,6 +48,8 @@ pub struct Batch {
     /// The poller's cursor after this batch (may pass ids that the feed's
     /// row condition excluded).
     pub head: Cursor,
+    /// Late rows, for every subscriber whatever its position.
+    pub late: bool,
 }
 
 /// A feed's shared state: configuration, queries and the fan-out.
@@ -53,6 +58,8 @@ pub struct Hub {
     pub config: FeedConfig,
     /// The feed's checked columns and SQL.
     pub query: FeedQuery,
+    /// What the database can tell about gaps in the feed's ids.
+    pub gap_setup: GapSetup,
     source: Source,
     state: Mutex<State>,
     sender: broadcast::Sender<Arc<Batch>>,
@@ -73,6 +80,12 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Events published (rows that passed the feed's condition).
     pub events: AtomicU64,
+    /// Gaps in the ids passed over after they settled.
+    pub gaps_passed: AtomicU64,
+    /// Gaps passed over because they were held past the hold cap.
+    pub gaps_capped: AtomicU64,
+    /// Rows that committed after their gap was passed over.
+    pub late_rows: AtomicU64,
 }
 
 impl Counters {
@@ -96,6 +109,8 @@ struct State {
     head_at: Option<SystemTime>,
     /// Why the poller is failing, if it is.
     failure: Option<String>,
+    /// Since when rows are held back behind a gap, if they are.
+    holding_since: Option<std::time::Instant>,
 }
 
 /// Where a joining subscriber starts.
@@ -117,6 +132,7 @@ impl Hub {
     pub fn new(
         config: FeedConfig,
         query: FeedQuery,
+        gap_setup: GapSetup,
         source: Source,
         head: Cursor,
         client_buffer: usize,
@@ -125,6 +141,7 @@ impl Hub {
             catch_up: catchup::CatchUp::new(),
             config,
             query,
+            gap_setup,
             source,
             state: Mutex::new(State {
                 ring: VecDeque::new(),
@@ -132,6 +149,7 @@ impl Hub {
                 head,
                 head_at: None,
                 failure: None,
+                holding_since: None,
             }),
             sender: broadcast::channel(client_buffer).0,
             clients: AtomicUsize::new(0),
@@ -166,20 +184,31 @@ impl Hub {
         self.state().failure.clone()
     }
 
+    /// Since when rows are held back behind a gap, if they are.
+    pub fn holding_since(&self) -> Option<std::time::Instant> {
+        self.state().holding_since
+    }
+
+    /// Records whether rows are held back behind a gap.
+    pub fn set_holding_since(&self, since: Option<std::time::Instant>) {
+        self.state().holding_since = since;
+    }
+
     /// Records the outcome of a poll.
     pub fn set_failure(&self, failure: Option<String>) {
         self.state().failure = failure;
     }
 
     /// Frames rows into events, once, for everyone.
-    pub fn frame(&self, rows: Vec<Row>) -> (Vec<Arc<Event>>, Bytes) {
+    pub fn frame(&self, rows: Vec<Row>, late: bool) -> (Vec<Arc<Event>>, Bytes) {
         let event_name = self.config.event.as_deref();
         let mut buf = BytesMut::new();
         let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
             let Some(json) = row.json else { continue };
             let start = buf.len();
-            crate::sse::put_event(&mut buf, &row.id.to_string(), event_name, json.as_bytes());
+            let id = (!late).then(|| row.id.to_string());
+            crate::sse::put_event(&mut buf, id.as_deref(), event_name, json.as_bytes());
             // `data: <json>\n\n` ends the frame.
             let data_end = buf.len() - 2;
             let data_start = data_end - json.len();
@@ -197,6 +226,7 @@ impl Hub {
                         .into_iter()
                         .map(|v| v.map(String::into_boxed_str))
                         .collect(),
+                    late,
                 })
             })
             .collect();
@@ -205,7 +235,7 @@ impl Hub {
 
     /// Publishes the rows of one poll and moves the head to `head`.
     pub fn publish(&self, rows: Vec<Row>, head: Cursor) {
-        let (events, frames) = self.frame(rows);
+        let (events, frames) = self.frame(rows, false);
         self.counters
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -230,6 +260,24 @@ impl Hub {
             events,
             frames,
             head,
+            late: false,
+        }));
+    }
+
+    /// Publishes rows that committed after their gap was passed over. They
+    /// stay out of the ring: a client resuming from before them reads them
+    /// from the database in order.
+    pub fn publish_late(&self, rows: Vec<Row>) {
+        let (events, frames) = self.frame(rows, true);
+        self.counters
+            .late_rows
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let head = self.state().head;
+        let _ = self.sender.send(Arc::new(Batch {
+            events,
+            frames,
+            head,
+            late: true,
         }));
     }
 

@@ -100,6 +100,7 @@ impl Subscriber {
                 continue;
             };
             match receiver.recv().await {
+                Ok(batch) if batch.late => return Some(Delivery::Batch(batch)),
                 Ok(batch) => {
                     let after = self.position;
                     self.position = self.position.max(batch.head);

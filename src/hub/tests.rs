@@ -30,7 +30,20 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
     };
     let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
     let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    Arc::new(Hub::new(feed, query, Source::Sqlite(pool), head, BUFFER))
+    let gap_setup = crate::source::GapSetup {
+        step: 1,
+        concurrent: false,
+        writers_sql: None,
+        warnings: Vec::new(),
+    };
+    Arc::new(Hub::new(
+        feed,
+        query,
+        gap_setup,
+        Source::Sqlite(pool),
+        head,
+        BUFFER,
+    ))
 }
 
 fn rows(ids: &[i128]) -> Vec<Row> {
@@ -50,7 +63,7 @@ fn ids(delivery: &Delivery) -> Vec<i128> {
 #[tokio::test]
 async fn frames_are_built_once_and_sliced() {
     let hub = hub(10, Cursor::Start);
-    let (events, frames) = hub.frame(rows(&[1, 2]));
+    let (events, frames) = hub.frame(rows(&[1, 2]), false);
     assert_eq!(
         &frames[..],
         b"id: 1\ndata: {\"id\":1}\n\nid: 2\ndata: {\"id\":2}\n\n"

@@ -15,6 +15,7 @@ pub(crate) mod sqlite;
 use crate::config::FeedConfig;
 use crate::cursor::Cursor;
 pub use query::FeedQuery;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// A connection pool to one of the supported databases.
@@ -35,6 +36,20 @@ pub struct Row {
     pub json: Option<String>,
     /// The filter columns' values as text, in the feed's filter order.
     pub filters: Vec<Option<String>>,
+}
+
+/// What a database can tell about gaps in a feed's ids.
+#[derive(Clone, Debug)]
+pub struct GapSetup {
+    /// Difference between consecutive ids.
+    pub step: i128,
+    /// Whether writers can commit out of id order (not SQLite).
+    pub concurrent: bool,
+    /// Lists the transactions that could still fill a gap, when the
+    /// database lets rowcast see them.
+    pub writers_sql: Option<String>,
+    /// What weakens the guarantee, for the start-up log.
+    pub warnings: Vec<String>,
 }
 
 /// What the catalog says about a feed's base table.
@@ -80,6 +95,8 @@ pub enum Error {
     },
     #[error("feed `{feed}`: the configured `from`/`select` cannot be read: {source}")]
     BadReadFrom { feed: String, source: sqlx::Error },
+    #[error("feed `{feed}`: its query fails (check `where`, `select`, `columns` and `watermark`): {source}")]
+    BadQuery { feed: String, source: sqlx::Error },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("database returned `{0}` as a row id, which is not an integer")]
@@ -198,6 +215,68 @@ impl Source {
         })
     }
 
+    /// Runs the feed's read once, matching no row, so that a mistake in its
+    /// condition or SELECT stops start-up instead of every poll.
+    pub async fn validate(&self, feed: &FeedConfig, query: &FeedQuery) -> Result<(), Error> {
+        let nothing = if query.unsigned {
+            (Bound::Unsigned(1), Bound::Unsigned(0))
+        } else {
+            (Bound::Signed(1), Bound::Signed(0))
+        };
+        let sql = &query.read_sql;
+        let result = match self {
+            Source::Postgres(pool) => postgres::read(pool, sql, nothing, 1).await.map(drop),
+            Source::MySql(pool) => mysql::read(pool, sql, nothing, 1).await.map(drop),
+            Source::Sqlite(pool) => sqlite::read(pool, sql, nothing, 1).await.map(drop),
+        };
+        let result = match (&query.watermark_sql, result) {
+            (Some(sql), Ok(())) => self.scalar(sql).await.map(drop),
+            (_, result) => result,
+        };
+        result.map_err(|source| Error::BadQuery {
+            feed: feed.name.clone(),
+            source,
+        })
+    }
+
+    /// Asks the database what it can tell about gaps in the feed's ids.
+    pub async fn gap_setup(&self, feed: &FeedConfig, query: &FeedQuery) -> Result<GapSetup, Error> {
+        match self {
+            Source::Postgres(pool) => postgres::gap_setup(pool, feed, query).await,
+            Source::MySql(pool) => mysql::gap_setup(pool, feed, query).await,
+            Source::Sqlite(_) => Ok(GapSetup {
+                step: 1,
+                concurrent: false,
+                writers_sql: None,
+                warnings: Vec::new(),
+            }),
+        }
+    }
+
+    /// The transactions that could fill a gap now (`writers_sql`'s rows).
+    pub async fn writers(&self, sql: &str) -> Result<HashSet<String>, Error> {
+        let list: Vec<String> = match self {
+            Source::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+            Source::MySql(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+            Source::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+        };
+        Ok(list.into_iter().collect())
+    }
+
+    /// The highest id the application declares complete, or `None` when
+    /// the watermark query returns nothing.
+    pub async fn watermark(&self, sql: &str) -> Result<Option<i128>, Error> {
+        self.scalar(sql).await?.map(|t| parse_id(&t)).transpose()
+    }
+
+    async fn scalar(&self, sql: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Source::Postgres(pool) => postgres::scalar(pool, sql).await,
+            Source::MySql(pool) => mysql::scalar(pool, sql).await,
+            Source::Sqlite(pool) => sqlite::scalar(pool, sql).await,
+        }
+    }
+
     /// Rows with `after < id <= upto`, in id order, at most `limit`.
     pub async fn read(
         &self,
@@ -221,12 +300,7 @@ impl Source {
 
     /// The greatest id in the feed now, or `Start` when it has no rows.
     pub async fn max_id(&self, query: &FeedQuery) -> Result<Cursor, Error> {
-        let text = match self {
-            Source::Postgres(pool) => postgres::scalar(pool, &query.max_sql).await?,
-            Source::MySql(pool) => mysql::scalar(pool, &query.max_sql).await?,
-            Source::Sqlite(pool) => sqlite::scalar(pool, &query.max_sql).await?,
-        };
-        match text {
+        match self.scalar(&query.max_sql).await? {
             None => Ok(Cursor::Start),
             Some(text) => parse_id(&text).map(Cursor::At),
         }

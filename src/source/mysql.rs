@@ -1,7 +1,7 @@
 //! MySQL and MariaDB: connection options and catalog lookups in
 //! `information_schema`, readable with plain `SELECT` rights.
 
-use super::{read_rows, Bound, Catalog, Error, RawRow, Table};
+use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use std::str::FromStr;
@@ -125,4 +125,57 @@ pub(super) async fn read(
 
 pub(super) async fn scalar(pool: &MySqlPool, sql: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(sql).fetch_one(pool).await
+}
+
+/// Open InnoDB transactions other than rowcast's own.
+const WRITERS_SQL: &str = "SELECT CAST(trx_id AS CHAR) FROM information_schema.INNODB_TRX \
+                           WHERE trx_mysql_thread_id <> CONNECTION_ID()";
+
+pub(super) async fn gap_setup(
+    pool: &MySqlPool,
+    feed: &FeedConfig,
+    query: &FeedQuery,
+) -> Result<GapSetup, Error> {
+    let column = &query.id_column;
+    let mut warnings = Vec::new();
+    let increment: i64 = sqlx::query_scalar("SELECT CAST(@@auto_increment_increment AS SIGNED)")
+        .fetch_one(pool)
+        .await?;
+    let extra: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(EXTRA AS CHAR) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+    )
+    .bind(&feed.schema)
+    .bind(&feed.table)
+    .bind(column)
+    .fetch_optional(pool)
+    .await?;
+    if !extra.is_some_and(|e| e.to_ascii_lowercase().contains("auto_increment")) {
+        warnings.push(format!(
+            "feed `{}`: `{column}` is not AUTO_INCREMENT, so the application assigns ids; \
+             gaps settle by gap_grace alone unless a `watermark` query is set",
+            feed.name
+        ));
+    }
+    let writers_sql = match sqlx::query(WRITERS_SQL).fetch_all(pool).await {
+        Ok(_) => Some(WRITERS_SQL.to_owned()),
+        // 1227: access denied, the PROCESS privilege is missing.
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("42000") || e.message().contains("PROCESS") =>
+        {
+            warnings.push(format!(
+                "feed `{}`: without the PROCESS privilege rowcast cannot see open transactions, so gaps in the ids \
+                 settle by gap_grace alone; `GRANT PROCESS ON *.* TO <rowcast user>` gives the exact guarantee",
+                feed.name
+            ));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(GapSetup {
+        step: i128::from(increment.max(1)),
+        concurrent: true,
+        writers_sql,
+        warnings,
+    })
 }

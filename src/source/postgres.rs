@@ -1,7 +1,7 @@
 //! PostgreSQL: connection options and catalog lookups (`pg_class`,
 //! `pg_attribute`, `pg_index`), all readable with plain `SELECT` rights.
 
-use super::{read_rows, Bound, Catalog, Error, RawRow, Table};
+use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
@@ -116,4 +116,75 @@ pub(super) async fn read(
 
 pub(super) async fn scalar(pool: &PgPool, sql: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(sql).fetch_one(pool).await
+}
+
+pub(super) async fn gap_setup(
+    pool: &PgPool,
+    feed: &FeedConfig,
+    query: &FeedQuery,
+) -> Result<GapSetup, Error> {
+    let table = &query.table_sql;
+    let column = &query.id_column;
+    let mut warnings = Vec::new();
+    let mut step = 1;
+    let sequence: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT seqincrement, seqcache FROM pg_sequence \
+         WHERE seqrelid = pg_get_serial_sequence($1, $2)::regclass",
+    )
+    .bind(table)
+    .bind(column)
+    .fetch_optional(pool)
+    .await?;
+    match sequence {
+        Some((increment, cache)) => {
+            if increment > 0 {
+                step = i128::from(increment);
+            } else {
+                warnings.push(format!(
+                    "feed `{}`: the sequence of `{column}` counts down; rowcast follows increasing ids only",
+                    feed.name
+                ));
+            }
+            if cache > 1 {
+                warnings.push(format!(
+                    "feed `{}`: the sequence of `{column}` has CACHE {cache}: each session takes ids {cache} at a time, \
+                     so rows appear far out of id order and rows after a gap wait for gap_grace; \
+                     ALTER SEQUENCE pg_get_serial_sequence('{table}', '{column}') CACHE 1 avoids it",
+                    feed.name
+                ));
+            }
+        }
+        None => {
+            let has_default: Option<bool> = sqlx::query_scalar(
+                "SELECT a.attidentity <> '' OR a.atthasdef FROM pg_attribute a \
+                 WHERE a.attrelid = $1::regclass AND a.attname = $2",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_optional(pool)
+            .await?;
+            if has_default != Some(true) {
+                warnings.push(format!(
+                    "feed `{}`: `{column}` has no default, so the application assigns ids and no lock reveals \
+                     a writer in advance; gaps settle by gap_grace alone unless a `watermark` query is set",
+                    feed.name
+                ));
+            }
+        }
+    }
+    // Writers that take an id from the column default hold this lock
+    // before `nextval`; pooled connections keep their pid across
+    // transactions, so transactions are told apart by virtual id.
+    let writers_sql = format!(
+        "SELECT virtualtransaction FROM pg_locks \
+         WHERE locktype = 'relation' AND relation = {}::regclass \
+           AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()",
+        super::query::Dialect::Postgres.literal(table)
+    );
+    Ok(GapSetup {
+        step,
+        concurrent: true,
+        writers_sql: Some(writers_sql),
+        warnings,
+    })
 }

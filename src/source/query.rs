@@ -33,8 +33,8 @@ impl Dialect {
         }
     }
 
-    /// A string literal (used only for JSON keys, which are column names).
-    fn literal(self, text: &str) -> String {
+    /// A string literal (used only for names from configuration).
+    pub fn literal(self, text: &str) -> String {
         let text = text.replace('\'', "''");
         match self {
             // MySQL treats backslash as an escape inside literals.
@@ -104,14 +104,23 @@ pub struct FeedQuery {
     pub read_sql: String,
     /// Reads the greatest id.
     pub max_sql: String,
+    /// Reads the feed's watermark as text, when it has one.
+    pub watermark_sql: Option<String>,
+    /// The base table, quoted (and qualified when a schema is configured).
+    pub table_sql: String,
+}
+
+/// `name`, quoted, in the feed's schema when it names one.
+fn qualified(dialect: Dialect, feed: &FeedConfig, name: &str) -> String {
+    match &feed.schema {
+        Some(schema) => format!("{}.{}", dialect.quote(schema), dialect.quote(name)),
+        None => dialect.quote(name),
+    }
 }
 
 /// The relation rows are read from, aliased `t`.
 fn relation(dialect: Dialect, feed: &FeedConfig) -> String {
-    let qualified = |name: &str| match &feed.schema {
-        Some(schema) => format!("{}.{}", dialect.quote(schema), dialect.quote(name)),
-        None => dialect.quote(name),
-    };
+    let qualified = |name: &str| qualified(dialect, feed, name);
     match &feed.read_from {
         None => format!("{} AS t", qualified(&feed.table)),
         Some(ReadFrom::Relation(name)) => format!("{} AS t", qualified(name)),
@@ -191,6 +200,11 @@ impl FeedQuery {
             unsigned: table.unsigned,
             read_sql,
             max_sql,
+            watermark_sql: feed
+                .watermark
+                .as_ref()
+                .map(|sql| format!("SELECT {}", d.as_text(&format!("({sql})")))),
+            table_sql: qualified(d, feed, &feed.table),
         })
     }
 
@@ -237,6 +251,11 @@ mod tests {
             max_poll_interval: Duration::from_secs(1),
             batch_size: 100,
             ring_size: 100,
+            gaps: crate::gap::GapMode::Hold,
+            gap_grace: Duration::from_secs(1),
+            hold_cap: Duration::from_secs(30),
+            late_check_interval: Duration::from_secs(15),
+            watermark: None,
         }
     }
 

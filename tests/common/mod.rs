@@ -216,7 +216,7 @@ impl Drop for TestDb {
 /// A configuration from TOML feed tables, tuned for quick tests.
 pub fn config(url: &str, toml: &str) -> Config {
     let file: FileConfig = toml::from_str(&format!(
-        "poll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n{toml}"
+        "poll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\ngap_grace = \"50ms\"\n{toml}"
     ))
     .unwrap();
     let args = ServeArgs {
