@@ -211,8 +211,12 @@ impl Gaps {
     }
 
     /// Records the writers active now for gaps that have none yet; `None`
-    /// when the database cannot tell.
-    pub fn record_writers(&mut self, active: Option<&HashSet<String>>) {
+    /// when the database cannot tell. `top`, the greatest id visible just
+    /// before they were listed, widens those gaps' reach: every id below it
+    /// was allocated before the list was taken, so the same writers cover
+    /// gaps past the rows read so far (one settling then releases a whole
+    /// backlog, not one batch).
+    pub fn record_writers(&mut self, active: Option<&HashSet<String>>, top: Cursor) {
         for record in self
             .records
             .iter_mut()
@@ -222,6 +226,9 @@ impl Gaps {
                 Some(active) => Writers::Known(active.clone()),
                 None => Writers::Unknown,
             };
+            if let Cursor::At(top) = top {
+                record.below = record.below.max(top);
+            }
         }
     }
 

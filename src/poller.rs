@@ -194,8 +194,11 @@ impl Poller {
 
         let settled = match verdict.probe {
             Some(Probe::Record) => {
+                // The greatest id first, then the writers: every id below
+                // it was allocated before the writers were listed.
+                let top = self.source.max_id(&hub.query).await?;
                 let writers = self.writers().await?;
-                self.gaps.record_writers(writers.as_ref());
+                self.gaps.record_writers(writers.as_ref(), top);
                 false
             }
             Some(Probe::Settle) => {

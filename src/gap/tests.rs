@@ -50,7 +50,7 @@ fn rows_after_a_gap_wait_for_its_writers_and_the_grace_window() {
         (v.emit, v.head, v.holding, v.probe),
         (1, Some(AT(11)), true, Some(Probe::Record))
     );
-    gaps.record_writers(Some(&writers(&["w1", "w2"])));
+    gaps.record_writers(Some(&writers(&["w1", "w2"])), AT(14));
 
     // Before the grace window: hold, ask nothing.
     let v = gaps.judge(AT(11), &read[1..], None, t0 + Duration::from_millis(500));
@@ -79,7 +79,7 @@ fn a_filled_gap_releases_the_rows_behind_it() {
     let t0 = Instant::now();
     let mut gaps = Gaps::new(policy());
     gaps.judge(AT(10), &rows(&[11, 13]), None, t0);
-    gaps.record_writers(Some(&writers(&["w1"])));
+    gaps.record_writers(Some(&writers(&["w1"])), AT(13));
     let v = gaps.judge(
         AT(11),
         &rows(&[12, 13, 14]),
@@ -96,7 +96,7 @@ fn one_record_covers_every_gap_seen_at_once() {
     let mut gaps = Gaps::new(policy());
     let read = rows(&[12, 14, 16]);
     gaps.judge(AT(10), &read, None, t0);
-    gaps.record_writers(Some(&writers(&[])));
+    gaps.record_writers(Some(&writers(&[])), Cursor::Start);
     let later = t0 + Duration::from_secs(1);
     gaps.judge(AT(10), &read, None, later);
     gaps.settle(Some(&writers(&[])), later);
@@ -110,7 +110,7 @@ fn without_writer_information_time_alone_settles() {
     let mut gaps = Gaps::new(policy());
     let read = rows(&[12]);
     gaps.judge(AT(10), &read, None, t0);
-    gaps.record_writers(None);
+    gaps.record_writers(None, AT(12));
     gaps.settle(None, t0 + Duration::from_millis(999));
     assert_eq!(
         gaps.judge(AT(10), &read, None, t0 + Duration::from_millis(999))
@@ -131,7 +131,7 @@ fn the_hold_cap_passes_over_a_gap_whose_writer_never_ends() {
     let mut gaps = Gaps::new(policy());
     let read = rows(&[12, 13]);
     gaps.judge(AT(10), &read, None, t0);
-    gaps.record_writers(Some(&writers(&["idle in transaction"])));
+    gaps.record_writers(Some(&writers(&["idle in transaction"])), AT(13));
     gaps.settle(
         Some(&writers(&["idle in transaction"])),
         t0 + Duration::from_secs(29),
@@ -181,7 +181,7 @@ fn the_first_row_of_an_empty_feed_waits_like_a_gap() {
     let mut gaps = Gaps::new(policy());
     let v = gaps.judge(Cursor::Start, &rows(&[1, 2]), None, t0);
     assert_eq!((v.emit, v.probe), (0, Some(Probe::Record)));
-    gaps.record_writers(Some(&writers(&[])));
+    gaps.record_writers(Some(&writers(&[])), Cursor::Start);
     gaps.settle(Some(&writers(&[])), t0 + Duration::from_secs(1));
     let v = gaps.judge(
         Cursor::Start,
@@ -237,4 +237,24 @@ fn nearby_ranges_share_a_span() {
         PassedOver::spans(&[(40, 40), (5, 5), (7, 9), (2000, 5000), (12, 12)], 100),
         vec![(5, 40), (2000, 5000)]
     );
+}
+
+#[test]
+fn one_settling_releases_everything_visible_when_the_writers_were_listed() {
+    let t0 = Instant::now();
+    let mut gaps = Gaps::new(policy());
+    // A full batch ends at 13, but ids up to 30 were visible when the
+    // writers were listed.
+    gaps.judge(AT(10), &rows(&[12, 13]), None, t0);
+    gaps.record_writers(Some(&writers(&["w1"])), AT(30));
+    let later = t0 + Duration::from_secs(1);
+    gaps.settle(Some(&writers(&[])), later);
+    gaps.judge(AT(10), &rows(&[12, 13]), None, later);
+    let v = gaps.judge(AT(13), &rows(&[15, 17, 30, 32]), None, later);
+    assert_eq!(
+        (v.emit, v.head),
+        (3, Some(AT(30))),
+        "gaps up to 30 were covered; 31 is new"
+    );
+    assert_eq!(v.probe, Some(Probe::Record));
 }

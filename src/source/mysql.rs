@@ -127,9 +127,13 @@ pub(super) async fn scalar(pool: &MySqlPool, sql: &str) -> Result<Option<String>
     sqlx::query_scalar(sql).fetch_one(pool).await
 }
 
-/// Open InnoDB transactions other than rowcast's own.
+/// Open InnoDB transactions, other than rowcast's own, that could hold an
+/// allocated id: those that wrote something or are running a statement
+/// (an INSERT between taking its id and writing its row). Readers idle in a
+/// transaction cannot, and are left out so that they do not hold gaps open.
 const WRITERS_SQL: &str = "SELECT CAST(trx_id AS CHAR) FROM information_schema.INNODB_TRX \
-                           WHERE trx_mysql_thread_id <> CONNECTION_ID()";
+                           WHERE trx_mysql_thread_id <> CONNECTION_ID() \
+                             AND (trx_rows_modified > 0 OR trx_query IS NOT NULL OR trx_state = 'LOCK WAIT')";
 
 pub(super) async fn gap_setup(
     pool: &MySqlPool,

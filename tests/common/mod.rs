@@ -61,6 +61,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new(kind: Kind) -> TestDb {
+        TestDb::with_connections(kind, 4).await
+    }
+
+    /// A test database whose pool opens up to `connections` connections.
+    pub async fn with_connections(kind: Kind, connections: u32) -> TestDb {
         sqlx::any::install_default_drivers();
         let prefix = format!("rc_{:08x}", rand::random::<u32>());
         let (url, dir) = match kind {
@@ -73,7 +78,7 @@ impl TestDb {
             }
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot reach the test database {url}: {e}"));
@@ -362,6 +367,42 @@ impl Client {
             }
         }
         got
+    }
+
+    /// The next event, or `None` when the stream ends, fails or stays
+    /// quiet for `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Ev> {
+        match tokio::time::timeout(within, self.events.next()).await {
+            Ok(Some(Ok(e))) => Some(Ev {
+                id: e.id,
+                event: e.event,
+                data: e.data,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Opens `url` like [`Client::connect`], but returns `None` instead of
+    /// panicking when the server is not there.
+    pub async fn try_connect(url: &str, last_event_id: Option<&str>) -> Option<Client> {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let response_headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|e| e.map_err(|e| e.to_string()))
+            .boxed();
+        Some(Client {
+            events,
+            response_headers,
+        })
     }
 
     /// Asserts that no event arrives within `window`.
