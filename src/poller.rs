@@ -42,7 +42,7 @@ pub async fn starting_head(
     }
     let started = Instant::now();
     let writers = match &setup.writers_sql {
-        Some(sql) => Some(source.writers(sql).await?),
+        Some(sql) => source.writers(sql, query).await?,
         None => None,
     };
     if writers.as_ref().is_some_and(|w| !w.is_empty()) {
@@ -56,11 +56,10 @@ pub async fn starting_head(
         }
         if waited >= feed.gap_grace {
             match (&writers, &setup.writers_sql) {
-                (Some(before), Some(sql)) => {
-                    if before.is_disjoint(&source.writers(sql).await?) {
-                        break;
-                    }
-                }
+                (Some(before), Some(sql)) => match source.writers(sql, query).await? {
+                    Some(now) if !before.is_disjoint(&now) => {}
+                    _ => break,
+                },
                 _ => break,
             }
         }
@@ -198,12 +197,15 @@ impl Poller {
                 // it was allocated before the writers were listed.
                 let top = self.source.max_id(&hub.query).await?;
                 let writers = self.writers().await?;
+                tracing::debug!(feed = %feed.name, %cursor, %top, writers = ?writers, "gap in the ids; holding the rows after it");
                 self.gaps.record_writers(writers.as_ref(), top);
                 false
             }
             Some(Probe::Settle) => {
                 let writers = self.writers().await?;
-                self.gaps.settle(writers.as_ref(), Instant::now())
+                let settled = self.gaps.settle(writers.as_ref(), Instant::now());
+                tracing::debug!(feed = %feed.name, %cursor, writers = ?writers, settled, "gap past its grace window");
+                settled
             }
             None => false,
         };
@@ -235,7 +237,7 @@ impl Poller {
     /// The transactions that could fill a gap now, if the database tells.
     async fn writers(&self) -> Result<Option<HashSet<String>>, source::Error> {
         match &self.hub.gap_setup.writers_sql {
-            Some(sql) => self.source.writers(sql).await.map(Some),
+            Some(sql) => self.source.writers(sql, &self.hub.query).await,
             None => Ok(None),
         }
     }

@@ -476,13 +476,11 @@ async fn suggested_unique_index_makes_the_cursor_usable_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the hint `CREATE UNIQUE INDEX ON <table> (<column>)` omits the index name, which MySQL/MariaDB require (syntax error 1064)"]
 async fn suggested_unique_index_makes_the_cursor_usable_mysql() {
     suggested_unique_index_makes_the_cursor_usable(Kind::MySql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the hint `CREATE UNIQUE INDEX ON <table> (<column>)` omits the index name, which SQLite requires (syntax error near \"ON\")"]
 async fn suggested_unique_index_makes_the_cursor_usable_sqlite() {
     suggested_unique_index_makes_the_cursor_usable(Kind::Sqlite).await
 }
@@ -543,13 +541,11 @@ async fn expect_refusal_named(url: &str) {
 }
 
 #[tokio::test]
-#[ignore = "bug: a refused connection is reported as `pool timed out while waiting for an open connection` after 5 s; the cause is lost"]
 async fn unreachable_postgres_names_the_refusal() {
     expect_refusal_named("postgres://postgres@127.0.0.1:1/test").await;
 }
 
 #[tokio::test]
-#[ignore = "bug: a refused connection is reported as `pool timed out while waiting for an open connection` after 5 s; the cause is lost"]
 async fn unreachable_mysql_names_the_refusal() {
     expect_refusal_named("mysql://root@127.0.0.1:1/test").await;
 }

@@ -253,14 +253,22 @@ impl Source {
         }
     }
 
-    /// The transactions that could fill a gap now (`writers_sql`'s rows).
-    pub async fn writers(&self, sql: &str) -> Result<HashSet<String>, Error> {
-        let list: Vec<String> = match self {
-            Source::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-            Source::MySql(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-            Source::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-        };
-        Ok(list.into_iter().collect())
+    /// The transactions that could fill a gap now (from `writers_sql`), or
+    /// `None` when the database cannot tell at the moment.
+    pub async fn writers(
+        &self,
+        sql: &str,
+        query: &FeedQuery,
+    ) -> Result<Option<HashSet<String>>, Error> {
+        match self {
+            Source::Postgres(pool) => {
+                let list: Vec<String> = sqlx::query_scalar(sql).fetch_all(pool).await?;
+                Ok(Some(list.into_iter().collect()))
+            }
+            // The SQL is fixed; `writers_sql` only says that it may be run.
+            Source::MySql(pool) => mysql::writers(pool, &query.max_sql).await,
+            Source::Sqlite(_) => Ok(None),
+        }
     }
 
     /// The highest id the application declares complete, or `None` when
@@ -430,8 +438,8 @@ impl Catalog {
         }
         if !self.unique.contains(&id) && self.primary_key != [id.clone()] {
             return Err(no_cursor(format!(
-                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX ON {} ({id}))",
-                self.display
+                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX {}_{id}_unique ON {} ({id}))",
+                feed.table, self.display
             )));
         }
         Ok(Table {

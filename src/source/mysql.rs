@@ -4,7 +4,10 @@
 use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::Connection;
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::time::Duration;
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
     // sqlx knows only the mysql:// scheme; MariaDB speaks the same protocol.
@@ -13,6 +16,18 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool
         None => url.to_owned(),
     };
     let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4");
+    // One connection first: a pool reports a refused connection only as a
+    // timeout, and the user needs the real cause.
+    sqlx::Connection::close(
+        <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options).await?,
+    )
+    .await?;
+    // One connection first: a pool reports a refused connection only as a
+    // timeout, and the user needs the real cause.
+    sqlx::MySqlConnection::connect_with(&options)
+        .await?
+        .close()
+        .await?;
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(super::ACQUIRE_TIMEOUT)
@@ -127,13 +142,55 @@ pub(super) async fn scalar(pool: &MySqlPool, sql: &str) -> Result<Option<String>
     sqlx::query_scalar(sql).fetch_one(pool).await
 }
 
-/// Open InnoDB transactions, other than rowcast's own, that could hold an
-/// allocated id: those that wrote something or are running a statement
-/// (an INSERT between taking its id and writing its row). Readers idle in a
-/// transaction cannot, and are left out so that they do not hold gaps open.
-const WRITERS_SQL: &str = "SELECT CAST(trx_id AS CHAR) FROM information_schema.INNODB_TRX \
-                           WHERE trx_mysql_thread_id <> CONNECTION_ID() \
-                             AND (trx_rows_modified > 0 OR trx_query IS NOT NULL OR trx_state = 'LOCK WAIT')";
+/// Open InnoDB transactions that could hold an allocated id: those that
+/// wrote something or are running a statement (an INSERT between taking its
+/// id and writing its row). Readers idle in a transaction cannot, and are
+/// left out so that they do not hold gaps open. A transaction is named by
+/// its connection and start time: `trx_id` is 0 until it first writes.
+/// The last column says whether the row is the reader's own transaction.
+const WRITERS_SQL: &str = "SELECT CONCAT(trx_mysql_thread_id, '@', trx_started), \
+                                  trx_mysql_thread_id = CONNECTION_ID(), \
+                                  trx_rows_modified > 0 OR trx_query IS NOT NULL OR trx_state = 'LOCK WAIT' \
+                           FROM information_schema.INNODB_TRX";
+
+/// How often, at most, InnoDB refreshes its INNODB_TRX cache.
+const TRX_CACHE_INTERVAL: Duration = Duration::from_millis(110);
+
+/// The transactions that could fill a gap now, or `None` when no fresh
+/// list could be had. InnoDB serves INNODB_TRX from a cache refreshed only
+/// when nobody read it for 0.1 s, so a list is trusted only once it shows
+/// the reader's own transaction, begun just before.
+pub(super) async fn writers(
+    pool: &MySqlPool,
+    anchor_sql: &str,
+) -> Result<Option<HashSet<String>>, Error> {
+    let mut tx = pool.begin().await?;
+    // A consistent read of the feed's table makes this an InnoDB
+    // transaction, listed in INNODB_TRX once the cache is fresh.
+    sqlx::query(anchor_sql).fetch_optional(&mut *tx).await?;
+    let mut fresh = None;
+    for _ in 0..30 {
+        let rows: Vec<(String, bool, bool)> =
+            sqlx::query_as(WRITERS_SQL).fetch_all(&mut *tx).await?;
+        if rows.iter().any(|(_, own, _)| *own) {
+            fresh = Some(
+                rows.into_iter()
+                    .filter(|(_, own, writer)| !own && *writer)
+                    .map(|(name, _, _)| name)
+                    .collect(),
+            );
+            break;
+        }
+        tokio::time::sleep(TRX_CACHE_INTERVAL).await;
+    }
+    tx.commit().await?;
+    if fresh.is_none() {
+        tracing::warn!(
+            "INNODB_TRX stayed stale for 3 s (read too often by others?); settling by time alone"
+        );
+    }
+    Ok(fresh)
+}
 
 pub(super) async fn gap_setup(
     pool: &MySqlPool,

@@ -4,6 +4,7 @@
 use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use std::str::FromStr;
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -12,6 +13,12 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, s
         // Lets operators find rowcast's sessions in pg_stat_activity.
         options = options.application_name("rowcast");
     }
+    // One connection first: a pool reports a refused connection only as a
+    // timeout, and the user needs the real cause.
+    sqlx::PgConnection::connect_with(&options)
+        .await?
+        .close()
+        .await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(super::ACQUIRE_TIMEOUT)
@@ -127,8 +134,8 @@ pub(super) async fn gap_setup(
     let column = &query.id_column;
     let mut warnings = Vec::new();
     let mut step = 1;
-    let sequence: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT seqincrement, seqcache FROM pg_sequence \
+    let sequence: Option<(String, i64, i64)> = sqlx::query_as(
+        "SELECT pg_get_serial_sequence($1, $2), seqincrement, seqcache FROM pg_sequence \
          WHERE seqrelid = pg_get_serial_sequence($1, $2)::regclass",
     )
     .bind(table)
@@ -136,7 +143,7 @@ pub(super) async fn gap_setup(
     .fetch_optional(pool)
     .await?;
     match sequence {
-        Some((increment, cache)) => {
+        Some((name, increment, cache)) => {
             if increment > 0 {
                 step = i128::from(increment);
             } else {
@@ -149,7 +156,7 @@ pub(super) async fn gap_setup(
                 warnings.push(format!(
                     "feed `{}`: the sequence of `{column}` has CACHE {cache}: each session takes ids {cache} at a time, \
                      so rows appear far out of id order and rows after a gap wait for gap_grace; \
-                     ALTER SEQUENCE pg_get_serial_sequence('{table}', '{column}') CACHE 1 avoids it",
+                     ALTER SEQUENCE {name} CACHE 1 avoids it",
                     feed.name
                 ));
             }

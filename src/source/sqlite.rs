@@ -4,6 +4,7 @@
 use super::{read_rows, Bound, Catalog, Error, RawRow, Table};
 use crate::config::FeedConfig;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::Connection;
 use std::str::FromStr;
 
 /// Opens a pool; `create` makes the file when it is missing (the demo only:
@@ -14,6 +15,18 @@ pub(crate) async fn connect(
     create: bool,
 ) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?.create_if_missing(create);
+    // One connection first: a pool reports a refused connection only as a
+    // timeout, and the user needs the real cause.
+    sqlx::Connection::close(
+        <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?,
+    )
+    .await?;
+    // One connection first: a pool reports a refused connection only as a
+    // timeout, and the user needs the real cause.
+    sqlx::SqliteConnection::connect_with(&options)
+        .await?
+        .close()
+        .await?;
     SqlitePoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(super::ACQUIRE_TIMEOUT)

@@ -20,6 +20,15 @@ use tokio::task::JoinHandle;
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
+/// Shows rowcast's logs when a test runs with `RUST_LOG` set (e.g.
+/// `RUST_LOG=rowcast=debug cargo test --test gaps -- --nocapture`).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// The databases every behaviour is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
