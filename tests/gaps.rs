@@ -187,10 +187,7 @@ fn spawn_writers(
 }
 
 async fn torture(kind: Kind) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    logs();
     let db = TestDb::with_connections(kind, WRITERS as u32 + 4).await;
     let t = table(&db).await;
     let config = feed_config(&db, &t, "");
