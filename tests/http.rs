@@ -136,6 +136,40 @@ async fn quiet_streams_get_keep_alive_comments() {
 }
 
 #[tokio::test]
+async fn a_filtered_client_of_a_busy_feed_still_gets_keep_alives() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let mut config = config(
+        &db.url,
+        &format!(
+            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"
+        ),
+    );
+    config.keep_alive = Duration::from_millis(300);
+    let server = Server::start(config).await;
+    let mut response = reqwest::get(format!("{}/events/messages?room_id=2", server.url))
+        .await
+        .unwrap();
+    let opening = response.chunk().await.unwrap().unwrap();
+    assert!(opening.starts_with(b"retry: 3000\n\n"));
+    // Rows for another room every 50 ms: none passes the filter.
+    let writer = tokio::spawn(async move {
+        for _ in 0..20 {
+            db.insert(&t, 1, "elsewhere").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let chunk = tokio::time::timeout(Duration::from_millis(900), response.chunk())
+        .await
+        .expect("a keep-alive within the interval despite the busy feed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&chunk[..], b": keep-alive\n\n");
+    writer.await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn feeds_healthz_metrics_and_page_answer_from_memory() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;

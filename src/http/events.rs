@@ -266,8 +266,11 @@ impl EventStream {
         if let Some(opening) = self.opening.take() {
             return Some(opening);
         }
+        // Counted from the last write, so that a client whose filter drops
+        // every row of a busy feed still gets its keep-alives.
+        let deadline = tokio::time::Instant::now() + self.ctx.settings.keep_alive;
         loop {
-            let next = tokio::time::timeout(self.ctx.settings.keep_alive, self.deliveries.next());
+            let next = tokio::time::timeout_at(deadline, self.deliveries.next());
             let (feed, delivery, position) = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return None,
                 next = next => match next {
