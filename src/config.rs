@@ -35,6 +35,31 @@ pub enum Command {
     Check(ServeArgs),
     /// Run a self-contained demo: an embedded SQLite database, a writer, and a live page.
     Demo(DemoArgs),
+    /// Print optional SQL for the database (rowcast never applies it by itself).
+    #[command(subcommand)]
+    Sql(SqlCommand),
+}
+
+/// What `rowcast sql` prints.
+#[derive(Debug, Subcommand)]
+pub enum SqlCommand {
+    /// Postgres exact mode: a transaction-id column and index, so that rows are
+    /// read in commit order whatever allocates their ids.
+    Txid(SqlTableArgs),
+}
+
+/// The table `rowcast sql` writes SQL for.
+#[derive(Debug, Clone, Args)]
+pub struct SqlTableArgs {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// Its schema [default: the connection's].
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Its increasing integer column.
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
 }
 
 /// Flags of `rowcast demo`.
@@ -265,6 +290,8 @@ pub struct FeedFile {
     pub watermark: Option<String>,
     /// `hold` (default) or `ignore` (the naive poller, for measurement).
     pub gaps: Option<String>,
+    /// Postgres `xid8` column for exact mode [default: `rowcast_txid`, when present].
+    pub txid_column: Option<String>,
 }
 
 /// A configuration mistake, naming the key at fault.
@@ -356,6 +383,9 @@ pub struct FeedConfig {
     pub late_check_interval: Duration,
     /// SQL returning the highest id the application declares complete.
     pub watermark: Option<String>,
+    /// The `xid8` column of exact mode, when configured by name (otherwise
+    /// `rowcast_txid` is used if the table has it).
+    pub txid_column: Option<String>,
 }
 
 /// A feed's row source when it is not the base table.
@@ -622,6 +652,10 @@ fn validate_feed(
         .filter(|w| !w.is_empty());
 
     Ok(FeedConfig {
+        txid_column: file
+            .txid_column
+            .map(|c| identifier("txid_column", c))
+            .transpose()?,
         gaps,
         gap_grace,
         hold_cap,

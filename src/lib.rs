@@ -78,6 +78,9 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
         for warning in &gap_setup.warnings {
             tracing::warn!("{warning}");
         }
+        if let Some(column) = &query.txid_column {
+            tracing::info!(feed = %feed.name, %column, "exact mode: reading rows in transaction order");
+        }
         plans.push((feed, query, gap_setup));
     }
     // Feeds wait for in-flight writers side by side, not one after another.

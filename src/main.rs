@@ -2,7 +2,7 @@
 //! `check` or `demo`. Errors print as one readable line.
 
 use clap::Parser;
-use rowcast::config::{Cli, Command, Config, LogFormat};
+use rowcast::config::{Cli, Command, Config, LogFormat, SqlCommand};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -46,6 +46,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("feed {}", hub.name());
                 println!("  reads      {}", q.source);
                 println!("  cursor     {} (now at {})", q.id_column, hub.head().0);
+                if let Some(txid) = &q.txid_column {
+                    println!("  exact      rows read in transaction order by `{txid}`");
+                }
                 println!("  columns    {}", q.columns.join(", "));
                 println!("  filters    {}", q.filter_columns.join(", "));
                 println!("  query      {}", q.read_sql);
@@ -57,6 +60,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Demo(args) => rowcast::demo::run(args, rowcast::shutdown::signal()).await?,
+        Command::Sql(SqlCommand::Txid(args)) => print!(
+            "{}",
+            rowcast::source::txid_sql(&args.table, args.schema.as_deref(), &args.id_column)
+        ),
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlx::AnyPool;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -40,7 +40,16 @@ async fn table(db: &TestDb) -> String {
 
 /// One writer's loop until `end`. `slow` writers keep every transaction
 /// open for a while, so that later ids surely commit first.
-async fn write(pool: AnyPool, kind: Kind, t: String, writer: i32, end: Instant, slow: bool) {
+/// How a writer behaves.
+#[derive(Clone, Copy)]
+struct Mix {
+    /// Keep every transaction open for a while.
+    slow: bool,
+    /// How long, in ms, ids taken with `nextval` wait before their INSERT.
+    allocated_delay: (u64, u64),
+}
+
+async fn write(pool: AnyPool, kind: Kind, t: String, writer: i32, end: Instant, mix: Mix) {
     let mut rng = StdRng::seed_from_u64(writer as u64 ^ rand::random::<u64>());
     let p = |n: usize| {
         if kind == Kind::Postgres {
@@ -60,7 +69,10 @@ async fn write(pool: AnyPool, kind: Kind, t: String, writer: i32, end: Instant, 
             .fetch_one(&pool)
             .await
             .unwrap();
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(20..150))).await;
+            tokio::time::sleep(Duration::from_millis(
+                rng.gen_range(mix.allocated_delay.0..mix.allocated_delay.1),
+            ))
+            .await;
             sqlx::query(&format!(
                 "INSERT INTO {t} (id, writer, body) VALUES ({}, {}, 'allocated')",
                 p(1),
@@ -89,7 +101,7 @@ async fn write(pool: AnyPool, kind: Kind, t: String, writer: i32, end: Instant, 
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            let pause = if slow || roll < 3 {
+            let pause = if mix.slow || roll < 3 {
                 rng.gen_range(500..2500)
             } else {
                 rng.gen_range(0..15)
@@ -104,26 +116,49 @@ async fn write(pool: AnyPool, kind: Kind, t: String, writer: i32, end: Instant, 
     }
 }
 
-/// What a client saw: row ids in order, and late rows apart.
+/// What a client saw: event ids and row ids in order, and late rows apart.
 #[derive(Default, Debug)]
 struct Seen {
+    events: Vec<i128>,
     ids: Vec<i64>,
     late: Vec<i64>,
     connections: usize,
 }
 
+/// When a client may stop: once it has seen as many rows as were committed,
+/// or the greatest id (the naive poller never sees them all).
+#[derive(Default)]
+struct Target {
+    rows: AtomicUsize,
+    max: AtomicI64,
+}
+
+impl Target {
+    fn set(&self, committed: &[i64]) {
+        self.max
+            .store(*committed.iter().max().unwrap(), Ordering::SeqCst);
+        self.rows.store(committed.len(), Ordering::SeqCst);
+    }
+
+    fn reached(&self, seen: &Seen) -> bool {
+        let rows = self.rows.load(Ordering::SeqCst);
+        rows != 0 && (seen.ids.len() >= rows || seen.ids.contains(&self.max.load(Ordering::SeqCst)))
+    }
+}
+
 /// Follows the feed at whatever server `url` names, reconnecting with its
 /// last id whenever the stream ends (or, with `churn`, every so often),
-/// until it has seen `target`.
-async fn follow(url: watch::Receiver<String>, target: Arc<AtomicI64>, churn: bool) -> Seen {
+/// until it reaches `target`.
+async fn follow(url: watch::Receiver<String>, target: Arc<Target>, churn: bool) -> Seen {
     let mut seen = Seen::default();
     let mut last: Option<String> = None;
     let mut rng = StdRng::seed_from_u64(rand::random());
     loop {
         let base = url.borrow().clone();
-        let Some(mut client) =
-            Client::try_connect(&format!("{base}/events/feed"), last.as_deref()).await
-        else {
+        // The first connection replays from the start: this client cannot
+        // read the id-only frame that tells a live client its position.
+        let url = format!("{base}/events/feed?after=start");
+        let Some(mut client) = Client::try_connect(&url, last.as_deref()).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -138,16 +173,20 @@ async fn follow(url: watch::Receiver<String>, target: Arc<AtomicI64>, churn: boo
             let Some(event) = client.next(Duration::from_secs(2)).await else {
                 break;
             };
-            let row_id = event.json()["id"].as_i64().unwrap();
-            if event.id == row_id.to_string() {
-                seen.ids.push(row_id);
-                last = Some(event.id);
-            } else {
+            let row = event.json();
+            let row_id = row["id"].as_i64().unwrap();
+            // A late row carries no id: the client keeps its last one.
+            if event.id.is_empty() || Some(&event.id) == last.as_ref() {
                 seen.late.push(row_id);
+                continue;
             }
+            seen.events.push(event.id.parse().unwrap());
+            if row["writer"].as_i64().unwrap() >= 0 {
+                seen.ids.push(row_id);
+            }
+            last = Some(event.id);
         }
-        let target = target.load(Ordering::SeqCst);
-        if target != 0 && seen.ids.last().is_some_and(|&id| id >= target) {
+        if target.reached(&seen) {
             return seen;
         }
     }
@@ -170,6 +209,7 @@ fn spawn_writers(
     t: &str,
     run: Duration,
     slow: usize,
+    allocated_delay: (u64, u64),
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let end = Instant::now() + run;
     (0..WRITERS)
@@ -180,21 +220,41 @@ fn spawn_writers(
                 t.to_owned(),
                 w as i32,
                 end,
-                w < slow,
+                Mix {
+                    slow: w < slow,
+                    allocated_delay,
+                },
             ))
         })
         .collect()
 }
 
-async fn torture(kind: Kind) {
+/// Ids taken with `nextval` are used within this many ms: the default grace
+/// window covers them.
+const PROMPT_ALLOCATION: (u64, u64) = (20, 150);
+
+async fn torture(kind: Kind, exact: bool) {
     logs();
     let db = TestDb::with_connections(kind, WRITERS as u32 + 4).await;
     let t = table(&db).await;
+    // Exact mode reads in transaction order: ids may be used much later
+    // than the grace window allows.
+    let allocated_delay = if exact {
+        for statement in rowcast::source::txid_sql(&t, None, "id").split(";\n") {
+            let statement: String = statement.lines().filter(|l| !l.starts_with("--")).collect();
+            if !statement.trim().is_empty() {
+                db.exec(&statement).await;
+            }
+        }
+        (500, 2500)
+    } else {
+        PROMPT_ALLOCATION
+    };
     let config = feed_config(&db, &t, "");
     let server = Server::start(config.clone()).await;
     let (url_tx, url) = watch::channel(server.url.clone());
-    let target = Arc::new(AtomicI64::new(0));
-    let writers = spawn_writers(&db, &t, Duration::from_secs(8), 0);
+    let target = Arc::new(Target::default());
+    let writers = spawn_writers(&db, &t, Duration::from_secs(8), 0, allocated_delay);
     let clients: Vec<_> = [false, true, true]
         .into_iter()
         .map(|churn| tokio::spawn(follow(url.clone(), target.clone(), churn)))
@@ -212,25 +272,35 @@ async fn torture(kind: Kind) {
         writer.await.unwrap();
     }
     let committed = committed(&db, &t).await;
-    target.store(*committed.last().unwrap(), Ordering::SeqCst);
+    target.set(&committed);
     for client in clients {
         let seen = tokio::time::timeout(Duration::from_secs(60), client)
             .await
             .expect("client catches up")
             .unwrap();
         assert!(
-            seen.ids.windows(2).all(|w| w[0] < w[1]),
-            "ids strictly increase"
+            seen.events.windows(2).all(|w| w[0] < w[1]),
+            "event ids strictly increase"
         );
-        if seen.ids != committed {
+        let mut ids = seen.ids.clone();
+        if exact {
+            // Transaction order, not id order: compare as sets.
+            ids.sort();
+        } else {
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "row ids strictly increase"
+            );
+        }
+        if ids != committed {
             let got: std::collections::BTreeSet<_> = seen.ids.iter().collect();
             let missing: Vec<_> = committed.iter().filter(|id| !got.contains(id)).collect();
             panic!(
-                "{} of {} committed ids missing (client connected {} times; first ids {:?}): {:?}",
+                "{} of {} committed ids missing (client connected {} times; late {:?}): {:?}",
                 missing.len(),
                 committed.len(),
                 seen.connections,
-                &seen.ids[..seen.ids.len().min(5)],
+                seen.late,
                 &missing[..missing.len().min(20)]
             );
         }
@@ -249,21 +319,29 @@ async fn torture(kind: Kind) {
         late_before + hub.counters.late_rows.load(Ordering::SeqCst),
         0
     );
-    assert!(
-        gaps_before + hub.counters.gaps_passed.load(Ordering::SeqCst) > 0,
-        "rollbacks and burnt ids left gaps to settle"
-    );
+    let gaps = gaps_before + hub.counters.gaps_passed.load(Ordering::SeqCst);
+    if exact {
+        assert_eq!(hub.query.txid_column.as_deref(), Some("rowcast_txid"));
+        assert_eq!(gaps, 0, "exact mode never passes over an id");
+    } else {
+        assert!(gaps > 0, "rollbacks and burnt ids left gaps to settle");
+    }
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_torture_delivers_exactly_the_committed_rows() {
-    torture(Kind::Postgres).await
+    torture(Kind::Postgres, false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_torture_delivers_exactly_the_committed_rows() {
-    torture(Kind::MySql).await
+    torture(Kind::MySql, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_exact_mode_delivers_ids_used_long_after_they_were_taken() {
+    torture(Kind::Postgres, true).await
 }
 
 /// The same writers against the naive `id > last` poller lose rows: the
@@ -273,14 +351,14 @@ async fn naive_poller_loses_rows(kind: Kind) {
     let t = table(&db).await;
     let server = Server::start(feed_config(&db, &t, "gaps = \"ignore\"")).await;
     let (_url_tx, url) = watch::channel(server.url.clone());
-    let target = Arc::new(AtomicI64::new(0));
-    let writers = spawn_writers(&db, &t, Duration::from_secs(4), 4);
+    let target = Arc::new(Target::default());
+    let writers = spawn_writers(&db, &t, Duration::from_secs(4), 4, PROMPT_ALLOCATION);
     let client = tokio::spawn(follow(url, target.clone(), false));
     for writer in writers {
         writer.await.unwrap();
     }
     let committed = committed(&db, &t).await;
-    target.store(*committed.last().unwrap(), Ordering::SeqCst);
+    target.set(&committed);
     let seen = tokio::time::timeout(Duration::from_secs(30), client)
         .await
         .unwrap()

@@ -264,9 +264,10 @@ impl Hub {
         }));
     }
 
-    /// Publishes rows that committed after their gap was passed over. They
-    /// stay out of the ring: a client resuming from before them reads them
-    /// from the database in order.
+    /// Publishes rows that committed after their gap was passed over, to the
+    /// clients connected now. They stay out of the ring (it is in id order);
+    /// a client that later resumes from before them gets them only when its
+    /// cursor is older than the ring and it reads from the database.
     pub fn publish_late(&self, rows: Vec<Row>) {
         let (events, frames) = self.frame(rows, true);
         self.counters

@@ -27,6 +27,7 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
         columns: vec!["id".into(), "room_id".into()],
         id_column: "id".into(),
         unsigned: false,
+        txid_column: None,
     };
     let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
     let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();

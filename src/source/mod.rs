@@ -14,6 +14,7 @@ pub(crate) mod sqlite;
 
 use crate::config::FeedConfig;
 use crate::cursor::Cursor;
+pub use postgres::{txid_sql, TXID_COLUMN};
 pub use query::FeedQuery;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct Table {
     pub id_column: String,
     /// Whether the cursor column is an unsigned integer (MySQL).
     pub unsigned: bool,
+    /// The `xid8` column of exact mode (Postgres), when the table has it.
+    pub txid_column: Option<String>,
 }
 
 /// Everything that can go wrong talking to a database.
@@ -218,11 +221,7 @@ impl Source {
     /// Runs the feed's read once, matching no row, so that a mistake in its
     /// condition or SELECT stops start-up instead of every poll.
     pub async fn validate(&self, feed: &FeedConfig, query: &FeedQuery) -> Result<(), Error> {
-        let nothing = if query.unsigned {
-            (Bound::Unsigned(1), Bound::Unsigned(0))
-        } else {
-            (Bound::Signed(1), Bound::Signed(0))
-        };
+        let nothing = query.nothing();
         let sql = &query.read_sql;
         let result = match self {
             Source::Postgres(pool) => postgres::read(pool, sql, nothing, 1).await.map(drop),
@@ -333,6 +332,8 @@ fn names<C: sqlx::Column>(columns: &[C]) -> Vec<String> {
 pub enum Bound {
     Signed(i64),
     Unsigned(u64),
+    /// An exact-mode `(txid, id)` pair.
+    Txid(u64, i64),
 }
 
 impl Bound {
@@ -342,6 +343,7 @@ impl Bound {
         match self {
             Bound::Signed(v) => v,
             Bound::Unsigned(v) => i64::try_from(v).unwrap_or(i64::MAX),
+            Bound::Txid(_, id) => id,
         }
     }
 }
@@ -445,6 +447,7 @@ impl Catalog {
         Ok(Table {
             columns: self.columns.iter().map(|c| c.0.clone()).collect(),
             unsigned: *unsigned,
+            txid_column: None,
             id_column: id,
             display: self.display,
         })
@@ -454,12 +457,10 @@ impl Catalog {
 /// Runs a feed's read statement on any driver's pool. A macro rather than a
 /// generic function: sqlx's per-driver trait bounds would outweigh the body.
 macro_rules! read_rows {
-    ($pool:expr, $sql:expr, $low:expr, $high:expr, $limit:expr) => {{
+    ($pool:expr, $sql:expr, $($bind:expr),+) => {{
         use sqlx::Row as _;
         let rows = sqlx::query($sql)
-            .bind($low)
-            .bind($high)
-            .bind($limit)
+            $(.bind($bind))+
             .fetch_all($pool)
             .await?;
         rows.iter()

@@ -18,12 +18,6 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool
     let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4");
     // One connection first: a pool reports a refused connection only as a
     // timeout, and the user needs the real cause.
-    sqlx::Connection::close(
-        <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options).await?,
-    )
-    .await?;
-    // One connection first: a pool reports a refused connection only as a
-    // timeout, and the user needs the real cause.
     sqlx::MySqlConnection::connect_with(&options)
         .await?
         .close()
@@ -199,9 +193,11 @@ pub(super) async fn gap_setup(
 ) -> Result<GapSetup, Error> {
     let column = &query.id_column;
     let mut warnings = Vec::new();
-    let increment: i64 = sqlx::query_scalar("SELECT CAST(@@auto_increment_increment AS SIGNED)")
-        .fetch_one(pool)
-        .await?;
+    // The server's default, which the application's sessions use.
+    let increment: i64 =
+        sqlx::query_scalar("SELECT CAST(@@GLOBAL.auto_increment_increment AS SIGNED)")
+            .fetch_one(pool)
+            .await?;
     let extra: Option<String> = sqlx::query_scalar(
         "SELECT CAST(EXTRA AS CHAR) FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
@@ -233,6 +229,13 @@ pub(super) async fn gap_setup(
         }
         Err(e) => return Err(e.into()),
     };
+    if increment > 1 {
+        warnings.push(format!(
+            "feed `{}`: auto_increment_increment is {increment}: ids step by {increment}, and a session \
+             that sets another increment would make rowcast take a missing id for no gap",
+            feed.name
+        ));
+    }
     Ok(GapSetup {
         step: i128::from(increment.max(1)),
         concurrent: true,

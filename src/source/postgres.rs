@@ -100,7 +100,31 @@ pub(super) async fn describe(pool: &PgPool, feed: &FeedConfig) -> Result<Table, 
     .bind(oid)
     .fetch_all(pool)
     .await?;
-    Catalog {
+    // Exact mode when the table has rowcast's transaction-id column.
+    let txid_name = feed.txid_column.as_deref().unwrap_or(TXID_COLUMN);
+    let txid_column = match columns.iter().find(|c| c.0 == txid_name) {
+        Some((name, type_name, _)) if type_name == "xid8" => Some(name.clone()),
+        Some((_, type_name, _)) if feed.txid_column.is_some() => {
+            return Err(Error::NoCursor {
+                feed: feed.name.clone(),
+                table: display,
+                reason: format!(
+                "`txid_column` `{txid_name}` is `{type_name}`, not `xid8`; see `rowcast sql txid`"
+            ),
+            })
+        }
+        None if feed.txid_column.is_some() => {
+            return Err(Error::UnknownColumn {
+                feed: feed.name.clone(),
+                key: "txid_column",
+                column: txid_name.to_owned(),
+                table: display,
+                available: columns.into_iter().map(|c| c.0).collect(),
+            })
+        }
+        _ => None,
+    };
+    let mut table = Catalog {
         display,
         columns: columns
             .into_iter()
@@ -109,16 +133,56 @@ pub(super) async fn describe(pool: &PgPool, feed: &FeedConfig) -> Result<Table, 
         primary_key,
         unique,
     }
-    .into_table(feed)
+    .into_table(feed)?;
+    table.txid_column = txid_column;
+    Ok(table)
+}
+
+/// The exact-mode column rowcast looks for when none is configured.
+pub const TXID_COLUMN: &str = "rowcast_txid";
+
+/// The SQL that enables exact mode on a table: a transaction-id column
+/// filled by the database and an index to read in transaction order.
+pub fn txid_sql(table: &str, schema: Option<&str>, id_column: &str) -> String {
+    let d = super::query::Dialect::Postgres;
+    let qualified = match schema {
+        Some(schema) => format!("{}.{}", d.quote(schema), d.quote(table)),
+        None => d.quote(table),
+    };
+    let column = d.quote(TXID_COLUMN);
+    let index = d.quote(&format!("{table}_{TXID_COLUMN}"));
+    format!(
+        "-- rowcast exact mode for {qualified}: rows are read in transaction order, so\n\
+         -- rows are delivered exactly once whatever allocates their ids and whenever\n\
+         -- they commit. rowcast uses the column when it finds it; it never adds it.\n\
+         -- Adding the column rewrites the table (existing rows share one transaction id).\n\
+         ALTER TABLE {qualified} ADD COLUMN {column} xid8 NOT NULL DEFAULT pg_current_xact_id();\n\
+         CREATE INDEX CONCURRENTLY {index} ON {qualified} ({column}, {});\n\
+         -- To undo:\n\
+         -- DROP INDEX CONCURRENTLY {index};\n\
+         -- ALTER TABLE {qualified} DROP COLUMN {column};\n",
+        d.quote(id_column)
+    )
 }
 
 pub(super) async fn read(
     pool: &PgPool,
     sql: &str,
-    (low, high): (Bound, Bound),
+    bounds: (Bound, Bound),
     limit: i64,
 ) -> Result<Vec<RawRow>, sqlx::Error> {
-    read_rows!(pool, sql, low.as_i64(), high.as_i64(), limit)
+    match bounds {
+        (Bound::Txid(low_txid, low_id), Bound::Txid(high_txid, high_id)) => read_rows!(
+            pool,
+            sql,
+            low_txid.to_string(),
+            low_id,
+            high_txid.to_string(),
+            high_id,
+            limit
+        ),
+        (low, high) => read_rows!(pool, sql, low.as_i64(), high.as_i64(), limit),
+    }
 }
 
 pub(super) async fn scalar(pool: &PgPool, sql: &str) -> Result<Option<String>, sqlx::Error> {
@@ -130,6 +194,15 @@ pub(super) async fn gap_setup(
     feed: &FeedConfig,
     query: &FeedQuery,
 ) -> Result<GapSetup, Error> {
+    if query.txid_column.is_some() {
+        // Read in transaction order: nothing can commit below the cursor.
+        return Ok(GapSetup {
+            step: 1,
+            concurrent: false,
+            writers_sql: None,
+            warnings: Vec::new(),
+        });
+    }
     let table = &query.table_sql;
     let column = &query.id_column;
     let mut warnings = Vec::new();

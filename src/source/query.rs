@@ -100,6 +100,9 @@ pub struct FeedQuery {
     pub filter_columns: Vec<String>,
     /// Whether ids are bound as unsigned integers.
     pub unsigned: bool,
+    /// Exact mode (Postgres): rows are read in transaction order through
+    /// this `xid8` column, and cursors pack `(txid, id)` into one integer.
+    pub txid_column: Option<String>,
     /// Reads rows in an id range (`$1 <= id <= $2`, `LIMIT $3`).
     pub read_sql: String,
     /// Reads the greatest id.
@@ -108,6 +111,23 @@ pub struct FeedQuery {
     pub watermark_sql: Option<String>,
     /// The base table, quoted (and qualified when a schema is configured).
     pub table_sql: String,
+}
+
+/// Exact-mode cursors pack `(txid, id)` as `txid * 2^64 + (id + 2^63)`,
+/// which sorts like the pair.
+const TXID_SHIFT: &str = "18446744073709551616";
+const ID_OFFSET: &str = "9223372036854775808";
+
+/// The exact-mode cursor of a row.
+pub fn pack(txid: u64, id: i64) -> i128 {
+    (i128::from(txid) << 64) | i128::from((id as u64) ^ (1 << 63))
+}
+
+/// The `(txid, id)` of an exact-mode cursor.
+pub fn unpack(cursor: i128) -> (u64, i64) {
+    let txid = (cursor >> 64) as u64;
+    let id = ((cursor as u64) ^ (1 << 63)) as i64;
+    (txid, id)
 }
 
 /// `name`, quoted, in the feed's schema when it names one.
@@ -170,34 +190,79 @@ impl FeedQuery {
 
         let d = dialect;
         let id = format!("t.{}", d.quote(&table.id_column));
-        let mut payload = d.json(feed.columns.as_deref(), read_columns);
+        let all_columns: Vec<String> = read_columns
+            .iter()
+            .filter(|c| Some(*c) != table.txid_column.as_ref())
+            .cloned()
+            .collect();
+        let columns = match (&feed.columns, &table.txid_column) {
+            (Some(columns), _) => Some(columns.as_slice()),
+            // Every column but the transaction id, which is rowcast's own.
+            (None, Some(_)) => Some(all_columns.as_slice()),
+            (None, None) => None,
+        };
+        let mut payload = d.json(columns, read_columns);
         if let Some(condition) = &feed.condition {
             payload = format!("CASE WHEN ({condition}) THEN {payload} END");
         }
-        let mut select = vec![d.as_text(&id), payload];
-        select.extend(
-            feed.filter_columns
-                .iter()
-                .map(|c| d.as_text(&format!("t.{}", d.quote(c)))),
-        );
+        let filters = feed
+            .filter_columns
+            .iter()
+            .map(|c| d.as_text(&format!("t.{}", d.quote(c))));
         let from = relation(d, feed);
-        let read_sql = format!(
-            "SELECT {} FROM {from} WHERE {id} >= {} AND {id} <= {} ORDER BY {id} LIMIT {}",
-            select.join(", "),
-            d.placeholder(1),
-            d.placeholder(2),
-            d.placeholder(3),
-        );
-        let max_sql = format!("SELECT {} FROM {from}", d.as_text(&format!("MAX({id})")));
+        let p = |n| d.placeholder(n);
+        let (read_sql, max_sql) = match &table.txid_column {
+            None => {
+                let select: Vec<String> = [d.as_text(&id), payload]
+                    .into_iter()
+                    .chain(filters)
+                    .collect();
+                (
+                    format!(
+                        "SELECT {} FROM {from} WHERE {id} >= {} AND {id} <= {} ORDER BY {id} LIMIT {}",
+                        select.join(", "),
+                        p(1),
+                        p(2),
+                        p(3),
+                    ),
+                    format!("SELECT {} FROM {from}", d.as_text(&format!("MAX({id})"))),
+                )
+            }
+            Some(txid) => {
+                // Only transactions older than every open one are final.
+                let txid = format!("t.{}", d.quote(txid));
+                let packed = format!(
+                    "(({txid})::text::numeric * {TXID_SHIFT} + ({id} + {ID_OFFSET}))::text"
+                );
+                let settled = format!("{txid} < pg_snapshot_xmin(pg_current_snapshot())");
+                let select: Vec<String> = [packed.clone(), payload]
+                    .into_iter()
+                    .chain(filters)
+                    .collect();
+                (
+                    format!(
+                        "SELECT {} FROM {from} WHERE ({txid}, {id}) > ({}::xid8, {}) AND ({txid}, {id}) <= ({}::xid8, {}) \
+                         AND {settled} ORDER BY {txid}, {id} LIMIT {}",
+                        select.join(", "),
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                    ),
+                    format!(
+                        "SELECT (SELECT {packed} FROM {from} WHERE {settled} ORDER BY {txid} DESC, {id} DESC LIMIT 1)"
+                    ),
+                )
+            }
+        };
         Ok(FeedQuery {
             source,
             id_column: table.id_column.clone(),
-            columns: feed
-                .columns
-                .clone()
-                .unwrap_or_else(|| read_columns.to_vec()),
+            columns: columns.map_or_else(|| read_columns.to_vec(), <[String]>::to_vec),
             filter_columns: feed.filter_columns.clone(),
             unsigned: table.unsigned,
+            txid_column: table.txid_column.clone(),
             read_sql,
             max_sql,
             watermark_sql: feed
@@ -208,11 +273,36 @@ impl FeedQuery {
         })
     }
 
+    /// Bounds that match no row, to run the read once at start-up.
+    pub fn nothing(&self) -> (Bound, Bound) {
+        match (&self.txid_column, self.unsigned) {
+            (Some(_), _) => (Bound::Txid(1, 0), Bound::Txid(0, 0)),
+            (None, true) => (Bound::Unsigned(1), Bound::Unsigned(0)),
+            (None, false) => (Bound::Signed(1), Bound::Signed(0)),
+        }
+    }
+
     /// The bounds of `after < id <= upto` in the column's type, or `None`
     /// when no id can fall in that range.
     pub fn bounds(&self, after: Cursor, upto: Cursor) -> Option<(Bound, Bound)> {
-        let low = after.next_id()?;
         let Cursor::At(high) = upto else { return None };
+        if self.txid_column.is_some() {
+            // The exact read compares `(txid, id) > low`: `low` is the cursor itself.
+            let low = match after {
+                Cursor::Start => 0,
+                Cursor::At(after) => after.max(0),
+            };
+            let high = high.min(pack(i64::MAX as u64, i64::MAX));
+            if low >= high {
+                return None;
+            }
+            let ((low_txid, low_id), (high_txid, high_id)) = (unpack(low), unpack(high));
+            return Some((
+                Bound::Txid(low_txid, low_id),
+                Bound::Txid(high_txid, high_id),
+            ));
+        }
+        let low = after.next_id()?;
         let (min, max) = if self.unsigned {
             (0, i128::from(u64::MAX))
         } else {
@@ -256,6 +346,7 @@ mod tests {
             hold_cap: Duration::from_secs(30),
             late_check_interval: Duration::from_secs(15),
             watermark: None,
+            txid_column: None,
         }
     }
 
@@ -265,6 +356,7 @@ mod tests {
             columns: vec!["id".into(), "room_id".into(), "body".into()],
             id_column: "id".into(),
             unsigned,
+            txid_column: None,
         }
     }
 
@@ -328,6 +420,51 @@ mod tests {
             err.to_string(),
             "feed `messages`: `filter_columns`: column `roomid` not found in `messages`; \
              columns: id, room_id, body"
+        );
+    }
+
+    #[test]
+    fn exact_cursors_sort_like_their_pairs() {
+        let pairs = [
+            (3, i64::MIN),
+            (3, -1),
+            (3, 0),
+            (3, i64::MAX),
+            (4, i64::MIN),
+            (900, 7),
+        ];
+        let packed: Vec<i128> = pairs.iter().map(|&(t, i)| pack(t, i)).collect();
+        assert!(packed.windows(2).all(|w| w[0] < w[1]));
+        for (&pair, &p) in pairs.iter().zip(&packed) {
+            assert_eq!(unpack(p), pair);
+        }
+        // In SQL: txid * 2^64 + (id + 2^63).
+        assert_eq!(pack(5, 2), 5 * (1i128 << 64) + 2 + (1i128 << 63));
+    }
+
+    #[test]
+    fn exact_mode_reads_in_transaction_order() {
+        let mut t = table(false);
+        t.columns.push("rowcast_txid".into());
+        t.txid_column = Some("rowcast_txid".into());
+        let q = FeedQuery::new(Dialect::Postgres, &feed(), &t, &t.columns).unwrap();
+        assert_eq!(
+            q.columns,
+            ["id", "room_id", "body"],
+            "the txid column is not sent"
+        );
+        assert!(q.read_sql.contains(
+            "WHERE (t.\"rowcast_txid\", t.\"id\") > ($1::xid8, $2) AND (t.\"rowcast_txid\", t.\"id\") <= ($3::xid8, $4) \
+             AND t.\"rowcast_txid\" < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY t.\"rowcast_txid\", t.\"id\" LIMIT $5"
+        ), "{}", q.read_sql);
+        let after = pack(7, 10);
+        assert_eq!(
+            q.bounds(Cursor::At(after), Cursor::At(pack(9, 1))),
+            Some((Bound::Txid(7, 10), Bound::Txid(9, 1)))
+        );
+        assert_eq!(
+            q.bounds(Cursor::Start, Cursor::At(pack(9, 1))),
+            Some((Bound::Txid(0, i64::MIN), Bound::Txid(9, 1)))
         );
     }
 

@@ -17,12 +17,6 @@ pub(crate) async fn connect(
     let options = SqliteConnectOptions::from_str(url)?.create_if_missing(create);
     // One connection first: a pool reports a refused connection only as a
     // timeout, and the user needs the real cause.
-    sqlx::Connection::close(
-        <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?,
-    )
-    .await?;
-    // One connection first: a pool reports a refused connection only as a
-    // timeout, and the user needs the real cause.
     sqlx::SqliteConnection::connect_with(&options)
         .await?
         .close()
