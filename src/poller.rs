@@ -195,7 +195,9 @@ impl Poller {
             Some(Probe::Record) => {
                 // The greatest id first, then the writers: every id below
                 // it was allocated before the writers were listed.
-                let top = self.source.max_id(&hub.query).await?;
+                let top = self.source.max_id(&hub.query).await;
+                hub.counters.query(&top);
+                let top = top?;
                 let writers = self.writers().await?;
                 tracing::debug!(feed = %feed.name, %cursor, %top, writers = ?writers, "gap in the ids; holding the rows after it");
                 self.gaps.record_writers(writers.as_ref(), top);

@@ -72,7 +72,7 @@ pub struct Hub {
 /// What a feed has done since start-up.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Row queries sent to the database: polls and catch-up reads.
+    /// Queries of the feed's table: polls, catch-up reads and gap checks.
     pub queries: AtomicU64,
     /// Of those, catch-up reads for clients behind the ring.
     pub catch_up_queries: AtomicU64,
