@@ -46,6 +46,25 @@ pub enum SqlCommand {
     /// Postgres exact mode: a transaction-id column and index, so that rows are
     /// read in commit order whatever allocates their ids.
     Txid(SqlTableArgs),
+    /// Postgres NOTIFY doorbell: a statement-level trigger that makes rowcast
+    /// poll as soon as the table changes.
+    Notify(SqlNotifyArgs),
+}
+
+/// Flags of `rowcast sql notify`.
+#[derive(Debug, Clone, Args)]
+pub struct SqlNotifyArgs {
+    #[command(flatten)]
+    pub table: SqlTableArgs,
+    /// Print the SQL that removes the trigger instead.
+    #[arg(long)]
+    pub remove: bool,
+    /// Run the SQL on the database as well as printing it.
+    #[arg(long)]
+    pub apply: bool,
+    /// Database to apply it to (with --apply).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 /// The table `rowcast sql` writes SQL for.
@@ -141,6 +160,13 @@ pub struct ServeArgs {
     /// Interval of re-checks for rows that commit after their gap was passed over [default: 15s].
     #[arg(long, env = "ROWCAST_LATE_CHECK_INTERVAL", value_parser = humantime::parse_duration)]
     pub late_check_interval: Option<Duration>,
+    /// Interval of polls while the Postgres NOTIFY doorbell works [default: 30s].
+    #[arg(long, env = "ROWCAST_NOTIFY_INTERVAL", value_parser = humantime::parse_duration)]
+    pub notify_interval: Option<Duration>,
+    /// Postgres NOTIFY doorbell of the `--table` feed: `auto` (use the trigger
+    /// when installed), `on` (require it) or `off` [default: auto].
+    #[arg(long, env = "ROWCAST_NOTIFY")]
+    pub notify: Option<String>,
     /// SQL returning the highest id the application declares complete (for the `--table` feed).
     #[arg(long, env = "ROWCAST_WATERMARK")]
     pub watermark: Option<String>,
@@ -203,6 +229,9 @@ pub struct FileConfig {
     /// Interval of re-checks for rows that commit after their gap was passed over.
     #[serde(default, with = "humantime_serde")]
     pub late_check_interval: Option<Duration>,
+    /// Interval of polls while the Postgres NOTIFY doorbell works.
+    #[serde(default, with = "humantime_serde")]
+    pub notify_interval: Option<Duration>,
     /// The feeds, as `[[feed]]` tables.
     #[serde(default, rename = "feed")]
     pub feeds: Vec<FeedFile>,
@@ -225,6 +254,8 @@ pub struct FeedTuning {
     pub hold_cap: Option<Duration>,
     /// Interval of late-row re-checks.
     pub late_check_interval: Option<Duration>,
+    /// Interval of polls while the NOTIFY doorbell works.
+    pub notify_interval: Option<Duration>,
 }
 
 macro_rules! tuning_of {
@@ -237,6 +268,7 @@ macro_rules! tuning_of {
             gap_grace: $source.gap_grace,
             hold_cap: $source.hold_cap,
             late_check_interval: $source.late_check_interval,
+            notify_interval: $source.notify_interval,
         }
     };
 }
@@ -286,12 +318,18 @@ pub struct FeedFile {
     /// Interval of re-checks for rows that commit after their gap was passed over.
     #[serde(default, with = "humantime_serde")]
     pub late_check_interval: Option<Duration>,
+    /// Interval of polls while the Postgres NOTIFY doorbell works.
+    #[serde(default, with = "humantime_serde")]
+    pub notify_interval: Option<Duration>,
     /// SQL returning the highest id the application declares complete.
     pub watermark: Option<String>,
     /// `hold` (default) or `ignore` (the naive poller, for measurement).
     pub gaps: Option<String>,
     /// Postgres `xid8` column for exact mode [default: `rowcast_txid`, when present].
     pub txid_column: Option<String>,
+    /// Postgres NOTIFY doorbell: `true` requires the trigger, `false` never
+    /// listens [default: use the trigger when it is installed].
+    pub notify: Option<bool>,
 }
 
 /// A configuration mistake, naming the key at fault.
@@ -386,6 +424,21 @@ pub struct FeedConfig {
     /// The `xid8` column of exact mode, when configured by name (otherwise
     /// `rowcast_txid` is used if the table has it).
     pub txid_column: Option<String>,
+    /// Whether to listen for the Postgres NOTIFY doorbell.
+    pub notify: Notify,
+    /// Interval of polls while the doorbell works.
+    pub notify_interval: Duration,
+}
+
+/// Whether a feed listens for the Postgres NOTIFY doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// When the trigger is installed (checked at start-up and now and then).
+    Auto,
+    /// Always: start-up fails without the trigger.
+    On,
+    /// Never: polling only.
+    Off,
 }
 
 /// A feed's row source when it is not the base table.
@@ -444,6 +497,17 @@ impl Config {
                 event: args.event.clone(),
                 watermark: args.watermark.clone(),
                 gaps: args.gaps.clone(),
+                notify: match args.notify.as_deref() {
+                    None | Some("auto") => None,
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    Some(other) => {
+                        return Err(invalid(
+                            "--notify",
+                            format!("`{other}` is not a choice; valid: auto, on, off"),
+                        ))
+                    }
+                },
                 ..FeedFile::default()
             };
             let name = flag_feed.name.clone().unwrap_or_else(|| table.clone());
@@ -516,6 +580,7 @@ fn has_feed_flags(args: &ServeArgs) -> bool {
         || args.event.is_some()
         || args.watermark.is_some()
         || args.gaps.is_some()
+        || args.notify.is_some()
 }
 
 fn validate_feed(
@@ -651,7 +716,22 @@ fn validate_feed(
         .map(|w| w.trim().trim_end_matches(';').to_owned())
         .filter(|w| !w.is_empty());
 
+    let notify_interval = pick(
+        flags.notify_interval,
+        tuning.notify_interval,
+        defaults.notify_interval,
+        Duration::from_secs(30),
+    )
+    .max(poll_interval);
+    let notify = match file.notify {
+        None => Notify::Auto,
+        Some(true) => Notify::On,
+        Some(false) => Notify::Off,
+    };
+
     Ok(FeedConfig {
+        notify,
+        notify_interval,
         txid_column: file
             .txid_column
             .map(|c| identifier("txid_column", c))

@@ -25,6 +25,7 @@
 pub mod config;
 pub mod cursor;
 pub mod demo;
+pub mod doorbell;
 pub mod gap;
 pub mod http;
 pub mod hub;
@@ -77,6 +78,19 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
         let gap_setup = source.gap_setup(feed, &query).await?;
         for warning in &gap_setup.warnings {
             tracing::warn!("{warning}");
+        }
+        match (feed.notify, source.notify_trigger(&query).await?) {
+            (config::Notify::On, Some(false)) | (config::Notify::On, None) => {
+                return Err(source::Error::NoTrigger {
+                    feed: feed.name.clone(),
+                    table: query.table.clone(),
+                }
+                .into())
+            }
+            (config::Notify::Off, _) | (_, Some(false)) | (_, None) => {}
+            (_, Some(true)) => {
+                tracing::info!(feed = %feed.name, table = %query.table, "NOTIFY trigger found: the doorbell will be used")
+            }
         }
         if let Some(column) = &query.txid_column {
             tracing::info!(feed = %feed.name, %column, "exact mode: reading rows in transaction order");
@@ -132,6 +146,14 @@ pub async fn serve(
         pollers.spawn(poller::run(
             hub.clone(),
             feeds.source.clone(),
+            token.clone(),
+        ));
+    }
+    if doorbell::wanted(&feeds.source, &feeds.hubs) {
+        pollers.spawn(doorbell::listen(
+            config.database_url.clone(),
+            feeds.source.clone(),
+            feeds.hubs.clone(),
             token.clone(),
         ));
     }

@@ -1,6 +1,7 @@
 //! The `rowcast` command: tracing set-up, configuration, then `serve`,
 //! `check` or `demo`. Errors print as one readable line.
 
+use anyhow::Context as _;
 use clap::Parser;
 use rowcast::config::{Cli, Command, Config, LogFormat, SqlCommand};
 use std::process::ExitCode;
@@ -29,7 +30,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     match command {
         Command::Serve(args) => {
             let config = Config::load(&args)?;
@@ -64,6 +64,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             "{}",
             rowcast::source::txid_sql(&args.table, args.schema.as_deref(), &args.id_column)
         ),
+        Command::Sql(SqlCommand::Notify(args)) => {
+            let (table, schema) = (&args.table.table, args.table.schema.as_deref());
+            let sql = if args.remove {
+                rowcast::source::unnotify_sql(table, schema)
+            } else {
+                rowcast::source::notify_sql(table, schema)
+            };
+            print!("{sql}");
+            if args.apply {
+                let url = args
+                    .database_url
+                    .context("--apply needs --database-url or DATABASE_URL")?;
+                let source = rowcast::source::Source::connect(&url, 2).await?;
+                source.apply(&sql).await?;
+                eprintln!("rowcast: applied to {}", rowcast::source::redact(&url));
+            }
+        }
     }
     Ok(())
 }

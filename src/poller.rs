@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// How long ids that were passed over are re-checked for late rows.
 const LATE_WINDOW: Duration = Duration::from_secs(300);
+/// The longest wait between polls while rows are held behind a gap.
+const HOLD_RECHECK: Duration = Duration::from_millis(100);
 /// The widest id span one late-row check reads.
 const LATE_SPAN: i128 = 1000;
 
@@ -114,6 +116,7 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = hub.doorbell.rung() => {}
             _ = shutdown.cancelled() => return,
         }
     }
@@ -216,11 +219,21 @@ impl Poller {
         Ok(if settled || (full && emitted_all) {
             // Re-read the settled gap, or drain a backlog, at once.
             Duration::ZERO
-        } else if published || verdict.holding {
+        } else if verdict.holding {
+            // The gap may fill at any moment; no notification says when.
+            self.interval = feed.poll_interval;
+            self.interval.min(HOLD_RECHECK)
+        } else if published {
             self.interval = feed.poll_interval;
             self.interval
         } else {
-            self.interval = (self.interval * 2).min(feed.max_poll_interval);
+            // With a working doorbell, idle polls are only a fallback.
+            let longest = if hub.doorbell.is_live() {
+                feed.notify_interval
+            } else {
+                feed.max_poll_interval
+            };
+            self.interval = (self.interval * 2).min(longest);
             self.interval
         })
     }

@@ -18,7 +18,7 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
 
 pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let mut out = String::new();
-    let families: [Family; 10] = [
+    let families: [Family; 11] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -75,6 +75,12 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
             "gauge",
             "How long rows have been held back behind a gap (0 when none are).",
             |h| h.holding_since().map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        ),
+        (
+            "rowcast_doorbell_up",
+            "gauge",
+            "1 when the Postgres NOTIFY doorbell works for the feed.",
+            |h| f64::from(u8::from(h.doorbell.is_live())),
         ),
     ];
     for (name, kind, help, value) in families {

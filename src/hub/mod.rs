@@ -67,6 +67,8 @@ pub struct Hub {
     catch_up: catchup::CatchUp,
     /// Counters for `/metrics`.
     pub counters: Counters,
+    /// Rung by the Postgres NOTIFY listener when the table changes.
+    pub doorbell: crate::doorbell::Doorbell,
 }
 
 /// What a feed has done since start-up.
@@ -154,6 +156,7 @@ impl Hub {
             sender: broadcast::channel(client_buffer).0,
             clients: AtomicUsize::new(0),
             counters: Counters::default(),
+            doorbell: Default::default(),
         }
     }
 

@@ -14,7 +14,7 @@ pub(crate) mod sqlite;
 
 use crate::config::FeedConfig;
 use crate::cursor::Cursor;
-pub use postgres::{txid_sql, TXID_COLUMN};
+pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -100,6 +100,8 @@ pub enum Error {
     BadReadFrom { feed: String, source: sqlx::Error },
     #[error("feed `{feed}`: its query fails (check `where`, `select`, `columns` and `watermark`): {source}")]
     BadQuery { feed: String, source: sqlx::Error },
+    #[error("feed `{feed}`: `notify` is on but `{table}` has no rowcast_notify trigger (Postgres only); install it with `rowcast sql notify --table … --apply`, or set `notify = false`")]
+    NoTrigger { feed: String, table: String },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("database returned `{0}` as a row id, which is not an integer")]
@@ -250,6 +252,27 @@ impl Source {
                 warnings: Vec::new(),
             }),
         }
+    }
+
+    /// Whether the table has the NOTIFY doorbell trigger; `None` when the
+    /// database has no such thing (not Postgres).
+    pub async fn notify_trigger(&self, query: &FeedQuery) -> Result<Option<bool>, Error> {
+        match self {
+            Source::Postgres(pool) => postgres::has_notify_trigger(pool, &query.table_sql)
+                .await
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs SQL given by the operator (`rowcast sql … --apply`).
+    pub async fn apply(&self, sql: &str) -> Result<(), Error> {
+        match self {
+            Source::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop)?,
+            Source::MySql(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop)?,
+            Source::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop)?,
+        }
+        Ok(())
     }
 
     /// The transactions that could fill a gap now (from `writers_sql`), or

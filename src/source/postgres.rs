@@ -145,10 +145,7 @@ pub const TXID_COLUMN: &str = "rowcast_txid";
 /// filled by the database and an index to read in transaction order.
 pub fn txid_sql(table: &str, schema: Option<&str>, id_column: &str) -> String {
     let d = super::query::Dialect::Postgres;
-    let qualified = match schema {
-        Some(schema) => format!("{}.{}", d.quote(schema), d.quote(table)),
-        None => d.quote(table),
-    };
+    let qualified = qualified_name(table, schema);
     let column = d.quote(TXID_COLUMN);
     let index = d.quote(&format!("{table}_{TXID_COLUMN}"));
     format!(
@@ -267,4 +264,58 @@ pub(super) async fn gap_setup(
         writers_sql: Some(writers_sql),
         warnings,
     })
+}
+
+/// The channel the NOTIFY trigger rings; the payload is `schema.table`.
+pub const NOTIFY_CHANNEL: &str = "rowcast";
+/// The trigger's name, which start-up looks for.
+pub const NOTIFY_TRIGGER: &str = "rowcast_notify";
+
+/// The SQL that installs the doorbell on a table: one notification per
+/// statement (not per row), and notifications with the same payload in one
+/// transaction are folded into one by Postgres.
+pub fn notify_sql(table: &str, schema: Option<&str>) -> String {
+    let qualified = qualified_name(table, schema);
+    format!(
+        "-- rowcast NOTIFY doorbell for {qualified}: rows are still read by rowcast's\n\
+         -- normal query, so a lost or folded notification never loses a row.\n\
+         CREATE OR REPLACE FUNCTION {NOTIFY_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$\n\
+         BEGIN\n    \
+             PERFORM pg_notify('{NOTIFY_CHANNEL}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);\n    \
+             RETURN NULL;\n\
+         END $$;\n\
+         DROP TRIGGER IF EXISTS {NOTIFY_TRIGGER} ON {qualified};\n\
+         CREATE TRIGGER {NOTIFY_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified}\n    \
+             FOR EACH STATEMENT EXECUTE FUNCTION {NOTIFY_TRIGGER}();\n"
+    )
+}
+
+/// The SQL that removes the doorbell from a table (the function stays for
+/// other tables; drop it once no table uses it).
+pub fn unnotify_sql(table: &str, schema: Option<&str>) -> String {
+    let qualified = qualified_name(table, schema);
+    format!(
+        "DROP TRIGGER IF EXISTS {NOTIFY_TRIGGER} ON {qualified};\n\
+         -- Once no table uses it: DROP FUNCTION IF EXISTS {NOTIFY_TRIGGER}();\n"
+    )
+}
+
+fn qualified_name(table: &str, schema: Option<&str>) -> String {
+    let d = super::query::Dialect::Postgres;
+    match schema {
+        Some(schema) => format!("{}.{}", d.quote(schema), d.quote(table)),
+        None => d.quote(table),
+    }
+}
+
+/// Whether the doorbell trigger is installed and enabled on the table.
+pub(super) async fn has_notify_trigger(pool: &PgPool, table_sql: &str) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+         WHERE tgrelid = $1::regclass AND tgname = $2 AND tgenabled <> 'D')",
+    )
+    .bind(table_sql)
+    .bind(NOTIFY_TRIGGER)
+    .fetch_one(pool)
+    .await?)
 }

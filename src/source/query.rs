@@ -111,6 +111,9 @@ pub struct FeedQuery {
     pub watermark_sql: Option<String>,
     /// The base table, quoted (and qualified when a schema is configured).
     pub table_sql: String,
+    /// The base table as the catalog names it (`schema.table` on Postgres
+    /// and MySQL): the NOTIFY doorbell's payload.
+    pub table: String,
 }
 
 /// Exact-mode cursors pack `(txid, id)` as `txid * 2^64 + (id + 2^63)`,
@@ -270,6 +273,7 @@ impl FeedQuery {
                 .as_ref()
                 .map(|sql| format!("SELECT {}", d.as_text(&format!("({sql})")))),
             table_sql: qualified(d, feed, &feed.table),
+            table: table.display.clone(),
         })
     }
 
@@ -347,6 +351,8 @@ mod tests {
             late_check_interval: Duration::from_secs(15),
             watermark: None,
             txid_column: None,
+            notify: crate::config::Notify::Auto,
+            notify_interval: Duration::from_secs(30),
         }
     }
 

@@ -1,0 +1,2 @@
+DROP TRIGGER IF EXISTS rowcast_notify ON "messages";
+-- Once no table uses it: DROP FUNCTION IF EXISTS rowcast_notify();
