@@ -22,7 +22,7 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
         (
             "rowcast_queries_total",
             "counter",
-            "Row queries sent to the database (polls and catch-up reads).",
+            "Queries of the feed's table (polls, catch-up reads and gap checks).",
             |h| count(&h.counters.queries),
         ),
         (
