@@ -13,11 +13,13 @@
 //! - [`source`]: one file per database; checks feeds against the catalog and
 //!   reads rows after a cursor, rendered as JSON by the database.
 //! - [`poller`]: one task per feed; one query per poll, whatever the number of
-//!   clients.
+//!   clients. [`gap`] decides which rows it may publish when ids commit out
+//!   of order; [`doorbell`] makes it poll at once on a Postgres NOTIFY.
 //! - [`hub`]: per feed, frames each row once, keeps a replay ring and the
 //!   latest cursor, broadcasts to subscribers, and catches up clients that
 //!   are behind the ring with coalesced reads.
-//! - [`http`]: the axum router: `/events` (SSE), `/feeds`, `/healthz`, `/`.
+//! - [`http`]: the axum router: `/events` (SSE), `/feeds`, `/healthz`,
+//!   `/metrics`, `/`.
 //!
 //! Beside the flow: [`sse`] (pure wire framing), [`cursor`] (event ids as
 //! text), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).

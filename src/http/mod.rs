@@ -1,8 +1,9 @@
 //! HTTP: the axum router, its shared state, and the small JSON endpoints.
 //!
 //! `app(ctx)` builds the router (tests call it directly); `serve` runs it on
-//! a bound listener until shutdown. Handlers read hubs only: nothing here
-//! queries the database.
+//! a bound listener until shutdown. Handlers read hubs only and never query
+//! the database themselves; a stream behind the replay ring is caught up by
+//! its hub's coalesced reads.
 
 mod error;
 mod events;
