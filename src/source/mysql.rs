@@ -141,11 +141,16 @@ pub(super) async fn scalar(pool: &MySqlPool, sql: &str) -> Result<Option<String>
 /// id and writing its row). Readers idle in a transaction cannot, and are
 /// left out so that they do not hold gaps open. A transaction is named by
 /// its connection and start time: `trx_id` is 0 until it first writes.
-/// The last column says whether the row is the reader's own transaction.
+/// The second column says whether the row is this very statement's own
+/// transaction: `{marker}`, unique per read, tells this read from an earlier
+/// one of the same connection that a stale cache may still show.
 const WRITERS_SQL: &str = "SELECT CONCAT(trx_mysql_thread_id, '@', trx_started), \
-                                  trx_mysql_thread_id = CONNECTION_ID(), \
+                                  IFNULL(trx_mysql_thread_id = CONNECTION_ID() AND trx_query LIKE '%{marker}%', FALSE), \
                                   trx_rows_modified > 0 OR trx_query IS NOT NULL OR trx_state = 'LOCK WAIT' \
                            FROM information_schema.INNODB_TRX";
+
+/// Tells apart the reads of INNODB_TRX made by this process.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How often, at most, InnoDB refreshes its INNODB_TRX cache.
 const TRX_CACHE_INTERVAL: Duration = Duration::from_millis(110);
@@ -164,8 +169,14 @@ pub(super) async fn writers(
     sqlx::query(anchor_sql).fetch_optional(&mut *tx).await?;
     let mut fresh = None;
     for _ in 0..30 {
-        let rows: Vec<(String, bool, bool)> =
-            sqlx::query_as(WRITERS_SQL).fetch_all(&mut *tx).await?;
+        let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("rowcast-{}-{read}", std::process::id());
+        let sql = WRITERS_SQL.replace("{marker}", &marker);
+        // Each text is used once: do not keep it prepared.
+        let rows: Vec<(String, bool, bool)> = sqlx::query_as(&sql)
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.iter().any(|(_, own, _)| *own) {
             fresh = Some(
                 rows.into_iter()
