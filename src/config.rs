@@ -186,6 +186,12 @@ pub struct ServeArgs {
     /// caught up from the replay ring or the database [default: 256].
     #[arg(long, env = "ROWCAST_CLIENT_BUFFER")]
     pub client_buffer: Option<usize>,
+    /// Most rows one `/feeds/{feed}/rows` answer may ask for with `limit` [default: 1000].
+    #[arg(long, env = "ROWCAST_MAX_LIMIT")]
+    pub max_limit: Option<usize>,
+    /// Longest `/feeds/{feed}/rows` long-poll a client may ask for with `wait` [default: 60s].
+    #[arg(long, env = "ROWCAST_MAX_WAIT", value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
 }
 
 /// The TOML file, as written. Unknown keys are errors, so a typo is caught
@@ -207,6 +213,11 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     /// Poll batches a client may fall behind the live broadcast.
     pub client_buffer: Option<usize>,
+    /// Most rows one `/rows` answer may ask for.
+    pub max_limit: Option<usize>,
+    /// Longest `/rows` long-poll.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Option<Duration>,
     // Defaults for every feed. (Not a flattened `FeedTuning`: serde cannot
     // combine `flatten` with `deny_unknown_fields`.)
     /// Shortest interval between polls.
@@ -330,6 +341,9 @@ pub struct FeedFile {
     /// Postgres NOTIFY doorbell: `true` requires the trigger, `false` never
     /// listens [default: use the trigger when it is installed].
     pub notify: Option<bool>,
+    /// Column whose value `/feeds` reports as the latest row's time
+    /// [default: `created_at`, `inserted_at` or `updated_at`, if sent].
+    pub timestamp_column: Option<String>,
 }
 
 /// A configuration mistake, naming the key at fault.
@@ -378,6 +392,10 @@ pub struct Config {
     /// Poll batches a client may fall behind the live broadcast before it is
     /// caught up from the ring or the database.
     pub client_buffer: usize,
+    /// Most rows one `/rows` answer may ask for.
+    pub max_limit: usize,
+    /// Longest `/rows` long-poll.
+    pub max_wait: Duration,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
 }
@@ -426,6 +444,9 @@ pub struct FeedConfig {
     pub txid_column: Option<String>,
     /// Whether to listen for the Postgres NOTIFY doorbell.
     pub notify: Notify,
+    /// Column whose value `/feeds` reports as the latest row's time, when
+    /// configured by name.
+    pub timestamp_column: Option<String>,
     /// Interval of polls while the doorbell works.
     pub notify_interval: Duration,
 }
@@ -546,6 +567,14 @@ impl Config {
         if client_buffer == 0 {
             return Err(invalid("client_buffer", "must be at least 1"));
         }
+        let max_limit = args.max_limit.or(file.max_limit).unwrap_or(1000);
+        if max_limit == 0 {
+            return Err(invalid("max_limit", "must be at least 1"));
+        }
+        let max_wait = args
+            .max_wait
+            .or(file.max_wait)
+            .unwrap_or(Duration::from_secs(60));
         let keep_alive = args
             .keep_alive
             .or(file.keep_alive)
@@ -563,6 +592,8 @@ impl Config {
             retry: args.retry.or(file.retry).unwrap_or(Duration::from_secs(3)),
             max_connections,
             client_buffer,
+            max_limit,
+            max_wait,
             feeds,
         })
     }
@@ -730,6 +761,10 @@ fn validate_feed(
     };
 
     Ok(FeedConfig {
+        timestamp_column: file
+            .timestamp_column
+            .map(|c| identifier("timestamp_column", c))
+            .transpose()?,
         notify,
         notify_interval,
         txid_column: file

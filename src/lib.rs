@@ -173,6 +173,8 @@ pub async fn serve(
         settings: Arc::new(http::StreamSettings {
             keep_alive: config.keep_alive,
             retry: config.retry,
+            max_limit: config.max_limit,
+            max_wait: config.max_wait,
         }),
         shutdown: token.clone(),
     };

@@ -27,7 +27,9 @@ pub enum Error {
         source_name: &'static str,
         problem: crate::cursor::ParseError,
     },
-    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /healthz or /metrics")]
+    #[error("`{name}`: {problem}")]
+    BadParameter { name: &'static str, problem: String },
+    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /healthz or /metrics")]
     NotFound,
 }
 
@@ -40,6 +42,7 @@ impl Error {
             Error::RepeatedFeed(_) => "repeated_feed",
             Error::UnknownFilter { .. } => "unknown_filter",
             Error::BadCursor { .. } => "bad_cursor",
+            Error::BadParameter { .. } => "bad_parameter",
             Error::NotFound => "not_found",
         }
     }

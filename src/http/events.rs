@@ -5,6 +5,7 @@
 //! hub built once; per client there is only a filter check and a write.
 
 use super::error::Error;
+use super::filter::{filter_index, unknown_filter, Filter};
 use super::ApiContext;
 use crate::cursor::{self, Cursor};
 use crate::hub::{Delivery, Hub, Subscriber};
@@ -21,32 +22,6 @@ use std::sync::Arc;
 /// Query parameters that are not filters.
 const RESERVED: [&str; 3] = ["after", "feed", "access_token"];
 
-/// A client's filter on one feed: every listed column must hold one of its
-/// values (a repeated parameter means IN).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Filter(Vec<(usize, Vec<String>)>);
-
-impl Filter {
-    pub fn matches(&self, values: &[Option<Box<str>>]) -> bool {
-        self.0.iter().all(|(column, allowed)| {
-            values[*column]
-                .as_deref()
-                .is_some_and(|v| allowed.iter().any(|a| a == v))
-        })
-    }
-
-    fn add(&mut self, column: usize, value: String) {
-        match self.0.iter_mut().find(|(c, _)| *c == column) {
-            Some((_, values)) => values.push(value),
-            None => self.0.push((column, vec![value])),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// One feed of a stream request.
 struct Wanted {
     hub: Arc<Hub>,
@@ -61,18 +36,7 @@ pub async fn one_feed(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let hub = ctx.hub(&feed)?;
-    let mut filter = Filter::default();
-    for (name, value) in &params {
-        if RESERVED.contains(&name.as_str()) {
-            if name == "feed" {
-                return Err(unknown_filter(name, std::slice::from_ref(&hub)));
-            }
-            continue;
-        }
-        let column = filter_index(&hub, name)
-            .ok_or_else(|| unknown_filter(name, std::slice::from_ref(&hub)))?;
-        filter.add(column, value.clone());
-    }
+    let filter = Filter::for_feed(&hub, &params, &["after", "access_token"])?;
     let after = match resume_text(&params, &headers) {
         Some((source_name, text)) => {
             Some(Cursor::parse(&text).map_err(|problem| Error::BadCursor {
@@ -168,32 +132,6 @@ fn resume_text(params: &[(String, String)], headers: &HeaderMap) -> Option<(&'st
             .rev()
             .find(|(k, _)| k == "after")
             .map(|(_, v)| ("after", v.clone())),
-    }
-}
-
-fn filter_index(hub: &Hub, column: &str) -> Option<usize> {
-    hub.query.filter_columns.iter().position(|c| c == column)
-}
-
-fn unknown_filter(param: &str, hubs: &[Arc<Hub>]) -> Error {
-    let feeds = hubs
-        .iter()
-        .map(|h| format!("feed `{}`", h.name()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut valid: Vec<String> = hubs
-        .iter()
-        .flat_map(|h| h.query.filter_columns.iter().cloned())
-        .collect();
-    valid.sort();
-    valid.dedup();
-    if valid.is_empty() {
-        valid.push("(none)".to_owned());
-    }
-    Error::UnknownFilter {
-        param: param.to_owned(),
-        feeds,
-        valid: valid.join(", "),
     }
 }
 
@@ -321,23 +259,6 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filter_needs_every_column_and_any_of_its_values() {
-        let mut filter = Filter::default();
-        filter.add(0, "5".into());
-        filter.add(0, "6".into());
-        filter.add(1, "alice".into());
-        let row = |a: Option<&str>, b: Option<&str>| -> Vec<Option<Box<str>>> {
-            vec![a.map(Into::into), b.map(Into::into)]
-        };
-        assert!(filter.matches(&row(Some("5"), Some("alice"))));
-        assert!(filter.matches(&row(Some("6"), Some("alice"))));
-        assert!(!filter.matches(&row(Some("7"), Some("alice"))));
-        assert!(!filter.matches(&row(Some("5"), Some("bob"))));
-        assert!(!filter.matches(&row(None, Some("alice"))));
-        assert!(Filter::default().matches(&row(None, None)));
-    }
 
     #[test]
     fn last_event_id_wins_over_after() {

@@ -7,7 +7,9 @@
 
 mod error;
 mod events;
+mod filter;
 mod metrics;
+mod rows;
 
 pub use error::Error;
 
@@ -30,6 +32,10 @@ pub struct StreamSettings {
     pub keep_alive: Duration,
     /// Reconnect delay sent in `retry:`.
     pub retry: Duration,
+    /// Most rows one `/rows` answer may ask for.
+    pub max_limit: usize,
+    /// Longest `/rows` long-poll.
+    pub max_wait: Duration,
 }
 
 /// The state every handler sees.
@@ -72,6 +78,8 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/events", get(events::many_feeds))
         .route("/events/{feed}", get(events::one_feed))
         .route("/feeds", get(feeds))
+        .route("/feeds/{feed}", get(feed))
+        .route("/feeds/{feed}/rows", get(rows::rows))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { Error::NotFound })
@@ -90,6 +98,7 @@ fn feed_summary(hub: &Hub) -> serde_json::Value {
         "table": hub.query.source,
         "cursor": cursor.to_string(),
         "latest_at": at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
+        "latest_row_at": hub.head_row_time(),
         "clients": hub.clients(),
         "filter_columns": hub.query.filter_columns,
     })
@@ -98,6 +107,27 @@ fn feed_summary(hub: &Hub) -> serde_json::Value {
 /// `GET /feeds`: every feed with its latest cursor, from memory.
 async fn feeds(State(ctx): State<ApiContext>) -> Json<serde_json::Value> {
     Json(json!({ "feeds": ctx.hubs.iter().map(|h| feed_summary(h)).collect::<Vec<_>>() }))
+}
+
+/// `GET /feeds/{feed}`: what a client needs to know to read one feed.
+async fn feed(
+    State(ctx): State<ApiContext>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let hub = ctx.hub(&name)?;
+    let mut summary = feed_summary(&hub);
+    let q = &hub.query;
+    let extra = json!({
+        "id_column": q.id_column,
+        "columns": q.columns,
+        "cursor_type": if q.txid_column.is_some() { "transaction order (opaque integer)" } else { "row id (integer)" },
+        "event": hub.config.event,
+        "doorbell": hub.doorbell.is_live(),
+    });
+    if let (Some(summary), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
+        summary.extend(extra.clone());
+    }
+    Ok(Json(summary))
 }
 
 /// `GET /healthz`: 200 when every poller's last poll succeeded, else 503

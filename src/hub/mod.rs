@@ -69,6 +69,8 @@ pub struct Hub {
     pub counters: Counters,
     /// Rung by the Postgres NOTIFY listener when the table changes.
     pub doorbell: crate::doorbell::Doorbell,
+    /// The sent column holding a row's time, for `/feeds`.
+    timestamp_column: Option<String>,
 }
 
 /// What a feed has done since start-up.
@@ -111,6 +113,8 @@ struct State {
     head_at: Option<SystemTime>,
     /// Why the poller is failing, if it is.
     failure: Option<String>,
+    /// The latest row's `timestamp_column`, as the database rendered it.
+    head_row_time: Option<serde_json::Value>,
     /// Since when rows are held back behind a gap, if they are.
     holding_since: Option<std::time::Instant>,
 }
@@ -139,6 +143,12 @@ impl Hub {
         head: Cursor,
         client_buffer: usize,
     ) -> Hub {
+        let timestamp_column = config.timestamp_column.clone().or_else(|| {
+            ["created_at", "inserted_at", "updated_at"]
+                .into_iter()
+                .find(|c| query.columns.iter().any(|q| q == c))
+                .map(str::to_owned)
+        });
         Hub {
             catch_up: catchup::CatchUp::new(),
             config,
@@ -151,12 +161,14 @@ impl Hub {
                 head,
                 head_at: None,
                 failure: None,
+                head_row_time: None,
                 holding_since: None,
             }),
             sender: broadcast::channel(client_buffer).0,
             clients: AtomicUsize::new(0),
             counters: Counters::default(),
             doorbell: Default::default(),
+            timestamp_column,
         }
     }
 
@@ -175,6 +187,20 @@ impl Hub {
     pub fn head(&self) -> (Cursor, Option<SystemTime>) {
         let state = self.state();
         (state.head, state.head_at)
+    }
+
+    /// The latest row's time, as its `timestamp_column` holds it.
+    pub fn head_row_time(&self) -> Option<serde_json::Value> {
+        self.state().head_row_time.clone()
+    }
+
+    /// Reads the time column out of the latest event's JSON: one parse per
+    /// poll, not per row.
+    fn row_time(&self, event: Option<&Arc<Event>>) -> Option<serde_json::Value> {
+        let (column, event) = (self.timestamp_column.as_ref()?, event?);
+        let mut row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&event.data).ok()?;
+        row.remove(column)
     }
 
     /// Connected subscribers.
@@ -242,9 +268,11 @@ impl Hub {
         self.counters
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let row_time = self.row_time(events.last());
         let mut state = self.state();
         if !events.is_empty() {
             state.head_at = Some(SystemTime::now());
+            state.head_row_time = row_time;
         }
         state.head = head;
         state.ring.extend(events.iter().cloned());
@@ -283,6 +311,17 @@ impl Hub {
             head,
             late: true,
         }));
+    }
+
+    /// The events after `after` in the ring, or `None` when the ring does
+    /// not reach back that far.
+    pub fn ring_after(&self, after: Cursor) -> Option<Vec<Arc<Event>>> {
+        let state = self.state();
+        if after < state.floor {
+            return None;
+        }
+        let first_new = state.ring.partition_point(|e| Cursor::At(e.id) <= after);
+        Some(state.ring.range(first_new..).cloned().collect())
     }
 
     /// Joins the fan-out just after `after`.

@@ -1,0 +1,198 @@
+//! `GET /feeds/{feed}/rows?after=&limit=&wait=`: the drop-in replacement for
+//! a short-polling endpoint, as JSON.
+//!
+//! Answers come from memory whenever they can: nothing new (`after` at or
+//! past the feed's head) costs nothing, rows in the replay ring cost a copy,
+//! and only a cursor older than the ring reaches the database, through the
+//! hub's coalesced and briefly cached catch-up reads. `wait` long-polls on
+//! the live broadcast. The body is assembled from the JSON the database
+//! rendered, never re-serialized.
+
+use super::error::Error;
+use super::filter::Filter;
+use super::ApiContext;
+use crate::cursor::Cursor;
+use crate::hub::{Event, Hub};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, BytesMut};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rows per answer when `limit` is not given.
+const DEFAULT_LIMIT: usize = 100;
+
+/// One answer: rows after a cursor.
+struct Answer {
+    rows: Vec<Arc<Event>>,
+    /// Where to ask from next: the last row's id, or, when no row matched,
+    /// how far the feed was checked.
+    cursor: Cursor,
+    /// Whether more rows are there already.
+    more: bool,
+}
+
+pub async fn rows(
+    State(ctx): State<ApiContext>,
+    Path(feed): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let hub = ctx.hub(&feed)?;
+    let filter = Filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    let param = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let after = match param("after") {
+        Some(text) => Cursor::parse(text).map_err(|problem| Error::BadCursor {
+            source_name: "after",
+            problem,
+        })?,
+        // No cursor: start from now, like a live stream.
+        None => hub.head().0,
+    };
+    let limits = &ctx.settings;
+    let limit = match param("limit") {
+        None => DEFAULT_LIMIT.min(limits.max_limit),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=limits.max_limit).contains(n))
+            .ok_or_else(|| Error::BadParameter {
+                name: "limit",
+                problem: format!(
+                    "`{text}` is not a whole number from 1 to {}",
+                    limits.max_limit
+                ),
+            })?,
+    };
+    let wait = match param("wait") {
+        None => Duration::ZERO,
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= limits.max_wait.as_secs_f64())
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| Error::BadParameter {
+                name: "wait",
+                problem: format!(
+                    "`{text}` is not a number of seconds from 0 to {}",
+                    limits.max_wait.as_secs_f64()
+                ),
+            })?,
+    };
+
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut answer = collect(&hub, after, limit, &filter).await;
+    if answer.rows.is_empty() && !wait.is_zero() {
+        // Nothing yet: wait on the live broadcast from where the feed was
+        // checked, and answer with the first rows that pass the filter.
+        let mut subscriber = hub.subscribe(Some(answer.cursor));
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, subscriber.next()) => next,
+                _ = ctx.shutdown.cancelled() => break,
+            };
+            let Ok(Some(_)) = next else { break };
+            answer = collect(&hub, after, limit, &filter).await;
+            if !answer.rows.is_empty() {
+                break;
+            }
+        }
+        if answer.rows.is_empty() {
+            // Same cursor as asked: nothing is new for this client.
+            answer.cursor = answer.cursor.max(after);
+        }
+    }
+    Ok(respond(&answer, &headers))
+}
+
+/// The rows after `after` that pass `filter`, at most `limit`.
+async fn collect(hub: &Hub, after: Cursor, limit: usize, filter: &Filter) -> Answer {
+    let (head, _) = hub.head();
+    if after >= head {
+        return Answer {
+            rows: Vec::new(),
+            cursor: after,
+            more: false,
+        };
+    }
+    let (events, checked_to) = match hub.ring_after(after) {
+        Some(events) => (events, head),
+        None => match hub.catch_up(after).await {
+            Ok(page) => (page.events.clone(), page.complete_to),
+            Err(err) => {
+                // Answer what is known (nothing new) rather than fail the
+                // poll: the client asks again with the same cursor.
+                tracing::warn!(feed = %hub.name(), cause = %err, "catch-up read for /rows failed");
+                (Vec::new(), after)
+            }
+        },
+    };
+    let mut matching = events.into_iter().filter(|e| filter.matches(&e.filters));
+    let rows: Vec<Arc<Event>> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some() || checked_to < head;
+    let cursor = match rows.last() {
+        Some(last) if more => Cursor::At(last.id),
+        // Everything up to here was checked, including rows the filter or
+        // the feed's condition left out.
+        _ => checked_to.max(after),
+    };
+    Answer { rows, cursor, more }
+}
+
+/// `{"rows":[…],"cursor":"…","more":…}` with an ETag; 304 when the client
+/// already has this answer.
+fn respond(answer: &Answer, headers: &HeaderMap) -> Response {
+    let mut body =
+        BytesMut::with_capacity(64 + answer.rows.iter().map(|e| e.data.len() + 1).sum::<usize>());
+    body.put_slice(b"{\"rows\":[");
+    for (i, row) in answer.rows.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&row.data);
+    }
+    body.put_slice(b"],\"cursor\":\"");
+    body.put_slice(answer.cursor.to_string().as_bytes());
+    body.put_slice(if answer.more {
+        b"\",\"more\":true}"
+    } else {
+        b"\",\"more\":false}"
+    });
+
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    let etag = format!("\"{:016x}\"", hasher.finish());
+    let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header");
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let cache = (header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if unchanged {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag_value), cache],
+        )
+            .into_response();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag_value),
+            cache,
+        ],
+        body.freeze(),
+    )
+        .into_response()
+}
