@@ -53,7 +53,7 @@ async fn bad_requests_get_a_status_and_a_json_body_naming_the_problem() {
         (format!("{base}/events?feed=messages&feed=other&other.room_id=1"), None, 400, "unknown_filter",
          "`other.room_id` is not a filter of feed `messages`, feed `other`; filters: room_id"),
         (format!("{base}/nowhere"), None, 404, "not_found",
-         "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /healthz or /metrics"),
+         "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics"),
     ];
     for (url, last_event_id, status, code, detail) in cases {
         let (got_status, body) = get_with(&url, last_event_id).await;

@@ -108,6 +108,19 @@ pub enum Error {
     BadId(String),
 }
 
+impl Error {
+    /// A view named as a feed's `table`.
+    fn view_as_table(feed: &FeedConfig, display: String) -> Error {
+        Error::NoCursor {
+            feed: feed.name.clone(),
+            table: display,
+            reason:
+                "it is a view, not a table; set `table` to its base table and `from` to the view"
+                    .into(),
+        }
+    }
+}
+
 fn list(names: &[String]) -> String {
     if names.is_empty() {
         "(none)".to_owned()

@@ -68,13 +68,7 @@ pub(super) async fn describe(pool: &MySqlPool, feed: &FeedConfig) -> Result<Tabl
                 available,
             });
         }
-        Some("VIEW") => return Err(Error::NoCursor {
-            feed: feed.name.clone(),
-            table: display,
-            reason:
-                "it is a view, not a table; set `table` to its base table and `from` to the view"
-                    .into(),
-        }),
+        Some("VIEW") => return Err(Error::view_as_table(feed, display)),
         Some(_) => {}
     }
 

@@ -53,13 +53,7 @@ pub(super) async fn describe(pool: &SqlitePool, feed: &FeedConfig) -> Result<Tab
                 available,
             });
         }
-        Some("view") => return Err(Error::NoCursor {
-            feed: feed.name.clone(),
-            table: display,
-            reason:
-                "it is a view, not a table; set `table` to its base table and `from` to the view"
-                    .into(),
-        }),
+        Some("view") => return Err(Error::view_as_table(feed, display)),
         Some(_) => {}
     }
 

@@ -337,27 +337,38 @@ impl Client {
     /// Opens `url`, with `Last-Event-ID` when given; panics unless the
     /// answer is a 200 event stream.
     pub async fn connect(url: &str, last_event_id: Option<&str>) -> Client {
+        match Client::open(url, last_event_id).await {
+            Ok(client) => client,
+            Err(problem) => panic!("GET {url}: {problem}"),
+        }
+    }
+
+    /// Opens `url` like [`Client::connect`], but returns `None` instead of
+    /// panicking when the server is not there.
+    pub async fn try_connect(url: &str, last_event_id: Option<&str>) -> Option<Client> {
+        Client::open(url, last_event_id).await.ok()
+    }
+
+    async fn open(url: &str, last_event_id: Option<&str>) -> Result<Client, String> {
         let mut request = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(
-            response.status(),
-            200,
-            "GET {url}: {:?}",
-            response.text().await
-        );
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            let status = response.status();
+            return Err(format!("{status}: {:?}", response.text().await));
+        }
         let response_headers = response.headers().clone();
         let events = response
             .bytes_stream()
             .eventsource()
             .map(|e| e.map_err(|e| e.to_string()))
             .boxed();
-        Client {
+        Ok(Client {
             events,
             response_headers,
-        }
+        })
     }
 
     /// The next `n` events; panics if they do not come within [`WAIT`].
@@ -389,29 +400,6 @@ impl Client {
             }),
             _ => None,
         }
-    }
-
-    /// Opens `url` like [`Client::connect`], but returns `None` instead of
-    /// panicking when the server is not there.
-    pub async fn try_connect(url: &str, last_event_id: Option<&str>) -> Option<Client> {
-        let mut request = reqwest::Client::new().get(url);
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
-        }
-        let response = request.send().await.ok()?;
-        if response.status() != 200 {
-            return None;
-        }
-        let response_headers = response.headers().clone();
-        let events = response
-            .bytes_stream()
-            .eventsource()
-            .map(|e| e.map_err(|e| e.to_string()))
-            .boxed();
-        Some(Client {
-            events,
-            response_headers,
-        })
     }
 
     /// Asserts that no event arrives within `window`.
