@@ -15,9 +15,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Query parameters that are not filters.
 const RESERVED: [&str; 3] = ["after", "feed", "access_token"];
@@ -135,7 +138,7 @@ fn resume_text(params: &[(String, String)], headers: &HeaderMap) -> Option<(&'st
     }
 }
 
-type Deliveries = SelectAll<BoxStream<'static, (usize, Delivery, Cursor)>>;
+type Deliveries = BoxStream<'static, (usize, Delivery, Cursor)>;
 
 /// The state of one open stream.
 struct EventStream {
@@ -148,6 +151,20 @@ struct EventStream {
     /// Whether events are named after their feed with composite ids.
     multi: bool,
     ctx: ApiContext,
+    /// Fires at shutdown. Made once per stream: a new waiter per event
+    /// would take the token's lock once per client per event.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when a keep-alive may be due. Moved only when it fires, not on
+    /// every write: the deadline is counted from `last_write`.
+    keep_alive: Pin<Box<Sleep>>,
+    last_write: Instant,
+}
+
+/// What woke a stream.
+enum Wake {
+    Shutdown,
+    Delivery(Option<(usize, Delivery, Cursor)>),
+    KeepAlive,
 }
 
 fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) -> Response {
@@ -163,14 +180,24 @@ fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) ->
         };
         opening.extend_from_slice(&sse::position(&id));
     }
-    let deliveries = stream::select_all(subscribers.into_iter().enumerate().map(|(i, sub)| {
-        stream::unfold(sub, move |mut sub| async move {
-            let delivery = sub.next().await?;
-            let position = sub.position();
-            Some(((i, delivery, position), sub))
+    let mut feeds: Vec<Deliveries> = subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(i, sub)| {
+            stream::unfold(sub, move |mut sub| async move {
+                let delivery = sub.next().await?;
+                let position = sub.position();
+                Some(((i, delivery, position), sub))
+            })
+            .boxed()
         })
-        .boxed()
-    }));
+        .collect();
+    // A single feed needs no merging: spare it the merge's bookkeeping.
+    let deliveries = match feeds.len() {
+        1 => feeds.remove(0),
+        _ => stream::select_all(feeds).boxed(),
+    };
+    let now = Instant::now();
     let state = EventStream {
         opening: Some(opening.freeze()),
         feeds: wanted.into_iter().map(|w| (w.hub, w.filter)).collect(),
@@ -178,6 +205,9 @@ fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) ->
         deliveries,
         multi,
         ctx: ctx.clone(),
+        shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+        keep_alive: Box::pin(tokio::time::sleep_until(now + ctx.settings.keep_alive)),
+        last_write: now,
     };
     let body = stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;
@@ -202,25 +232,42 @@ impl EventStream {
     /// The next bytes to write, or `None` to end the stream (shutdown).
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(opening) = self.opening.take() {
+            self.last_write = Instant::now();
             return Some(opening);
         }
-        // Counted from the last write, so that a client whose filter drops
-        // every row of a busy feed still gets its keep-alives.
-        let deadline = tokio::time::Instant::now() + self.ctx.settings.keep_alive;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.deliveries.next());
-            let (feed, delivery, position) = tokio::select! {
-                _ = self.ctx.shutdown.cancelled() => return None,
-                next = next => match next {
-                    Err(_) => return Some(Bytes::from_static(sse::KEEP_ALIVE)),
-                    Ok(None) => return None,
-                    Ok(Some(item)) => item,
-                },
+            // Deliveries first: checking the shutdown token takes a lock,
+            // and a busy stream reaches the shutdown branch within a batch.
+            let wake = tokio::select! {
+                biased;
+                item = self.deliveries.next() => Wake::Delivery(item),
+                _ = &mut self.keep_alive => Wake::KeepAlive,
+                _ = &mut self.shutdown => Wake::Shutdown,
             };
-            let chunk = self.frame(feed, &delivery);
-            self.positions[feed] = position;
-            if let Some(chunk) = chunk {
-                return Some(chunk);
+            match wake {
+                Wake::Shutdown | Wake::Delivery(None) => return None,
+                Wake::Delivery(Some((feed, delivery, position))) => {
+                    let chunk = self.frame(feed, &delivery);
+                    self.positions[feed] = position;
+                    if chunk.is_some() {
+                        self.last_write = Instant::now();
+                        return chunk;
+                    }
+                }
+                // Counted from the last write, so that a client whose filter
+                // drops every row of a busy feed still gets its keep-alives.
+                Wake::KeepAlive => {
+                    let interval = self.ctx.settings.keep_alive;
+                    let now = Instant::now();
+                    let due = self.last_write + interval;
+                    if now < due {
+                        self.keep_alive.as_mut().reset(due);
+                        continue;
+                    }
+                    self.keep_alive.as_mut().reset(now + interval);
+                    self.last_write = now;
+                    return Some(Bytes::from_static(sse::KEEP_ALIVE));
+                }
             }
         }
     }
