@@ -162,6 +162,21 @@ impl Error {
 /// counts the database as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pool of `C` connections, opened with one connection first: a pool
+/// reports a refused connection only as a timeout, and the user needs the
+/// real cause.
+async fn pool<C: sqlx::Connection>(
+    options: <C as sqlx::Connection>::Options,
+    max_connections: u32,
+) -> Result<sqlx::Pool<C::Database>, sqlx::Error> {
+    C::connect_with(&options).await?.close().await?;
+    sqlx::pool::PoolOptions::<C::Database>::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+}
+
 impl Source {
     /// Opens a pool for `url` and checks that the database answers.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Source, Error> {

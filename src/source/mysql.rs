@@ -3,8 +3,7 @@
 
 use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::Connection;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,17 +15,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool
         None => url.to_owned(),
     };
     let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4");
-    // One connection first: a pool reports a refused connection only as a
-    // timeout, and the user needs the real cause.
-    sqlx::MySqlConnection::connect_with(&options)
-        .await?
-        .close()
-        .await?;
-    MySqlPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(super::ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
+    super::pool::<sqlx::MySqlConnection>(options, max_connections).await
 }
 
 const INTEGER_TYPES: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];

@@ -3,8 +3,7 @@
 
 use super::{read_rows, Bound, Catalog, Error, FeedQuery, GapSetup, RawRow, Table};
 use crate::config::FeedConfig;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use std::str::FromStr;
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -13,17 +12,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, s
         // Lets operators find rowcast's sessions in pg_stat_activity.
         options = options.application_name("rowcast");
     }
-    // One connection first: a pool reports a refused connection only as a
-    // timeout, and the user needs the real cause.
-    sqlx::PgConnection::connect_with(&options)
-        .await?
-        .close()
-        .await?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(super::ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
+    super::pool::<sqlx::PgConnection>(options, max_connections).await
 }
 
 pub(super) async fn describe(pool: &PgPool, feed: &FeedConfig) -> Result<Table, Error> {

@@ -3,8 +3,7 @@
 
 use super::{read_rows, Bound, Catalog, Error, RawRow, Table};
 use crate::config::FeedConfig;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use std::str::FromStr;
 
 /// Opens a pool; `create` makes the file when it is missing (the demo only:
@@ -15,17 +14,7 @@ pub(crate) async fn connect(
     create: bool,
 ) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?.create_if_missing(create);
-    // One connection first: a pool reports a refused connection only as a
-    // timeout, and the user needs the real cause.
-    sqlx::SqliteConnection::connect_with(&options)
-        .await?
-        .close()
-        .await?;
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(super::ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
+    super::pool::<sqlx::SqliteConnection>(options, max_connections).await
 }
 
 pub(super) async fn describe(pool: &SqlitePool, feed: &FeedConfig) -> Result<Table, Error> {
