@@ -192,6 +192,9 @@ pub struct ServeArgs {
     /// Longest `/feeds/{feed}/rows` long-poll a client may ask for with `wait` [default: 60s].
     #[arg(long, env = "ROWCAST_MAX_WAIT", value_parser = humantime::parse_duration)]
     pub max_wait: Option<Duration>,
+    /// HS256 secret that verifies clients' JWTs (turns auth on; see `[auth]`).
+    #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// The TOML file, as written. Unknown keys are errors, so a typo is caught
@@ -243,6 +246,8 @@ pub struct FileConfig {
     /// Interval of polls while the Postgres NOTIFY doorbell works.
     #[serde(default, with = "humantime_serde")]
     pub notify_interval: Option<Duration>,
+    /// JWT verification (off when absent).
+    pub auth: Option<crate::auth::AuthFile>,
     /// The feeds, as `[[feed]]` tables.
     #[serde(default, rename = "feed")]
     pub feeds: Vec<FeedFile>,
@@ -344,6 +349,10 @@ pub struct FeedFile {
     /// Column whose value `/feeds` reports as the latest row's time
     /// [default: `created_at`, `inserted_at` or `updated_at`, if sent].
     pub timestamp_column: Option<String>,
+    /// Claims a token must hold, with these values, to read the feed.
+    pub auth_require: Option<std::collections::BTreeMap<String, toml::Value>>,
+    /// Filter column → claim whose values bound what a client may ask for.
+    pub auth_filters: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A configuration mistake, naming the key at fault.
@@ -367,6 +376,8 @@ pub enum Error {
     NoTable { index: usize },
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::ConfigError),
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
@@ -396,6 +407,8 @@ pub struct Config {
     pub max_limit: usize,
     /// Longest `/rows` long-poll.
     pub max_wait: Duration,
+    /// Verifies clients' tokens; `None` when auth is off.
+    pub auth: Option<crate::auth::Auth>,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
 }
@@ -449,6 +462,8 @@ pub struct FeedConfig {
     pub timestamp_column: Option<String>,
     /// Interval of polls while the doorbell works.
     pub notify_interval: Duration,
+    /// Who may read which rows (with auth on).
+    pub rules: crate::auth::Rules,
 }
 
 /// Whether a feed listens for the Postgres NOTIFY doorbell.
@@ -567,6 +582,21 @@ impl Config {
         if client_buffer == 0 {
             return Err(invalid("client_buffer", "must be at least 1"));
         }
+        let auth = crate::auth::Auth::from_config(
+            &file.auth.clone().unwrap_or_default(),
+            args.jwt_secret.clone(),
+        )?;
+        if auth.is_none() {
+            if let Some(feed) = feeds
+                .iter()
+                .find(|f| !f.rules.require.is_empty() || !f.rules.filters.is_empty())
+            {
+                return Err(invalid(
+                    format!("feed `{}`: `auth_require`/`auth_filters`", feed.name),
+                    "need auth: set `[auth]` `secret` or `public_key_file` (or ROWCAST_JWT_SECRET)",
+                ));
+            }
+        }
         let max_limit = args.max_limit.or(file.max_limit).unwrap_or(1000);
         if max_limit == 0 {
             return Err(invalid("max_limit", "must be at least 1"));
@@ -594,6 +624,7 @@ impl Config {
             client_buffer,
             max_limit,
             max_wait,
+            auth,
             feeds,
         })
     }
@@ -760,7 +791,29 @@ fn validate_feed(
         Some(false) => Notify::Off,
     };
 
+    let mut rules = crate::auth::Rules::default();
+    for (claim, value) in file.auth_require.unwrap_or_default() {
+        let value =
+            serde_json::to_value(value).map_err(|e| invalid(key("auth_require"), e.to_string()))?;
+        rules.require.insert(claim, value);
+    }
+    for (column, claim) in file.auth_filters.unwrap_or_default() {
+        if !file
+            .filter_columns
+            .iter()
+            .flatten()
+            .any(|c| c.trim() == column)
+        {
+            return Err(invalid(
+                key("auth_filters"),
+                format!("`{column}` must also be one of `filter_columns`"),
+            ));
+        }
+        rules.filters.insert(column, claim);
+    }
+
     Ok(FeedConfig {
+        rules,
         timestamp_column: file
             .timestamp_column
             .map(|c| identifier("timestamp_column", c))

@@ -24,6 +24,7 @@
 //! Beside the flow: [`sse`] (pure wire framing), [`cursor`] (event ids as
 //! text), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
+pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod demo;
@@ -177,7 +178,11 @@ pub async fn serve(
             max_wait: config.max_wait,
         }),
         shutdown: token.clone(),
+        auth: config.auth.clone().map(Arc::new),
     };
+    if ctx.auth.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(address = %config.listen, "listening beyond this machine with auth off: anyone who can reach it reads every feed");
+    }
     let stop = token.clone();
     tokio::spawn(async move {
         shutdown.await;

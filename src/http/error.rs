@@ -29,6 +29,10 @@ pub enum Error {
     },
     #[error("`{name}`: {problem}")]
     BadParameter { name: &'static str, problem: String },
+    #[error("{0}")]
+    Unauthorized(crate::auth::Refusal),
+    #[error("{0}")]
+    Forbidden(crate::auth::Refusal),
     #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /healthz or /metrics")]
     NotFound,
 }
@@ -43,6 +47,8 @@ impl Error {
             Error::UnknownFilter { .. } => "unknown_filter",
             Error::BadCursor { .. } => "bad_cursor",
             Error::BadParameter { .. } => "bad_parameter",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::NotFound => "not_found",
         }
     }
@@ -50,7 +56,19 @@ impl Error {
     fn status(&self) -> StatusCode {
         match self {
             Error::UnknownFeed { .. } | Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<crate::auth::Refusal> for Error {
+    fn from(refusal: crate::auth::Refusal) -> Error {
+        if refusal.is_forbidden() {
+            Error::Forbidden(refusal)
+        } else {
+            Error::Unauthorized(refusal)
         }
     }
 }

@@ -4,9 +4,11 @@
 //! 400/404 before any stream starts). The stream then writes frames that the
 //! hub built once; per client there is only a filter check and a write.
 
+use super::access::admit;
 use super::error::Error;
 use super::filter::{filter_index, unknown_filter, Filter};
 use super::ApiContext;
+use crate::auth::Claims;
 use crate::cursor::{self, Cursor};
 use crate::hub::{Delivery, Hub, Subscriber};
 use crate::sse;
@@ -39,7 +41,9 @@ pub async fn one_feed(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let hub = ctx.hub(&feed)?;
-    let filter = Filter::for_feed(&hub, &params, &["after", "access_token"])?;
+    let mut filter = Filter::for_feed(&hub, &params, &["after", "access_token"])?;
+    let claims = ctx.claims(&headers, &params)?;
+    admit(&hub, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
         Some((source_name, text)) => {
             Some(Cursor::parse(&text).map_err(|problem| Error::BadCursor {
@@ -50,11 +54,13 @@ pub async fn one_feed(
         None => None,
     };
     let announce = after.is_none();
+    let expires = claims.as_ref().and_then(Claims::expires_in);
     Ok(stream(
         &ctx,
         vec![Wanted { hub, filter, after }],
         false,
         announce,
+        expires,
     ))
 }
 
@@ -105,6 +111,10 @@ pub async fn many_feeds(
             return Err(unknown_filter(name, &hubs));
         }
     }
+    let claims = ctx.claims(&headers, &params)?;
+    for w in &mut wanted {
+        admit(&w.hub, claims.as_ref(), &mut w.filter)?;
+    }
     if let Some((source_name, text)) = resume_text(&params, &headers) {
         let positions = cursor::parse_composite(&text).map_err(|problem| Error::BadCursor {
             source_name,
@@ -118,7 +128,8 @@ pub async fn many_feeds(
             }
         }
     }
-    Ok(stream(&ctx, wanted, true, true))
+    let expires = claims.as_ref().and_then(Claims::expires_in);
+    Ok(stream(&ctx, wanted, true, true, expires))
 }
 
 /// The resume cursor: `Last-Event-ID` (what EventSource sends on reconnect)
@@ -158,7 +169,13 @@ struct EventStream {
     /// every write: the deadline is counted from `last_write`.
     keep_alive: Pin<Box<Sleep>>,
     last_write: Instant,
+    /// Fires when the client's token expires.
+    expires: Pin<Box<Sleep>>,
 }
+
+/// The expiry of a stream without a token: about a year, within tokio's
+/// timer range.
+const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// What woke a stream.
 enum Wake {
@@ -167,7 +184,15 @@ enum Wake {
     KeepAlive,
 }
 
-fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) -> Response {
+/// A 200 event stream; it ends when `expires` runs out (the token's expiry):
+/// the client reconnects with a fresh token and resumes by Last-Event-ID.
+fn stream(
+    ctx: &ApiContext,
+    wanted: Vec<Wanted>,
+    multi: bool,
+    announce: bool,
+    expires: Option<std::time::Duration>,
+) -> Response {
     let subscribers: Vec<Subscriber> = wanted.iter().map(|w| w.hub.subscribe(w.after)).collect();
     let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
     let mut opening = BytesMut::new();
@@ -208,6 +233,7 @@ fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, multi: bool, announce: bool) ->
         shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
         keep_alive: Box::pin(tokio::time::sleep_until(now + ctx.settings.keep_alive)),
         last_write: now,
+        expires: Box::pin(tokio::time::sleep_until(now + expires.unwrap_or(NEVER))),
     };
     let body = stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;
@@ -242,6 +268,7 @@ impl EventStream {
                 biased;
                 item = self.deliveries.next() => Wake::Delivery(item),
                 _ = &mut self.keep_alive => Wake::KeepAlive,
+                _ = &mut self.expires => Wake::Shutdown,
                 _ = &mut self.shutdown => Wake::Shutdown,
             };
             match wake {

@@ -46,6 +46,20 @@ impl Filter {
         }
     }
 
+    /// The values asked for `column`, if any.
+    pub fn values(&self, column: usize) -> Option<&[String]> {
+        self.0
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Sets the values of `column` (an empty list matches no row).
+    pub fn set(&mut self, column: usize, values: Vec<String>) {
+        self.0.retain(|(c, _)| *c != column);
+        self.0.push((column, values));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

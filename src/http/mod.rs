@@ -5,6 +5,7 @@
 //! the database themselves; a stream behind the replay ring is caught up by
 //! its hub's coalesced reads.
 
+mod access;
 mod error;
 mod events;
 mod filter;
@@ -47,6 +48,8 @@ pub struct ApiContext {
     pub settings: Arc<StreamSettings>,
     /// Fires when the server stops: open streams end.
     pub shutdown: CancellationToken,
+    /// Verifies tokens; `None` when auth is off.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl ApiContext {
@@ -104,17 +107,38 @@ fn feed_summary(hub: &Hub) -> serde_json::Value {
     })
 }
 
-/// `GET /feeds`: every feed with its latest cursor, from memory.
-async fn feeds(State(ctx): State<ApiContext>) -> Json<serde_json::Value> {
-    Json(json!({ "feeds": ctx.hubs.iter().map(|h| feed_summary(h)).collect::<Vec<_>>() }))
+/// `GET /feeds`: every feed the caller may read, with its latest cursor,
+/// from memory.
+async fn feeds(
+    State(ctx): State<ApiContext>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, Error> {
+    let claims = ctx.claims(&headers, &params)?;
+    let readable = ctx
+        .hubs
+        .iter()
+        .filter(|h| {
+            claims
+                .as_ref()
+                .is_none_or(|c| h.config.rules.check(c).is_ok())
+        })
+        .map(|h| feed_summary(h))
+        .collect::<Vec<_>>();
+    Ok(Json(json!({ "feeds": readable })))
 }
 
 /// `GET /feeds/{feed}`: what a client needs to know to read one feed.
 async fn feed(
     State(ctx): State<ApiContext>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, Error> {
     let hub = ctx.hub(&name)?;
+    if let Some(claims) = ctx.claims(&headers, &params)? {
+        hub.config.rules.check(&claims)?;
+    }
     let mut summary = feed_summary(&hub);
     let q = &hub.query;
     let extra = json!({

@@ -41,7 +41,9 @@ pub async fn rows(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let hub = ctx.hub(&feed)?;
-    let filter = Filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    let mut filter = Filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    let claims = ctx.claims(&headers, &params)?;
+    super::access::admit(&hub, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {
         params
             .iter()

@@ -354,6 +354,7 @@ mod tests {
             notify: crate::config::Notify::Auto,
             notify_interval: Duration::from_secs(30),
             timestamp_column: None,
+            rules: Default::default(),
         }
     }
 

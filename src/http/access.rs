@@ -1,0 +1,85 @@
+//! Access control per request: the token's claims, and each feed's rules
+//! turned into a filter the client cannot widen. Off when auth is off.
+
+use super::error::Error;
+use super::filter::{filter_index, Filter};
+use super::ApiContext;
+use crate::auth::{Claims, Refusal};
+use crate::hub::Hub;
+use axum::http::{header, HeaderMap};
+
+impl ApiContext {
+    /// The caller's verified claims, `None` when auth is off.
+    pub(super) fn claims(
+        &self,
+        headers: &HeaderMap,
+        params: &[(String, String)],
+    ) -> Result<Option<Claims>, Error> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let token = token(headers, params, &auth.cookie);
+        auth.verify(token.as_deref()).map(Some).map_err(Error::from)
+    }
+}
+
+/// The token from `Authorization: Bearer`, `?access_token=` or the cookie,
+/// in that order.
+fn token(headers: &HeaderMap, params: &[(String, String)], cookie: &str) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let query = || {
+        params
+            .iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.clone())
+    };
+    let cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == cookie)
+            .map(|(_, value)| value.to_owned())
+    };
+    bearer
+        .or_else(query)
+        .or_else(cookie)
+        .filter(|t| !t.is_empty())
+}
+
+/// Checks that `claims` may read `hub` and bounds `filter` by its rules: a
+/// client may ask for a subset of what its token allows, never more, and
+/// asking for nothing means everything it is allowed.
+pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<(), Error> {
+    let Some(claims) = claims else { return Ok(()) };
+    let rules = &hub.config.rules;
+    rules.check(claims)?;
+    for column in rules.filters.keys() {
+        let Some(allowed) = rules.allowed(column, claims) else {
+            continue;
+        };
+        let allowed = allowed?;
+        // Checked at start-up: every rule column is a filter column.
+        let Some(index) = filter_index(hub, column) else {
+            continue;
+        };
+        match filter.values(index) {
+            Some(asked) => {
+                if let Some(outside) = asked.iter().find(|v| !allowed.contains(v)) {
+                    return Err(Refusal::Forbidden(format!(
+                        "`{column}={outside}` is outside what the token allows"
+                    ))
+                    .into());
+                }
+            }
+            None => filter.set(index, allowed),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Who may see which rows: real signed tokens (HS256 and RS256), refusals
+//! with the right status, claim rules that clients cannot widen on any
+//! endpoint, and streams that end when their token expires.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "a shared secret the app also has";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A server with two feeds on one table: `messages`, bounded by the
+/// token's `room_ids`, and `audit`, for admins only.
+async fn server(db: &TestDb, t: &str, auth: &str) -> Server {
+    Server::start(config(
+        &db.url,
+        &format!(
+            "[auth]\n{auth}\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n\
+             auth_filters = {{ room_id = \"room_ids\" }}\n\
+             [[feed]]\nname = \"audit\"\ntable = \"{t}\"\nauth_require = {{ role = \"admin\" }}\n"
+        ),
+    ))
+    .await
+}
+
+async fn get(url: &str, bearer: Option<&str>, cookie: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = bearer {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    if let Some(cookie) = cookie {
+        request = request.header("Cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = if response.headers()["content-type"] == "application/json" {
+        response.json().await.unwrap()
+    } else {
+        Value::Null
+    };
+    (status, body)
+}
+
+#[tokio::test]
+async fn tokens_are_verified_and_refusals_say_why() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(
+        &db,
+        &t,
+        &format!("secret = \"{SECRET}\"\naudience = \"chat\"\nleeway = \"0s\""),
+    )
+    .await;
+    let url = format!("{}/events/messages", server.url);
+    let good = hs256(json!({"sub": "u1", "aud": "chat", "room_ids": [1], "exp": now() + 600}));
+
+    // Accepted from a header, the query string or a cookie.
+    assert_eq!(get(&url, Some(&good), None).await.0, 200);
+    assert_eq!(
+        get(&format!("{url}?access_token={good}"), None, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&url, None, Some(&format!("other=1; rowcast_token={good}")))
+            .await
+            .0,
+        200
+    );
+
+    let mut tampered = good.clone();
+    tampered.pop();
+    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+    let none = {
+        // `alg: none`, unsigned.
+        let header = base64url(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64url(
+            json!({"sub": "u1", "aud": "chat", "room_ids": [1]})
+                .to_string()
+                .as_bytes(),
+        );
+        format!("{header}.{body}.")
+    };
+    let cases = [
+        (None, 401, "unauthorized", "a token is required: send `Authorization: Bearer <token>`, `?access_token=` or the `rowcast_token` cookie"),
+        (Some(tampered), 401, "unauthorized", "the token is not valid: bad signature"),
+        (Some(none), 401, "unauthorized", "the token is not valid: malformed"),
+        (Some(hs256(json!({"aud": "chat", "exp": now() - 10}))), 401, "unauthorized", "the token has expired"),
+        (Some(hs256(json!({"aud": "chat", "nbf": now() + 600}))), 401, "unauthorized", "the token is not valid: not valid yet (nbf)"),
+        (Some(hs256(json!({"aud": "billing"}))), 401, "unauthorized", "the token is not valid: wrong audience"),
+        (Some("not.a.token".to_owned()), 401, "unauthorized", "the token is not valid: malformed"),
+    ];
+    for (token, status, code, detail) in cases {
+        let (got, body) = get(&url, token.as_deref(), None).await;
+        assert_eq!(
+            (got, body["error"].as_str(), body["detail"].as_str()),
+            (status, Some(code), Some(detail)),
+            "{token:?}"
+        );
+        if let Some(token) = &token {
+            assert!(
+                !body.to_string().contains(token.as_str()),
+                "the body echoes the token"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn rs256_public_keys_verify_and_other_algorithms_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(
+        &db,
+        &t,
+        &format!(
+            "public_key_file = \"{}\"\nalgorithm = \"RS256\"",
+            public.display()
+        ),
+    )
+    .await;
+    let url = format!("{}/events/messages", server.url);
+    let claims = json!({"room_ids": [1], "exp": now() + 600});
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let rs256 = encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
+    assert_eq!(get(&url, Some(&rs256), None).await.0, 200);
+    // An HS256 token signed with the public key as its secret: the classic
+    // algorithm confusion, refused.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&std::fs::read(&public).unwrap()),
+    )
+    .unwrap();
+    let (status, body) = get(&url, Some(&confused), None).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (401, Some("the token is not valid: algorithm not accepted"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn claims_bound_every_endpoint_and_cannot_be_widened() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let mut rows = Vec::new();
+    for room in [1, 2, 3, 1, 3, 2] {
+        rows.push((room, db.insert(&t, room, &format!("room {room}")).await));
+    }
+    let of = |rooms: &[i64]| -> Vec<i64> {
+        rows.iter()
+            .filter(|r| rooms.contains(&r.0))
+            .map(|r| r.1)
+            .collect()
+    };
+    let member = hs256(json!({"sub": "u1", "room_ids": [1, 2], "exp": now() + 600}));
+    let base = &server.url;
+
+    // No filter asked: the token's rooms.
+    let mut client = Client::connect(
+        &format!("{base}/events/messages?after=start&access_token={member}"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&client.take(4).await), of(&[1, 2]));
+    // A subset is fine.
+    let mut client = Client::connect(
+        &format!("{base}/events/messages?after=start&room_id=2&access_token={member}"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&client.take(2).await), of(&[2]));
+    // Resuming cannot widen either.
+    let mut client = Client::connect(
+        &format!("{base}/events/messages?access_token={member}"),
+        Some("0"),
+    )
+    .await;
+    assert_eq!(ids(&client.take(4).await), of(&[1, 2]));
+    client.expect_quiet(Duration::from_millis(300)).await;
+
+    let forbidden = "`room_id=3` is outside what the token allows";
+    for url in [
+        format!("{base}/events/messages?room_id=3"),
+        format!("{base}/events/messages?room_id=2&room_id=3"),
+        format!("{base}/events?feed=messages&room_id=3"),
+        format!("{base}/events?feed=messages&messages.room_id=3"),
+        format!("{base}/feeds/messages/rows?after=start&room_id=3"),
+    ] {
+        let (status, body) = get(&url, Some(&member), None).await;
+        assert_eq!(
+            (status, body["error"].as_str(), body["detail"].as_str()),
+            (403, Some("forbidden"), Some(forbidden)),
+            "{url}"
+        );
+    }
+
+    // The JSON endpoint applies the same bound.
+    let (status, body) = get(
+        &format!("{base}/feeds/messages/rows?after=start"),
+        Some(&member),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got: Vec<i64> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, of(&[1, 2]));
+
+    // A token without the claim reads nothing of that feed.
+    let bare = hs256(json!({"sub": "u2"}));
+    let (status, body) = get(&format!("{base}/events/messages"), Some(&bare), None).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (
+            403,
+            Some("the token has no `room_ids` claim, which `room_id` needs")
+        )
+    );
+
+    // The admin feed: 403 without the role; listed only for admins.
+    let (status, body) = get(&format!("{base}/events/audit"), Some(&member), None).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("this feed needs the claim `role` = \"admin\""))
+    );
+    let (_, listed) = get(&format!("{base}/feeds"), Some(&member), None).await;
+    let names: Vec<&str> = listed["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["messages"]);
+    let admin = hs256(json!({"role": "admin", "room_ids": [], "exp": now() + 600}));
+    assert_eq!(
+        get(&format!("{base}/events/audit"), Some(&admin), None)
+            .await
+            .0,
+        200
+    );
+    let (_, listed) = get(&format!("{base}/feeds"), Some(&admin), None).await;
+    assert_eq!(listed["feeds"].as_array().unwrap().len(), 2);
+    assert_eq!(get(&format!("{base}/feeds"), None, None).await.0, 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t, &format!("secret = \"{SECRET}\"\nleeway = \"0s\"")).await;
+    let token = hs256(json!({"room_ids": [1], "exp": now() + 2}));
+    let mut client = Client::connect(
+        &format!("{}/events/messages?access_token={token}", server.url),
+        None,
+    )
+    .await;
+    let id = db.insert(&t, 1, "before expiry").await;
+    assert_eq!(ids(&client.take(1).await), [id]);
+    client.expect_end(Duration::from_secs(4)).await;
+    server.stop().await;
+}
