@@ -1,0 +1,108 @@
+//! The benchmark's own use of the databases: tables, rows, the NOTIFY
+//! trigger.
+
+use anyhow::{bail, Context as _};
+use clap::ValueEnum;
+use sqlx::{mysql::MySqlPoolOptions, postgres::PgPoolOptions, MySqlPool, PgPool};
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::Command;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Database {
+    Postgres,
+    Mysql,
+}
+
+/// Installs the NOTIFY trigger the way a user would: `rowcast sql notify --apply`.
+pub async fn install_notify_trigger(rowcast: &Path, url: &str, table: &str) -> anyhow::Result<()> {
+    let output = Command::new(rowcast)
+        .args(["sql", "notify", "--apply"])
+        .arg(format!("--table={table}"))
+        .arg(format!("--database-url={url}"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run `rowcast sql notify`")?;
+    if !output.status.success() {
+        bail!(
+            "`rowcast sql notify --apply` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The benchmark's own connection to the database: DDL and the writer.
+pub enum Db {
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+impl Db {
+    pub async fn connect(database: Database, url: &str) -> anyhow::Result<Db> {
+        let db = match database {
+            Database::Postgres => {
+                Db::Postgres(PgPoolOptions::new().max_connections(2).connect(url).await?)
+            }
+            Database::Mysql => Db::Mysql(
+                MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await?,
+            ),
+        };
+        Ok(db)
+    }
+
+    pub async fn create_table(&self, table: &str) -> anyhow::Result<()> {
+        match self {
+            Db::Postgres(pool) => {
+                let sql = format!("CREATE TABLE {table} (id bigserial PRIMARY KEY, sent_at_us bigint NOT NULL, body text)");
+                sqlx::query(&sql).execute(pool).await?;
+            }
+            Db::Mysql(pool) => {
+                let sql = format!("CREATE TABLE {table} (id bigint AUTO_INCREMENT PRIMARY KEY, sent_at_us bigint NOT NULL, body text) ENGINE=InnoDB");
+                sqlx::query(&sql).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn drop_table(&self, table: &str) -> anyhow::Result<()> {
+        let sql = format!("DROP TABLE IF EXISTS {table}");
+        match self {
+            Db::Postgres(pool) => {
+                sqlx::query(&sql).execute(pool).await?;
+            }
+            Db::Mysql(pool) => {
+                sqlx::query(&sql).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts one row in its own transaction; returns its id.
+    pub async fn insert(&self, table: &str, sent_at_us: i64, body: &str) -> anyhow::Result<i64> {
+        match self {
+            Db::Postgres(pool) => {
+                let sql =
+                    format!("INSERT INTO {table} (sent_at_us, body) VALUES ($1, $2) RETURNING id");
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(sent_at_us)
+                    .bind(body)
+                    .fetch_one(pool)
+                    .await?)
+            }
+            Db::Mysql(pool) => {
+                let sql = format!("INSERT INTO {table} (sent_at_us, body) VALUES (?, ?)");
+                let done = sqlx::query(&sql)
+                    .bind(sent_at_us)
+                    .bind(body)
+                    .execute(pool)
+                    .await?;
+                Ok(i64::try_from(done.last_insert_id())?)
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `rowcast-bench`: measurements of rowcast taken from the outside, the way
+//! a user sees it: the release `rowcast` binary as a child process, real
+//! databases, real HTTP clients.
+//!
+//! - `latency` ([`latency`]): from INSERT to Server-Sent Events clients, on
+//!   Postgres and MySQL/MariaDB, with and without the NOTIFY doorbell.
+//! - `polling` ([`polling`]): a thousand short-polling clients on
+//!   `GET /feeds/{feed}/rows` against the same clients on a hand-written
+//!   endpoint that queries the table per request: database queries and
+//!   response times of each.
+//!
+//! Run it by hand, with the local databases up, after a release build (it
+//! starts the `rowcast` found next to its own executable):
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --bin rowcast-bench -- latency
+//! cargo run --release --bin rowcast-bench -- polling
+//! ```
+
+mod cpu;
+mod db;
+mod http;
+mod latency;
+mod polling;
+mod server;
+mod sse;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use latency::LatencyArgs;
+use polling::PollingArgs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Measure rowcast from the outside.
+#[derive(Debug, Parser)]
+#[command(name = "rowcast-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Latency from INSERT to SSE client, with and without the NOTIFY doorbell.
+    Latency(LatencyArgs),
+    /// Short-polling clients on `/feeds/{feed}/rows` against a hand-written
+    /// endpoint: database queries and response times (Postgres).
+    Polling(PollingArgs),
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Bench::Latency(args) => latency::latency(args).await,
+        Bench::Polling(args) => polling::polling(args).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "rowcast-bench: some clients did not get every row exactly once, in order, \
+                 or requests failed (see above)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("rowcast-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rowcast` next to this executable, as `cargo build --release` leaves it.
+pub fn locate_rowcast(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path,
+        None => {
+            let me = std::env::current_exe().context("cannot find this executable")?;
+            let dir = me.parent().context("this executable has no directory")?;
+            dir.join(format!("rowcast{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release` first (or pass --rowcast)",
+            path.display()
+        );
+    }
+    // `cargo run --bin rowcast-bench` does not rebuild rowcast: show its age.
+    let age = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|built| built.elapsed().ok())
+        .map(|age| {
+            format!(
+                ", built {} ago",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            )
+        })
+        .unwrap_or_default();
+    eprintln!("rowcast-bench: measuring {}{age}", path.display());
+    Ok(path)
+}
+
+/// The nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The wall clock in µs since the epoch.
+pub fn now_us() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    since.as_micros() as i64
+}
