@@ -192,6 +192,15 @@ pub struct ServeArgs {
     /// Longest `/feeds/{feed}/rows` long-poll a client may ask for with `wait` [default: 60s].
     #[arg(long, env = "ROWCAST_MAX_WAIT", value_parser = humantime::parse_duration)]
     pub max_wait: Option<Duration>,
+    /// Origins browsers may call from, comma-separated (`*`: any, only with auth off).
+    #[arg(long, env = "ROWCAST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    /// Most open streams per token subject [default: 0, no limit].
+    #[arg(long, env = "ROWCAST_MAX_STREAMS_PER_SUBJECT")]
+    pub max_streams_per_subject: Option<usize>,
+    /// Most open streams per client address [default: 0, no limit].
+    #[arg(long, env = "ROWCAST_MAX_STREAMS_PER_IP")]
+    pub max_streams_per_ip: Option<usize>,
     /// HS256 secret that verifies clients' JWTs (turns auth on; see `[auth]`).
     #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -248,6 +257,12 @@ pub struct FileConfig {
     pub notify_interval: Option<Duration>,
     /// JWT verification (off when absent).
     pub auth: Option<crate::auth::AuthFile>,
+    /// Origins browsers may call from.
+    pub cors_origins: Option<Vec<String>>,
+    /// Most open streams per token subject.
+    pub max_streams_per_subject: Option<usize>,
+    /// Most open streams per client address.
+    pub max_streams_per_ip: Option<usize>,
     /// The feeds, as `[[feed]]` tables.
     #[serde(default, rename = "feed")]
     pub feeds: Vec<FeedFile>,
@@ -409,6 +424,12 @@ pub struct Config {
     pub max_wait: Duration,
     /// Verifies clients' tokens; `None` when auth is off.
     pub auth: Option<crate::auth::Auth>,
+    /// Origins browsers may call from.
+    pub cors_origins: Vec<String>,
+    /// Most open streams per token subject (0: no limit).
+    pub max_streams_per_subject: usize,
+    /// Most open streams per client address (0: no limit).
+    pub max_streams_per_ip: usize,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
 }
@@ -597,6 +618,17 @@ impl Config {
                 ));
             }
         }
+        let cors_origins = args
+            .cors_origins
+            .clone()
+            .or(file.cors_origins)
+            .unwrap_or_default();
+        if auth.is_some() && cors_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "cors_origins",
+                "`*` lets any site read the feeds with its visitors' tokens; list the origins when auth is on",
+            ));
+        }
         let max_limit = args.max_limit.or(file.max_limit).unwrap_or(1000);
         if max_limit == 0 {
             return Err(invalid("max_limit", "must be at least 1"));
@@ -625,6 +657,15 @@ impl Config {
             max_limit,
             max_wait,
             auth,
+            cors_origins,
+            max_streams_per_subject: args
+                .max_streams_per_subject
+                .or(file.max_streams_per_subject)
+                .unwrap_or(0),
+            max_streams_per_ip: args
+                .max_streams_per_ip
+                .or(file.max_streams_per_ip)
+                .unwrap_or(0),
             feeds,
         })
     }

@@ -176,9 +176,14 @@ pub async fn serve(
             retry: config.retry,
             max_limit: config.max_limit,
             max_wait: config.max_wait,
+            cors_origins: config.cors_origins.clone(),
         }),
         shutdown: token.clone(),
         auth: config.auth.clone().map(Arc::new),
+        limits: Arc::new(http::limits::Limits::new(
+            config.max_streams_per_subject,
+            config.max_streams_per_ip,
+        )),
     };
     if ctx.auth.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(address = %config.listen, "listening beyond this machine with auth off: anyone who can reach it reads every feed");
@@ -188,8 +193,8 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
-    let server = axum::serve(listener, http::app(ctx))
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+    let app = http::app(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
     tokio::select! {
         result = server => result?,
         _ = async { token.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

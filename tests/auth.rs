@@ -330,3 +330,109 @@ async fn a_stream_ends_when_its_token_expires() {
     client.expect_end(Duration::from_secs(4)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cors_preflight_is_answered_for_configured_origins_only() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Server::start(config(
+        &db.url,
+        &format!(
+            "cors_origins = [\"https://app.example\"]\n[auth]\nsecret = \"{SECRET}\"\n\
+             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
+        ),
+    ))
+    .await;
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/events/messages", server.url),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,last-event-id",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(
+        allowed_headers.contains("authorization") && allowed_headers.contains("last-event-id"),
+        "{allowed_headers}"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    server.stop().await;
+
+    // `*` would let any site read the feeds with its visitors' tokens.
+    let file: rowcast::config::FileConfig = toml::from_str(&format!(
+        "cors_origins = [\"*\"]\n[auth]\nsecret = \"x\"\n[[feed]]\ntable = \"{t}\"\n"
+    ))
+    .unwrap();
+    let args = rowcast::config::ServeArgs {
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let err = rowcast::config::Config::merge(&args, file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cors_origins: `*` lets any site read"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_streams_per_subject_or_address_get_429() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Server::start(config(
+        &db.url,
+        &format!(
+            "max_streams_per_subject = 2\nmax_streams_per_ip = 3\n[auth]\nsecret = \"{SECRET}\"\n\
+             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
+        ),
+    ))
+    .await;
+    let url = format!("{}/events/messages", server.url);
+    let token = |sub: &str| hs256(json!({"sub": sub, "exp": now() + 600}));
+    let alice = token("alice");
+    let first = Client::connect(&format!("{url}?access_token={alice}"), None).await;
+    let _second = Client::connect(&format!("{url}?access_token={alice}"), None).await;
+    let (status, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["detail"].as_str()),
+        (
+            429,
+            Some("too_many_streams"),
+            Some("this token subject already has 2 open streams, the most allowed")
+        )
+    );
+    // A stream that ends gives its place back.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _third = Client::connect(&format!("{url}?access_token={alice}"), None).await;
+
+    // With bob's, the address has 3 streams open; a fourth, whoever asks,
+    // is refused.
+    let bob = token("bob");
+    let _fourth = Client::connect(&format!("{url}?access_token={bob}"), None).await;
+    let (status, body) = get(&url, Some(&token("carol")), None).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (
+            429,
+            Some("this client address already has 3 open streams, the most allowed")
+        )
+    );
+    server.stop().await;
+}

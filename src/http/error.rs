@@ -33,6 +33,8 @@ pub enum Error {
     Unauthorized(crate::auth::Refusal),
     #[error("{0}")]
     Forbidden(crate::auth::Refusal),
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /healthz or /metrics")]
     NotFound,
 }
@@ -49,6 +51,7 @@ impl Error {
             Error::BadParameter { .. } => "bad_parameter",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::TooManyStreams(_) => "too_many_streams",
             Error::NotFound => "not_found",
         }
     }
@@ -58,6 +61,7 @@ impl Error {
             Error::UnknownFeed { .. } | Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -7,18 +7,21 @@
 use super::access::admit;
 use super::error::Error;
 use super::filter::{filter_index, unknown_filter, Filter};
+use super::limits::Slot;
 use super::ApiContext;
 use crate::auth::Claims;
 use crate::cursor::{self, Cursor};
 use crate::hub::{Delivery, Hub, Subscriber};
 use crate::sse;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
@@ -35,6 +38,7 @@ struct Wanted {
 }
 
 pub async fn one_feed(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(ctx): State<ApiContext>,
     Path(feed): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
@@ -54,17 +58,22 @@ pub async fn one_feed(
         None => None,
     };
     let announce = after.is_none();
+    let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
     Ok(stream(
         &ctx,
         vec![Wanted { hub, filter, after }],
-        false,
-        announce,
-        expires,
+        Opening {
+            multi: false,
+            announce,
+            expires,
+            slot,
+        },
     ))
 }
 
 pub async fn many_feeds(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(ctx): State<ApiContext>,
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
@@ -128,8 +137,18 @@ pub async fn many_feeds(
             }
         }
     }
+    let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
-    Ok(stream(&ctx, wanted, true, true, expires))
+    Ok(stream(
+        &ctx,
+        wanted,
+        Opening {
+            multi: true,
+            announce: true,
+            expires,
+            slot,
+        },
+    ))
 }
 
 /// The resume cursor: `Last-Event-ID` (what EventSource sends on reconnect)
@@ -171,6 +190,8 @@ struct EventStream {
     last_write: Instant,
     /// Fires when the client's token expires.
     expires: Pin<Box<Sleep>>,
+    /// Held until the stream ends.
+    _slot: Slot,
 }
 
 /// The expiry of a stream without a token: about a year, within tokio's
@@ -184,15 +205,32 @@ enum Wake {
     KeepAlive,
 }
 
-/// A 200 event stream; it ends when `expires` runs out (the token's expiry):
-/// the client reconnects with a fresh token and resumes by Last-Event-ID.
-fn stream(
-    ctx: &ApiContext,
-    wanted: Vec<Wanted>,
+/// The token's subject, which stream limits count by.
+fn subject(claims: &Option<Claims>) -> Option<&str> {
+    claims.as_ref()?.0.get("sub")?.as_str()
+}
+
+/// How a stream starts and ends.
+struct Opening {
+    /// Events named after their feed, with composite ids.
     multi: bool,
+    /// Send the client its starting position.
     announce: bool,
+    /// The token's remaining life: the stream ends then, and the client
+    /// reconnects with a fresh token and resumes by Last-Event-ID.
     expires: Option<std::time::Duration>,
-) -> Response {
+    /// The stream's place under the limits.
+    slot: Slot,
+}
+
+/// A 200 event stream.
+fn stream(ctx: &ApiContext, wanted: Vec<Wanted>, opening: Opening) -> Response {
+    let Opening {
+        multi,
+        announce,
+        expires,
+        slot,
+    } = opening;
     let subscribers: Vec<Subscriber> = wanted.iter().map(|w| w.hub.subscribe(w.after)).collect();
     let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
     let mut opening = BytesMut::new();
@@ -234,6 +272,7 @@ fn stream(
         keep_alive: Box::pin(tokio::time::sleep_until(now + ctx.settings.keep_alive)),
         last_write: now,
         expires: Box::pin(tokio::time::sleep_until(now + expires.unwrap_or(NEVER))),
+        _slot: slot,
     };
     let body = stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;

@@ -9,6 +9,7 @@ mod access;
 mod error;
 mod events;
 mod filter;
+pub mod limits;
 mod metrics;
 mod rows;
 
@@ -37,6 +38,8 @@ pub struct StreamSettings {
     pub max_limit: usize,
     /// Longest `/rows` long-poll.
     pub max_wait: Duration,
+    /// Origins browsers may call from (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 /// The state every handler sees.
@@ -50,6 +53,8 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// Verifies tokens; `None` when auth is off.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Open streams per token subject and per client address.
+    pub limits: Arc<limits::Limits>,
 }
 
 impl ApiContext {
@@ -76,6 +81,7 @@ impl ApiContext {
 /// The router. Streams are never compressed: a compressing layer would
 /// buffer events.
 pub fn app(ctx: ApiContext) -> Router {
+    let cors = cors(&ctx.settings.cors_origins);
     Router::new()
         .route("/", get(index))
         .route("/events", get(events::many_feeds))
@@ -86,8 +92,39 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { Error::NotFound })
+        .layer(cors)
         .layer(TraceLayer::new_for_http())
         .with_state(ctx)
+}
+
+/// CORS for the configured origins. With a list, credentials (the token
+/// cookie) are allowed; `*` allows any origin without credentials, and is
+/// accepted only with auth off.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CACHE_CONTROL,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::ETAG]);
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    layer
+        .allow_origin(AllowOrigin::list(list))
+        .allow_credentials(true)
 }
 
 async fn index() -> Html<&'static str> {
