@@ -436,3 +436,43 @@ async fn too_many_streams_per_subject_or_address_get_429() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_sub_claim_limits_a_user_to_their_own_rows() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.table("notifications");
+    db.exec(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, user_id text NOT NULL, body text NOT NULL)"
+    ))
+    .await;
+    let server = Server::start(config(
+        &db.url,
+        &format!(
+            "[auth]\nsecret = \"{SECRET}\"\n[[feed]]\nname = \"notifications\"\ntable = \"{t}\"\n\
+             filter_columns = [\"user_id\"]\nauth_filters = {{ user_id = \"sub\" }}\n"
+        ),
+    ))
+    .await;
+    for user in ["u1", "u2", "u1"] {
+        db.exec(&format!(
+            "INSERT INTO {t} (user_id, body) VALUES ('{user}', 'for {user}')"
+        ))
+        .await;
+    }
+    let token = hs256(json!({"sub": "u1", "exp": now() + 600}));
+    let url = format!(
+        "{}/events/notifications?after=start&access_token={token}",
+        server.url
+    );
+    let mut client = Client::connect(&url, None).await;
+    let got = client.take(2).await;
+    assert_eq!(ids(&got), [1, 3]);
+    assert!(got.iter().all(|e| e.json()["user_id"] == "u1"));
+    client.expect_quiet(Duration::from_millis(300)).await;
+    let (status, body) = get(&format!("{url}&user_id=u2"), None, None).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("`user_id=u2` is outside what the token allows"))
+    );
+    server.stop().await;
+}
