@@ -97,7 +97,13 @@ async fn a_live_client_learns_its_position_before_any_row() {
     .await;
     assert_eq!(ids(&client.take(1).await), [missed]);
 
-    // A multi-feed stream announces every feed's position at once.
+    // A multi-feed stream announces every feed's position at once (once
+    // both feeds' pollers have seen the row).
+    for hub in &server.hubs {
+        while hub.head().0 < rowcast::cursor::Cursor::At(missed.into()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut response = reqwest::get(format!("{}/events?feed=messages&feed=other", server.url))
         .await
         .unwrap();
