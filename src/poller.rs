@@ -266,7 +266,9 @@ impl Poller {
             return Ok(());
         }
         self.next_late_check = now + self.hub.config.late_check_interval;
-        let ranges = self.passed.current(LATE_WINDOW, now);
+        let mut ranges = self.passed.current(LATE_WINDOW, now);
+        // Sorted, so that each row read is checked by a binary search.
+        ranges.sort_unstable();
         for (low, high) in PassedOver::spans(&ranges, LATE_SPAN) {
             let limit = u32::try_from(high - low + 1)
                 .unwrap_or(u32::MAX)
@@ -276,7 +278,10 @@ impl Poller {
                 .await?;
             let late: Vec<Row> = rows
                 .into_iter()
-                .filter(|row| ranges.iter().any(|&(l, h)| (l..=h).contains(&row.id)))
+                .filter(|row| {
+                    let i = ranges.partition_point(|&(low, _)| low <= row.id);
+                    i > 0 && row.id <= ranges[i - 1].1
+                })
                 .collect();
             if late.is_empty() {
                 continue;

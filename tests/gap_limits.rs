@@ -7,12 +7,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 async fn metric(server: &Server, name: &str) -> String {
-    let text = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(server).await;
     let line = format!("{name}{{feed=\"messages\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))
@@ -136,7 +131,7 @@ async fn mysql_watermark_bounds_what_is_sent() {
     watermark_bounds_what_is_sent(Kind::MySql).await
 }
 
-async fn warnings(db: &TestDb, t: &str, url: &str) -> Vec<String> {
+async fn warnings(t: &str, url: &str) -> Vec<String> {
     let feeds = rowcast::prepare(&config(
         url,
         &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
@@ -145,7 +140,6 @@ async fn warnings(db: &TestDb, t: &str, url: &str) -> Vec<String> {
     .unwrap();
     let warnings = feeds.hubs[0].gap_setup.warnings.clone();
     feeds.source.close().await;
-    let _ = db;
     warnings
 }
 
@@ -153,12 +147,12 @@ async fn warnings(db: &TestDb, t: &str, url: &str) -> Vec<String> {
 async fn postgres_warns_about_a_cached_sequence_and_a_missing_default() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    assert_eq!(warnings(&db, &t, &db.url).await, Vec::<String>::new());
+    assert_eq!(warnings(&t, &db.url).await, Vec::<String>::new());
 
     let sequence = format!("public.{t}_id_seq");
     db.exec(&format!("ALTER SEQUENCE {sequence} CACHE 20"))
         .await;
-    let found = warnings(&db, &t, &db.url).await;
+    let found = warnings(&t, &db.url).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("has CACHE 20"), "{}", found[0]);
     // The advice is a statement that works.
@@ -169,14 +163,14 @@ async fn postgres_warns_about_a_cached_sequence_and_a_missing_default() {
         .trim_end_matches(" avoids it");
     assert_eq!(advice, format!("ALTER SEQUENCE {sequence} CACHE 1"));
     db.exec(advice).await;
-    assert_eq!(warnings(&db, &t, &db.url).await, Vec::<String>::new());
+    assert_eq!(warnings(&t, &db.url).await, Vec::<String>::new());
 
     let plain = db.table("plain");
     db.exec(&format!(
         "CREATE TABLE {plain} (id bigint PRIMARY KEY, body text)"
     ))
     .await;
-    let found = warnings(&db, &plain, &db.url).await;
+    let found = warnings(&plain, &db.url).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("feed `messages`: `id` has no default"),
@@ -193,7 +187,7 @@ async fn mysql_warns_without_auto_increment_or_the_process_privilege() {
         "CREATE TABLE {plain} (id BIGINT PRIMARY KEY, body TEXT)"
     ))
     .await;
-    let found = warnings(&db, &plain, &db.url).await;
+    let found = warnings(&plain, &db.url).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("feed `messages`: `id` is not AUTO_INCREMENT"),
@@ -209,7 +203,7 @@ async fn mysql_warns_without_auto_increment_or_the_process_privilege() {
             .await;
         db.on_drop(format!("DROP USER IF EXISTS '{user}'@'{host}'"));
     }
-    let found = warnings(&db, &t, &format!("mysql://{user}@127.0.0.1:3306/test")).await;
+    let found = warnings(&t, &format!("mysql://{user}@127.0.0.1:3306/test")).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].contains("without the PROCESS privilege"),

@@ -198,12 +198,7 @@ async fn feeds_healthz_metrics_and_page_answer_from_memory() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["feeds"]["messages"]["status"], "ok");
 
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("rowcast_events_total{feed=\"messages\"} 1\n"),
         "{metrics}"

@@ -23,12 +23,7 @@ async fn wait_doorbell(server: &Server, up: bool) {
     let line = format!("rowcast_doorbell_up{{feed=\"messages\"}} {}", u8::from(up));
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = reqwest::get(format!("{}/metrics", server.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics(server).await;
         if metrics.lines().any(|l| l == line) {
             return;
         }

@@ -446,6 +446,16 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// The text of the server's `/metrics`.
+pub async fn metrics(server: &Server) -> String {
+    reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits until `/healthz` answers `status`.
 pub async fn wait_health(base: &str, status: u16) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
