@@ -15,6 +15,11 @@ async fn trigger(db: &TestDb, t: &str, install: bool) {
     } else {
         rowcast::source::unnotify_sql(t, None)
     };
+    // The tests run side by side, and Postgres refuses two concurrent
+    // `CREATE OR REPLACE FUNCTION` of the same function ("tuple
+    // concurrently updated"): one at a time.
+    static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = INSTALLING.lock().await;
     db.exec(&sql).await;
 }
 
