@@ -36,6 +36,7 @@ pub mod poller;
 pub mod shutdown;
 pub mod source;
 pub mod sse;
+pub mod wire;
 
 pub use config::Config;
 
@@ -124,6 +125,18 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     Ok(Feeds { source, hubs })
 }
 
+/// Raises this process's soft limit of open files to its hard limit, and
+/// returns the limit: about how many connections one process can hold.
+fn open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot raise the open files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
+        }
+    }
+}
+
 /// Prepares the feeds and serves them on `listener` until `shutdown`
 /// completes.
 pub async fn run(
@@ -152,6 +165,11 @@ pub async fn serve(
             token.clone(),
         ));
     }
+    for hub in &feeds.hubs {
+        let (hub, token) = (hub.clone(), token.clone());
+        let keep_alive = config.keep_alive;
+        pollers.spawn(async move { hub.run_fanout(keep_alive, token).await });
+    }
     if doorbell::wanted(&feeds.source, &feeds.hubs) {
         pollers.spawn(doorbell::listen(
             config.database_url.clone(),
@@ -167,6 +185,7 @@ pub async fn serve(
         address = %listener.local_addr()?,
         database = feeds.source.kind(),
         feeds = %names.join(","),
+        open_files_limit = open_files_limit(),
         "rowcast listening"
     );
     let ctx = http::ApiContext {
@@ -193,10 +212,9 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
-    let app = http::app(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let server = http::server::serve(listener, http::app(ctx), token.clone());
     tokio::select! {
-        result = server => result?,
+        _ = server => {},
         _ = async { token.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
         }

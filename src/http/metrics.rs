@@ -18,7 +18,7 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
 
 pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let mut out = String::new();
-    let families: [Family; 11] = [
+    let families: [Family; 12] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -46,6 +46,12 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
         ("rowcast_clients", "gauge", "Connected subscribers.", |h| {
             h.clients() as f64
         }),
+        (
+            "rowcast_direct_streams",
+            "gauge",
+            "Of the streams, those caught up and written by the feed's fan-out task.",
+            |h| h.direct_streams() as f64,
+        ),
         (
             "rowcast_feed_up",
             "gauge",

@@ -7,11 +7,13 @@
 
 mod access;
 mod error;
-mod events;
+pub mod events;
 mod filter;
 pub mod limits;
 mod metrics;
 mod rows;
+pub mod server;
+mod stream;
 
 pub use error::Error;
 

@@ -9,7 +9,7 @@
 //! rendered, never re-serialized.
 
 use super::error::Error;
-use super::filter::Filter;
+use super::filter::{self, Filter};
 use super::ApiContext;
 use crate::cursor::Cursor;
 use crate::hub::{Event, Hub};
@@ -41,7 +41,7 @@ pub async fn rows(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let hub = ctx.hub(&feed)?;
-    let mut filter = Filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
     let claims = ctx.claims(&headers, &params)?;
     super::access::admit(&hub, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {

@@ -7,8 +7,12 @@
 //! coalesces identical reads so that a reconnect storm costs a few queries.
 
 mod catchup;
+mod fanout;
+mod filter;
 mod subscriber;
 
+pub use fanout::{Back, Direct};
+pub use filter::Filter;
 pub use subscriber::{Delivery, Subscriber};
 
 use crate::config::FeedConfig;
@@ -20,6 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// One row, framed.
 #[derive(Debug)]
@@ -63,6 +68,8 @@ pub struct Hub {
     source: Source,
     state: Mutex<State>,
     sender: broadcast::Sender<Arc<Batch>>,
+    /// Writes batches straight to the sockets of caught-up streams.
+    fanout: fanout::Fanout,
     clients: AtomicUsize,
     catch_up: catchup::CatchUp,
     /// Counters for `/metrics`.
@@ -165,6 +172,7 @@ impl Hub {
                 holding_since: None,
             }),
             sender: broadcast::channel(client_buffer).0,
+            fanout: fanout::Fanout::new(),
             clients: AtomicUsize::new(0),
             counters: Counters::default(),
             doorbell: Default::default(),
@@ -286,13 +294,19 @@ impl Hub {
         }
         // Sent under the lock so that a joining subscriber sees each batch
         // either in the ring or on its receiver, never both or neither.
-        // An error only means nobody is listening.
-        let _ = self.sender.send(Arc::new(Batch {
+        self.send(Arc::new(Batch {
             events,
             frames,
             head,
             late: false,
         }));
+    }
+
+    /// Sends a batch to the subscribers and the direct fan-out. Errors only
+    /// mean that nobody is listening.
+    fn send(&self, batch: Arc<Batch>) {
+        let _ = self.fanout.send(fanout::Message::Batch(batch.clone()));
+        let _ = self.sender.send(batch);
     }
 
     /// Publishes rows that committed after their gap was passed over, to the
@@ -304,11 +318,11 @@ impl Hub {
         self.counters
             .late_rows
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let head = self.state().head;
-        let _ = self.sender.send(Arc::new(Batch {
+        let state = self.state();
+        self.send(Arc::new(Batch {
             events,
             frames,
-            head,
+            head: state.head,
             late: true,
         }));
     }
@@ -335,6 +349,50 @@ impl Hub {
             receiver: self.sender.subscribe(),
             backlog: state.ring.range(first_new..).cloned().collect(),
         }
+    }
+
+    /// Hands a stream to the direct fan-out at its position, or gives it
+    /// back when the ring does not reach back that far or the fan-out is
+    /// not running.
+    pub fn go_direct(&self, direct: Direct) -> Result<(), Direct> {
+        let state = self.state();
+        if direct.position < state.floor {
+            return Err(direct);
+        }
+        let first_new = state
+            .ring
+            .partition_point(|e| Cursor::At(e.id) <= direct.position);
+        let backlog = state.ring.range(first_new..).cloned().collect();
+        match self.fanout.send(fanout::Message::Join(direct, backlog)) {
+            Ok(()) => Ok(()),
+            Err(fanout::Message::Join(direct, _)) => Err(direct),
+            Err(_) => unreachable!("a refused message comes back as it was sent"),
+        }
+    }
+
+    /// Takes a stream out of the direct fan-out; returns once the fan-out
+    /// will write to it no more.
+    pub async fn leave_direct(&self, id: u64) {
+        let (done, left) = tokio::sync::oneshot::channel();
+        if self.fanout.send(fanout::Message::Leave(id, done)).is_ok() {
+            // An error means the fan-out has stopped: it writes no more.
+            let _ = left.await;
+        }
+    }
+
+    /// Runs the feed's direct fan-out until `shutdown`.
+    pub async fn run_fanout(&self, keep_alive: std::time::Duration, shutdown: CancellationToken) {
+        self.fanout.run(keep_alive, shutdown).await
+    }
+
+    /// Streams the direct fan-out writes now.
+    pub fn direct_streams(&self) -> usize {
+        self.fanout.streams.load(Ordering::Relaxed)
+    }
+
+    /// A number no other stream of this feed has.
+    pub fn stream_id(&self) -> u64 {
+        self.fanout.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A subscriber starting after `after`, or live from now.

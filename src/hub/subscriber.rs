@@ -60,6 +60,19 @@ impl Subscriber {
         self.position
     }
 
+    /// Stops following the broadcast, for a stream that the direct fan-out
+    /// writes meanwhile.
+    pub fn detach(&mut self) {
+        self.receiver = None;
+    }
+
+    /// Follows the feed again from `position`, where the direct fan-out
+    /// left the stream.
+    pub fn resume_at(&mut self, position: Cursor) {
+        self.receiver = None;
+        self.position = position;
+    }
+
     /// Waits for the next events after the position. `None` when the feed
     /// shuts down. Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Option<Delivery> {

@@ -1,0 +1,354 @@
+//! One open event stream: what it writes next, and how it is written.
+//!
+//! A stream on a connection of its own ([`EventStream::write_to`]) writes
+//! its chunked body straight to the socket, and while a single-feed stream
+//! is caught up it leaves the writing to its hub's direct fan-out and only
+//! waits: for the client to leave, for shutdown or token expiry, or for the
+//! fan-out to hand it back. Any other stream is a body hyper writes
+//! ([`EventStream::into_body`]). Either way a stream never skips a row: it
+//! follows its subscribers, which rejoin from their own position.
+
+use super::filter::Filter;
+use super::limits::Slot;
+use super::ApiContext;
+use crate::cursor::{self, Cursor};
+use crate::hub::{Back, Delivery, Direct, Hub, Subscriber};
+use crate::{sse, wire};
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, StreamExt};
+use std::convert::Infallible;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// The expiry of a stream without a token: about a year, within tokio's
+/// timer range.
+const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Where a stream's events come from.
+enum Deliveries {
+    /// One feed: its subscriber, which can leave the writing to the direct
+    /// fan-out and resume where the fan-out left off.
+    One(Subscriber),
+    /// Several feeds, merged.
+    Many(BoxStream<'static, (usize, Delivery, Cursor)>),
+}
+
+impl Deliveries {
+    /// The next delivery, its feed, and that feed's position after it.
+    /// Cancel-safe.
+    async fn next(&mut self) -> Option<(usize, Delivery, Cursor)> {
+        match self {
+            Deliveries::One(sub) => {
+                let delivery = sub.next().await?;
+                Some((0, delivery, sub.position()))
+            }
+            Deliveries::Many(merged) => merged.next().await,
+        }
+    }
+}
+
+/// The state of one open stream.
+pub struct EventStream {
+    /// Bytes to send before any event.
+    opening: Option<Bytes>,
+    feeds: Vec<(Arc<Hub>, Filter)>,
+    /// Each feed's position as the client will know it.
+    positions: Vec<Cursor>,
+    deliveries: Deliveries,
+    /// Whether events are named after their feed with composite ids.
+    multi: bool,
+    ctx: ApiContext,
+    /// Fires at shutdown. Made once per stream: a new waiter per event
+    /// would take the token's lock once per client per event.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when a keep-alive may be due. Moved only when it fires, not on
+    /// every write: the deadline is counted from `last_write`.
+    keep_alive: Pin<Box<Sleep>>,
+    last_write: Instant,
+    /// Fires when the client's token expires.
+    expires: Pin<Box<Sleep>>,
+    /// Held until the stream ends.
+    _slot: Slot,
+}
+
+/// What woke a stream.
+enum Wake {
+    Shutdown,
+    Delivery(Option<(usize, Delivery, Cursor)>),
+    KeepAlive,
+}
+
+/// How a stream left the direct fan-out.
+enum Left {
+    /// It was not handed over: the ring does not reach back to it, or it
+    /// is not a plain single-feed stream.
+    NotTaken,
+    /// Handed back behind, with any unwritten part of a chunk written.
+    Behind,
+    /// The stream is over (shutdown or token expiry): end the body.
+    Ended,
+    /// The client is gone.
+    Gone,
+}
+
+/// How a stream starts and ends.
+pub struct Opening {
+    /// Events named after their feed, with composite ids.
+    pub multi: bool,
+    /// Send the client its starting position.
+    pub announce: bool,
+    /// The token's remaining life: the stream ends then, and the client
+    /// reconnects with a fresh token and resumes by Last-Event-ID.
+    pub expires: Option<std::time::Duration>,
+    /// The stream's place under the limits.
+    pub slot: Slot,
+}
+
+impl EventStream {
+    /// A stream of `feeds`, each followed from its cursor (`None`: live
+    /// from now).
+    pub fn new(
+        ctx: &ApiContext,
+        feeds: Vec<(Arc<Hub>, Filter, Option<Cursor>)>,
+        opening: Opening,
+    ) -> EventStream {
+        let Opening {
+            multi,
+            announce,
+            expires,
+            slot,
+        } = opening;
+        let subscribers: Vec<Subscriber> = feeds
+            .iter()
+            .map(|(hub, _, after)| hub.subscribe(*after))
+            .collect();
+        let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
+        let feeds: Vec<(Arc<Hub>, Filter)> = feeds.into_iter().map(|(h, f, _)| (h, f)).collect();
+        let mut first = BytesMut::new();
+        first.extend_from_slice(&sse::retry(ctx.settings.retry));
+        if announce {
+            let id = if multi {
+                composite(&feeds, &positions)
+            } else {
+                positions[0].to_string()
+            };
+            first.extend_from_slice(&sse::position(&id));
+        }
+        let mut subscribers = subscribers;
+        let deliveries = match subscribers.len() {
+            1 => Deliveries::One(subscribers.remove(0)),
+            _ => Deliveries::Many(
+                stream::select_all(subscribers.into_iter().enumerate().map(|(i, sub)| {
+                    stream::unfold(sub, move |mut sub| async move {
+                        let delivery = sub.next().await?;
+                        let position = sub.position();
+                        Some(((i, delivery, position), sub))
+                    })
+                    .boxed()
+                }))
+                .boxed(),
+            ),
+        };
+        let now = Instant::now();
+        EventStream {
+            opening: Some(first.freeze()),
+            feeds,
+            positions,
+            deliveries,
+            multi,
+            ctx: ctx.clone(),
+            shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+            keep_alive: Box::pin(tokio::time::sleep_until(now + ctx.settings.keep_alive)),
+            last_write: now,
+            expires: Box::pin(tokio::time::sleep_until(now + expires.unwrap_or(NEVER))),
+            _slot: slot,
+        }
+    }
+
+    /// The stream as a body for hyper to write.
+    pub fn into_body(self) -> Body {
+        Body::from_stream(stream::unfold(self, |mut state| async move {
+            let chunk = state.next_chunk().await?;
+            Some((Ok::<_, Infallible>(chunk), state))
+        }))
+    }
+
+    /// Writes the stream as a chunked body to `socket`, whose response head
+    /// is written, until the stream ends or the client leaves.
+    pub async fn write_to(mut self, socket: Arc<TcpStream>) {
+        let ended = loop {
+            if self.opening.is_none() {
+                match self.leave_to_fanout(&socket).await {
+                    Left::NotTaken | Left::Behind => {}
+                    Left::Ended => break true,
+                    Left::Gone => break false,
+                }
+            }
+            let chunk = tokio::select! {
+                chunk = self.next_chunk() => chunk,
+                _ = wire::closed(&socket) => break false,
+            };
+            let Some(chunk) = chunk else { break true };
+            let written = tokio::select! {
+                biased;
+                written = wire::write_chunk(&socket, &chunk) => written.is_ok(),
+                _ = self.ctx.shutdown.cancelled() => false,
+            };
+            if !written {
+                break false;
+            }
+        };
+        if ended {
+            let _ = wire::write_all(&socket, &mut [IoSlice::new(wire::LAST_CHUNK)]).await;
+        }
+    }
+
+    /// Hands a caught-up single-feed stream to its hub's direct fan-out and
+    /// waits until it comes back or the stream ends.
+    async fn leave_to_fanout(&mut self, socket: &Arc<TcpStream>) -> Left {
+        let Deliveries::One(sub) = &mut self.deliveries else {
+            return Left::NotTaken;
+        };
+        if self.multi {
+            return Left::NotTaken;
+        }
+        let hub = sub.hub().clone();
+        let id = hub.stream_id();
+        let filter = self.feeds[0].1.clone();
+        let (direct, mut back) = Direct::new(id, socket.clone(), filter, sub.position());
+        if hub.go_direct(direct).is_err() {
+            return Left::NotTaken;
+        }
+        sub.detach();
+        let returned = tokio::select! {
+            back = &mut back => back.ok(),
+            _ = wire::closed(socket) => {
+                hub.leave_direct(id).await;
+                return Left::Gone;
+            }
+            _ = &mut self.expires => None,
+            _ = &mut self.shutdown => None,
+        };
+        let (left, back) = match returned {
+            Some(back) => (Left::Behind, back),
+            // Expired, shut down, or the fan-out stopped (shutdown): take
+            // the stream out and finish any chunk it left half written.
+            None => {
+                hub.leave_direct(id).await;
+                match back.try_recv() {
+                    Ok(back) => (Left::Ended, back),
+                    Err(_) => return Left::Ended,
+                }
+            }
+        };
+        match back {
+            Back::Gone => Left::Gone,
+            Back::Behind { position, pending } => {
+                if let Some(pending) = pending {
+                    let mut parts = [IoSlice::new(&pending)];
+                    let written = tokio::select! {
+                        biased;
+                        written = wire::write_all(socket, &mut parts) => written.is_ok(),
+                        _ = self.ctx.shutdown.cancelled() => false,
+                    };
+                    if !written {
+                        return Left::Gone;
+                    }
+                }
+                sub.resume_at(position);
+                self.positions[0] = position;
+                self.last_write = Instant::now();
+                left
+            }
+        }
+    }
+
+    /// The next bytes to write, or `None` to end the stream (shutdown).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(opening) = self.opening.take() {
+            self.last_write = Instant::now();
+            return Some(opening);
+        }
+        loop {
+            // Deliveries first: checking the shutdown token takes a lock,
+            // and a busy stream reaches the shutdown branch within a batch.
+            let wake = tokio::select! {
+                biased;
+                item = self.deliveries.next() => Wake::Delivery(item),
+                _ = &mut self.keep_alive => Wake::KeepAlive,
+                _ = &mut self.expires => Wake::Shutdown,
+                _ = &mut self.shutdown => Wake::Shutdown,
+            };
+            match wake {
+                Wake::Shutdown | Wake::Delivery(None) => return None,
+                Wake::Delivery(Some((feed, delivery, position))) => {
+                    let chunk = self.frame(feed, &delivery);
+                    self.positions[feed] = position;
+                    if chunk.is_some() {
+                        self.last_write = Instant::now();
+                        return chunk;
+                    }
+                }
+                // Counted from the last write, so that a client whose filter
+                // drops every row of a busy feed still gets its keep-alives.
+                Wake::KeepAlive => {
+                    let interval = self.ctx.settings.keep_alive;
+                    let now = Instant::now();
+                    let due = self.last_write + interval;
+                    if now < due {
+                        self.keep_alive.as_mut().reset(due);
+                        continue;
+                    }
+                    self.keep_alive.as_mut().reset(now + interval);
+                    self.last_write = now;
+                    return Some(Bytes::from_static(sse::KEEP_ALIVE));
+                }
+            }
+        }
+    }
+
+    /// The bytes of a delivery for this client, or `None` when its filter
+    /// lets nothing through.
+    fn frame(&mut self, feed: usize, delivery: &Delivery) -> Option<Bytes> {
+        let filter = &self.feeds[feed].1;
+        if !self.multi && filter.is_empty() {
+            if let Delivery::Batch(batch) = delivery {
+                return Some(batch.frames.clone());
+            }
+        }
+        let mut buf = BytesMut::new();
+        for event in delivery.events() {
+            if !filter.matches(&event.filters) {
+                continue;
+            }
+            if self.multi {
+                let name = Some(self.feeds[feed].0.name());
+                if event.late {
+                    sse::put_event(&mut buf, None, name, &event.data);
+                    continue;
+                }
+                self.positions[feed] = Cursor::At(event.id);
+                let id = composite(&self.feeds, &self.positions);
+                sse::put_event(&mut buf, Some(&id), name, &event.data);
+            } else {
+                buf.extend_from_slice(&event.frame);
+            }
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+/// The composite id of several feeds' positions.
+fn composite(feeds: &[(Arc<Hub>, Filter)], positions: &[Cursor]) -> String {
+    cursor::format_composite(
+        feeds
+            .iter()
+            .map(|(hub, _)| hub.name())
+            .zip(positions.iter().copied()),
+    )
+}

@@ -1,0 +1,67 @@
+//! Client filters, matched in memory against the values the poller read
+//! beside each row: a check per event per client, never part of any SQL.
+
+/// A client's filter on one feed: every listed column must hold one of its
+/// values (a repeated parameter means IN).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Filter(Vec<(usize, Vec<String>)>);
+
+impl Filter {
+    /// Whether a row with these filter column values passes.
+    pub fn matches(&self, values: &[Option<Box<str>>]) -> bool {
+        self.0.iter().all(|(column, allowed)| {
+            values[*column]
+                .as_deref()
+                .is_some_and(|v| allowed.iter().any(|a| a == v))
+        })
+    }
+
+    /// Adds an allowed value for `column`.
+    pub fn add(&mut self, column: usize, value: String) {
+        match self.0.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, values)) => values.push(value),
+            None => self.0.push((column, vec![value])),
+        }
+    }
+
+    /// The values asked for `column`, if any.
+    pub fn values(&self, column: usize) -> Option<&[String]> {
+        self.0
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Sets the values of `column` (an empty list matches no row).
+    pub fn set(&mut self, column: usize, values: Vec<String>) {
+        self.0.retain(|(c, _)| *c != column);
+        self.0.push((column, values));
+    }
+
+    /// Whether every row passes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_needs_every_column_and_any_of_its_values() {
+        let mut filter = Filter::default();
+        filter.add(0, "5".into());
+        filter.add(0, "6".into());
+        filter.add(1, "alice".into());
+        let row = |a: Option<&str>, b: Option<&str>| -> Vec<Option<Box<str>>> {
+            vec![a.map(Into::into), b.map(Into::into)]
+        };
+        assert!(filter.matches(&row(Some("5"), Some("alice"))));
+        assert!(filter.matches(&row(Some("6"), Some("alice"))));
+        assert!(!filter.matches(&row(Some("7"), Some("alice"))));
+        assert!(!filter.matches(&row(Some("5"), Some("bob"))));
+        assert!(!filter.matches(&row(None, Some("alice"))));
+        assert!(Filter::default().matches(&row(None, None)));
+    }
+}
