@@ -1,0 +1,292 @@
+//! The direct fan-out: caught-up streams written by their feed's fan-out
+//! task, on the wire as a user's HTTP client sees them. Streams opened in
+//! other ways (after another request on the same connection, HTTP/1.0, a
+//! huge head) still get every row, through hyper.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+each_db!(caught_up_streams_are_written_by_the_fanout);
+
+async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let t = db.messages("messages").await;
+    let config = config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"),
+    );
+    let server = Server::start(config).await;
+    let mut everything = Vec::new();
+    let mut room_one = Vec::new();
+    for _ in 0..20 {
+        everything.push(Client::connect(&format!("{}/events/messages", server.url), None).await);
+        room_one.push(
+            Client::connect(&format!("{}/events/messages?room_id=1", server.url), None).await,
+        );
+    }
+    wait_for_direct(&server, 40).await;
+
+    let mut all_ids = Vec::new();
+    let mut room_one_ids = Vec::new();
+    for i in 0..30 {
+        let room = 1 + i % 2;
+        let id = db.insert(&t, room, &format!("row {i}")).await;
+        all_ids.push(id);
+        if room == 1 {
+            room_one_ids.push(id);
+        }
+    }
+    for client in &mut everything {
+        assert_eq!(ids(&client.take(30).await), all_ids);
+    }
+    for client in &mut room_one {
+        assert_eq!(ids(&client.take(15).await), room_one_ids);
+    }
+
+    // Clients that leave are let go of without waiting for a write.
+    everything.truncate(5);
+    room_one.truncate(5);
+    wait_for_direct(&server, 10).await;
+    assert!(metrics(&server)
+        .await
+        .contains("rowcast_direct_streams{feed=\"messages\"} 10\n"));
+    let id = db.insert(&t, 1, "after the others left").await;
+    for client in everything.iter_mut().chain(room_one.iter_mut()) {
+        assert_eq!(ids(&client.take(1).await), vec![id]);
+    }
+    server.stop().await;
+}
+
+/// Waits until the feed's fan-out writes exactly `n` streams.
+async fn wait_for_direct(server: &Server, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.hubs[0].direct_streams() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} direct streams, not {n}",
+            server.hubs[0].direct_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let mut config = config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
+    );
+    config.keep_alive = Duration::from_millis(200);
+    let server = Server::start(config).await;
+    let mut wire = Wire::open(&server.url, "/events/messages", "").await;
+    let head = wire.head().await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    wait_for_direct(&server, 1).await;
+    let id = db.insert(&t, 1, "one").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let body = wire.chunked_body().await;
+    assert!(body.starts_with("retry: 3000\n\nid: "), "{body:?}");
+    assert!(
+        body.contains(&format!("id: {id}\ndata: {{")),
+        "the row is in the body: {body:?}"
+    );
+    // One every 200 ms once the row is out, give or take a round.
+    let keep_alives = body.matches(": keep-alive\n\n").count();
+    assert!(
+        keep_alives >= 2,
+        "{keep_alives} keep-alives in 1 s: {body:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_other_ways_get_every_row() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let config = config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
+    );
+    let server = Server::start(config).await;
+
+    // A stream asked for after another request on the same connection.
+    let mut second = Wire::connect(&server.url).await;
+    second.send("/feeds", "").await;
+    let head = second.head().await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let length: usize = header(&head, "content-length").parse().unwrap();
+    second.read_exactly(length).await;
+    second.send("/events/messages", "").await;
+    assert!(second.head().await.starts_with("HTTP/1.1 200 OK\r\n"));
+
+    // HTTP/1.0: no chunks, the body ends when the connection does.
+    let mut old = Wire::connect(&server.url).await;
+    old.write(b"GET /events/messages HTTP/1.0\r\n\r\n").await;
+    assert!(old.head().await.contains(" 200 OK\r\n"));
+
+    // A head longer than the listener reads itself.
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(20_000));
+    let mut long = Wire::open(&server.url, "/events/messages", &pad).await;
+    assert!(long.head().await.starts_with("HTTP/1.1 200 OK\r\n"));
+
+    // None of them is a direct stream; rows reach them all the same.
+    let mut rows = Vec::new();
+    for i in 0..5 {
+        rows.push(db.insert(&t, 1, &format!("row {i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.hubs[0].direct_streams(), 0);
+    let expect = |body: &str| {
+        let got: Vec<i64> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .filter_map(|id| id.parse().ok())
+            .filter(|id| *id > 0)
+            .collect();
+        assert_eq!(got, rows, "{body:?}");
+    };
+    expect(&second.chunked_body().await);
+    expect(&String::from_utf8_lossy(&old.take_read().await));
+    expect(&long.chunked_body().await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_a_whole_answer_and_the_connection_closes() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let config = config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
+    );
+    let server = Server::start(config).await;
+    let mut wire = Wire::open(&server.url, "/events/nope", "").await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, wire.socket.read_to_end(&mut answer))
+        .await
+        .expect("the connection closes")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert_eq!(header(head, "content-type"), "application/json");
+    assert_eq!(header(head, "connection"), "close");
+    assert_eq!(header(head, "content-length"), body.len().to_string());
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"], "unknown_feed");
+    server.stop().await;
+}
+
+/// A raw HTTP/1.1 connection, to see the bytes a client gets.
+struct Wire {
+    socket: TcpStream,
+    read: Vec<u8>,
+}
+
+impl Wire {
+    async fn connect(base: &str) -> Wire {
+        let address = base.trim_start_matches("http://");
+        Wire {
+            socket: TcpStream::connect(address).await.unwrap(),
+            read: Vec::new(),
+        }
+    }
+
+    async fn open(base: &str, path: &str, extra_headers: &str) -> Wire {
+        let mut wire = Wire::connect(base).await;
+        wire.send(path, extra_headers).await;
+        wire
+    }
+
+    async fn send(&mut self, path: &str, extra_headers: &str) {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: rowcast\r\n{extra_headers}\r\n");
+        self.write(request.as_bytes()).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.socket.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more, for up to 200 ms; false when nothing more came.
+    async fn read_more(&mut self) -> bool {
+        let mut buf = [0; 16 * 1024];
+        match tokio::time::timeout(Duration::from_millis(200), self.socket.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.read.extend_from_slice(&buf[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The response head, as text.
+    async fn head(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.read[..end + 4].to_vec()).unwrap();
+                self.read.drain(..end + 4);
+                return head;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no response head");
+            self.read_more().await;
+        }
+    }
+
+    async fn read_exactly(&mut self, n: usize) {
+        while self.read.len() < n {
+            assert!(self.read_more().await, "the body ended early");
+        }
+        self.read.drain(..n);
+    }
+
+    /// Everything read so far and whatever comes until the connection is
+    /// quiet for 200 ms (at most a second).
+    async fn take_read(&mut self) -> Vec<u8> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.read_more().await && tokio::time::Instant::now() < until {}
+        std::mem::take(&mut self.read)
+    }
+
+    /// The chunked body read so far and whatever comes until the
+    /// connection is quiet for 200 ms (at most a second), decoded; panics
+    /// on a malformed chunk.
+    async fn chunked_body(&mut self) -> String {
+        let raw = self.take_read().await;
+        let mut raw = &raw[..];
+        let mut body = Vec::new();
+        while !raw.is_empty() {
+            let line_end = raw
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size = std::str::from_utf8(&raw[..line_end]).unwrap();
+            let size =
+                usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("chunk size {size:?}"));
+            let data = &raw[line_end + 2..];
+            assert!(data.len() >= size + 2, "a whole chunk");
+            body.extend_from_slice(&data[..size]);
+            assert_eq!(&data[size..size + 2], b"\r\n", "chunk data ends with CRLF");
+            raw = &data[size + 2..];
+        }
+        String::from_utf8(body).unwrap()
+    }
+}
+
+/// A header's value in a response head (names are lowercase on the wire).
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+}
