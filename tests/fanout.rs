@@ -17,7 +17,9 @@ async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
     let t = db.messages("messages").await;
     let config = config(
         &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"),
+        &format!(
+            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"
+        ),
     );
     let server = Server::start(config).await;
     let mut everything = Vec::new();
@@ -86,6 +88,7 @@ async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
     let server = Server::start(config).await;
     let mut wire = Wire::open(&server.url, "/events/messages", "").await;
     let head = wire.head().await;
+    let opened = std::time::Instant::now();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(
         head.contains("content-type: text/event-stream\r\n"),
@@ -101,11 +104,13 @@ async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
         body.contains(&format!("id: {id}\ndata: {{")),
         "the row is in the body: {body:?}"
     );
-    // One every 200 ms once the row is out, give or take a round.
+    // One every 200 ms of quiet: not fewer, and not more either.
+    let intervals = (opened.elapsed().as_millis() / 200) as usize;
     let keep_alives = body.matches(": keep-alive\n\n").count();
     assert!(
-        keep_alives >= 2,
-        "{keep_alives} keep-alives in 1 s: {body:?}"
+        (intervals.saturating_sub(3)..=intervals + 1).contains(&keep_alives),
+        "{keep_alives} keep-alives in {:?}: {body:?}",
+        opened.elapsed()
     );
     server.stop().await;
 }

@@ -9,6 +9,7 @@
 //! shutdown.
 
 use super::events::{OwnSocket, PendingStream};
+use super::stream::EventStream;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, Response, Version};
@@ -87,9 +88,15 @@ async fn connection(
         read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)) => read,
         _ = shutdown.cancelled() => return,
     };
+    // Boxed: a task's size is that of its largest state, and an idle
+    // stream should not carry the states of the other ways a connection
+    // can go.
     match read {
-        Ok(Ok(Some(request))) => events(socket, peer, request, app).await,
-        Ok(Ok(None)) => hyper(socket, head.freeze(), peer, app, shutdown).await,
+        Ok(Ok(Some(request))) => {
+            drop(head);
+            events(socket, peer, request, app).await
+        }
+        Ok(Ok(None)) => Box::pin(hyper(socket, head.freeze(), peer, app, shutdown)).await,
         // Closed, failed or too slow before a whole head arrived.
         Ok(Err(_)) | Err(_) => {}
     }
@@ -149,35 +156,38 @@ fn event_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
 async fn events(socket: TcpStream, peer: SocketAddr, mut request: Request<Body>, app: Router) {
     request.extensions_mut().insert(ConnectInfo(peer));
     request.extensions_mut().insert(OwnSocket);
-    let Ok(mut response) = app.oneshot(request).await;
     let socket = Arc::new(socket);
+    let Some(stream) = Box::pin(answer(&socket, request, app)).await else {
+        return;
+    };
+    stream.write_to(socket).await;
+}
+
+/// Runs the router for an event stream request and writes the response
+/// head. `Some` with the stream to write after it; `None` when the answer
+/// was an error, written whole.
+async fn answer(socket: &TcpStream, request: Request<Body>, app: Router) -> Option<EventStream> {
+    let Ok(mut response) = app.oneshot(request).await;
     let stream = response
         .extensions_mut()
         .remove::<PendingStream>()
         .and_then(|pending| pending.take());
-    match stream {
-        Some(stream) => {
-            let head = response_head(&response, "transfer-encoding: chunked\r\n");
-            if crate::wire::write_all(&socket, &mut [IoSlice::new(&head)])
-                .await
-                .is_ok()
-            {
-                stream.write_to(socket).await;
-            }
-        }
-        // An error: answered whole, and the connection closed.
-        None => {
-            let (parts, body) = response.into_parts();
-            let body = axum::body::to_bytes(body, usize::MAX)
-                .await
-                .unwrap_or_default();
-            let response = Response::from_parts(parts, ());
-            let length = format!("content-length: {}\r\nconnection: close\r\n", body.len());
-            let head = response_head(&response, &length);
-            let mut parts = [IoSlice::new(&head), IoSlice::new(&body)];
-            let _ = crate::wire::write_all(&socket, &mut parts).await;
-        }
+    if stream.is_some() {
+        let head = response_head(&response, "transfer-encoding: chunked\r\n");
+        let written = crate::wire::write_all(socket, &mut [IoSlice::new(&head)]).await;
+        return written.ok().and(stream);
     }
+    // An error: answered whole, and the connection closed.
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let response = Response::from_parts(parts, ());
+    let length = format!("content-length: {}\r\nconnection: close\r\n", body.len());
+    let head = response_head(&response, &length);
+    let mut parts = [IoSlice::new(&head), IoSlice::new(&body)];
+    let _ = crate::wire::write_all(socket, &mut parts).await;
+    None
 }
 
 /// The status line and headers of `response`, with `extra` header lines.

@@ -225,9 +225,7 @@ fn keep_alive_round(direct: &mut Direct) -> bool {
         IoSlice::new(wire::CHUNK_END),
     ];
     let position = direct.position;
-    let kept = write(direct, &mut parts, position);
-    direct.wrote = false;
-    kept
+    write(direct, &mut parts, position)
 }
 
 /// Writes one chunk, which moves the client to `position`. `false` when the
