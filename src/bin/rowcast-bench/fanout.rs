@@ -139,6 +139,11 @@ pub struct FanoutArgs {
     /// The nchan module nginx loads.
     #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so")]
     nchan_module: PathBuf,
+    /// nginx's `worker_connections`. nchan takes some of them for itself:
+    /// at 20000, 19000 subscribers get ~250 resets ("worker_connections are
+    /// not enough"); nginx's open files stay limited to 20000 all the same.
+    #[arg(long, default_value_t = 24_000)]
+    worker_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -207,6 +212,7 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<bool> {
         ring_size: args.ring_size,
         nginx: args.nginx.clone(),
         nchan_module: args.nchan_module.clone(),
+        worker_connections: args.worker_connections,
     };
     println!(
         "fanout: rowcast {} NOTIFY; {} cores{}",
@@ -239,11 +245,18 @@ async fn on_fresh<T>(
 ) -> anyhow::Result<T> {
     let mut target = Target::start(side, setup).await?;
     let outcome = body(&mut target).await;
-    if outcome.is_err() {
-        let log = target.server.log();
-        if !log.trim().is_empty() {
-            eprintln!("{side:?} logged:\n{}", log.trim());
-        }
+    let log = target.server.log();
+    let lines: Vec<&str> = log.lines().collect();
+    if !lines.is_empty() {
+        let last = &lines[lines.len().saturating_sub(10)..];
+        progress(
+            side,
+            format!(
+                "logged {} lines, the last:\n{}",
+                lines.len(),
+                last.join("\n")
+            ),
+        );
     }
     target.stop().await?;
     outcome

@@ -38,7 +38,13 @@ impl Drop for Prefix {
 impl Nginx {
     /// Writes the configuration, starts nginx and waits until it accepts
     /// connections.
-    pub async fn start(nginx: &Path, module: &Path) -> anyhow::Result<Nginx> {
+    /// `worker_connections` counts nchan's own internal connections too, so
+    /// it may need to be above the number of subscribers.
+    pub async fn start(
+        nginx: &Path,
+        module: &Path,
+        worker_connections: usize,
+    ) -> anyhow::Result<Nginx> {
         if !module.is_file() {
             bail!("{} not found (pass --nchan-module)", module.display());
         }
@@ -51,7 +57,10 @@ impl Nginx {
             .with_context(|| format!("cannot create {}", prefix.0.display()))?;
         let addr = StdListener::bind("127.0.0.1:0")?.local_addr()?;
         let config = prefix.0.join("nginx.conf");
-        std::fs::write(&config, configuration(&prefix.0, module, addr))?;
+        std::fs::write(
+            &config,
+            configuration(&prefix.0, module, addr, worker_connections),
+        )?;
         let error_log = prefix.0.join("error.log");
         let mut child = Command::new(nginx)
             .arg("-p")
@@ -95,7 +104,12 @@ impl Nginx {
     }
 }
 
-fn configuration(prefix: &Path, module: &Path, addr: SocketAddr) -> String {
+fn configuration(
+    prefix: &Path,
+    module: &Path,
+    addr: SocketAddr,
+    worker_connections: usize,
+) -> String {
     let prefix = prefix.display();
     format!(
         "load_module {module};
@@ -105,7 +119,7 @@ worker_processes 1;
 worker_rlimit_nofile 20000;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/client_body;

@@ -47,6 +47,8 @@ pub struct Setup {
     pub ring_size: usize,
     pub nginx: PathBuf,
     pub nchan_module: PathBuf,
+    /// nginx's `worker_connections`.
+    pub worker_connections: usize,
 }
 
 /// One side, started fresh: the server and its writer.
@@ -115,7 +117,9 @@ impl Target {
         match side {
             Side::Rowcast => start_rowcast(setup).await,
             Side::Nchan => {
-                let nginx = Nginx::start(&setup.nginx, &setup.nchan_module).await?;
+                let nginx =
+                    Nginx::start(&setup.nginx, &setup.nchan_module, setup.worker_connections)
+                        .await?;
                 let addr = nginx.addr;
                 Ok(Target {
                     side,

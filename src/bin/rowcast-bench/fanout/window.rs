@@ -107,7 +107,7 @@ impl Window {
         }
         if self.written.rate() < 0.9 * self.rate {
             return Some(format!(
-                "the writer reached only {:.0} rows/s",
+                "only {:.0} rows/s could be written",
                 self.written.rate()
             ));
         }
