@@ -85,7 +85,7 @@ pub async fn storm(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, b
         )
     });
     block.line(
-        "replay done (all had the newest row at the reconnect), s",
+        "replay done (rows to the reconnect) after, s",
         one(&s),
         |s| {
             s.caught_up_in.map_or("not within 120 s".to_owned(), |t| {
