@@ -8,6 +8,10 @@
 //!   `GET /feeds/{feed}/rows` against the same clients on a hand-written
 //!   endpoint that queries the table per request: database queries and
 //!   response times of each.
+//! - `fanout` ([`fanout`]): the Server-Sent Events fan-out of rowcast
+//!   against nginx with the nchan module, side by side: idle connections,
+//!   the highest row rate, a fixed load, the database load by client count
+//!   and a reconnect storm.
 //!
 //! Run it by hand, with the local databases up, after a release build (it
 //! starts the `rowcast` found next to its own executable):
@@ -16,10 +20,12 @@
 //! cargo build --release
 //! cargo run --release --bin rowcast-bench -- latency
 //! cargo run --release --bin rowcast-bench -- polling
+//! cargo run --release --bin rowcast-bench -- fanout
 //! ```
 
 mod cpu;
 mod db;
+mod fanout;
 mod http;
 mod latency;
 mod polling;
@@ -28,6 +34,7 @@ mod sse;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use fanout::FanoutArgs;
 use latency::LatencyArgs;
 use polling::PollingArgs;
 use std::path::PathBuf;
@@ -49,6 +56,9 @@ enum Bench {
     /// Short-polling clients on `/feeds/{feed}/rows` against a hand-written
     /// endpoint: database queries and response times (Postgres).
     Polling(PollingArgs),
+    /// Server-Sent Events fan-out of rowcast against nginx+nchan, side by
+    /// side: memory per connection, highest rate, reconnect storm.
+    Fanout(FanoutArgs),
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -57,6 +67,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Bench::Latency(args) => latency::latency(args).await,
         Bench::Polling(args) => polling::polling(args).await,
+        Bench::Fanout(args) => fanout::fanout(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
