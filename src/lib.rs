@@ -166,9 +166,7 @@ pub async fn serve(
         ));
     }
     for hub in &feeds.hubs {
-        let (hub, token) = (hub.clone(), token.clone());
-        let keep_alive = config.keep_alive;
-        pollers.spawn(async move { hub.run_fanout(keep_alive, token).await });
+        pollers.spawn(hub.clone().run_fanout(config.keep_alive, token.clone()));
     }
     if doorbell::wanted(&feeds.source, &feeds.hubs) {
         pollers.spawn(doorbell::listen(

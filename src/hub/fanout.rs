@@ -14,7 +14,7 @@
 use super::{Batch, Event, Filter};
 use crate::cursor::Cursor;
 use crate::wire::{self, ChunkHeader, Written};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,15 +27,24 @@ use tokio_util::sync::CancellationToken;
 /// Vectored writes longer than this are copied into one buffer first.
 const MAX_PARTS: usize = 64;
 
-/// A feed's direct fan-out: the queue to its task and what it carries.
+/// Most queued batches written to a client in one go.
+const MAX_BATCHES: usize = 64;
+
+/// A feed's direct fan-out: one task per core, each writing its share of
+/// the streams, so that a batch reaches every client on all cores at once.
 pub(super) struct Fanout {
+    shards: Vec<Shard>,
+    /// The next stream id.
+    ids: AtomicU64,
+}
+
+/// One fan-out task's queue and what it carries.
+struct Shard {
     queue: mpsc::UnboundedSender<Message>,
     /// The task's end of the queue, until the task starts.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     /// Streams written by the task now.
-    pub(super) streams: AtomicUsize,
-    /// The next stream id.
-    pub(super) ids: AtomicU64,
+    streams: AtomicUsize,
 }
 
 pub(super) enum Message {
@@ -100,117 +109,202 @@ pub enum Back {
 
 impl Fanout {
     pub(super) fn new() -> Fanout {
-        let (queue, inbox) = mpsc::unbounded_channel();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = (0..cores)
+            .map(|_| {
+                let (queue, inbox) = mpsc::unbounded_channel();
+                Shard {
+                    queue,
+                    inbox: Mutex::new(Some(inbox)),
+                    streams: AtomicUsize::new(0),
+                }
+            })
+            .collect();
         Fanout {
-            queue,
-            inbox: Mutex::new(Some(inbox)),
-            streams: AtomicUsize::new(0),
+            shards,
             ids: AtomicU64::new(0),
         }
     }
 
-    /// Queues a message; gives it back when the task is not running.
-    pub(super) fn send(&self, message: Message) -> Result<(), Message> {
-        self.queue.send(message).map_err(|e| e.0)
+    /// How many tasks share the streams.
+    pub(super) fn shards(&self) -> usize {
+        self.shards.len()
     }
 
-    /// Runs the task until `shutdown` or until the hub is gone. Only the
-    /// first call runs; a second returns at once.
-    pub(super) async fn run(&self, keep_alive: Duration, shutdown: CancellationToken) {
-        let taken = self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// A number no other stream of this feed has.
+    pub(super) fn stream_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Streams written by the tasks now.
+    pub(super) fn streams(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.streams.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Queues a message for the task it concerns (a batch: all of them);
+    /// gives it back when that task is not running.
+    pub(super) fn send(&self, message: Message) -> Result<(), Message> {
+        let shard = |id: u64| &self.shards[(id % self.shards.len() as u64) as usize];
+        match message {
+            Message::Batch(batch) => {
+                for shard in &self.shards {
+                    let _ = shard.queue.send(Message::Batch(batch.clone()));
+                }
+                Ok(())
+            }
+            Message::Join(ref direct, _) => shard(direct.id).queue.send(message).map_err(|e| e.0),
+            Message::Leave(id, _) => shard(id).queue.send(message).map_err(|e| e.0),
+        }
+    }
+
+    /// Runs task `shard` until `shutdown` or until the hub is gone. Only
+    /// the first call for a shard runs; a second returns at once.
+    pub(super) async fn run(
+        &self,
+        shard: usize,
+        keep_alive: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let shard = &self.shards[shard];
+        let taken = shard.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut inbox) = taken else { return };
         let mut streams: HashMap<u64, Direct> = HashMap::new();
         // A stream quiet for a whole round gets a keep-alive in the next:
         // quiet streams hear something at least every `keep_alive`.
         let mut rounds = tokio::time::interval(keep_alive / 2);
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut held = None;
         loop {
-            tokio::select! {
-                biased;
-                message = inbox.recv() => match message {
-                    Some(Message::Batch(batch)) => streams.retain(|_, d| deliver_batch(d, &batch)),
-                    Some(Message::Join(mut direct, backlog)) => {
-                        if deliver_events(&mut direct, &backlog, false) {
-                            streams.insert(direct.id, direct);
+            let message = match held.take() {
+                Some(message) => Some(message),
+                None => tokio::select! {
+                    biased;
+                    message = inbox.recv() => message,
+                    _ = rounds.tick() => {
+                        streams.retain(|_, d| keep_alive_round(d));
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => break,
+                },
+            };
+            match message {
+                Some(Message::Batch(batch)) => {
+                    // Batches that queued up while the last ones were being
+                    // written go out together: one write per client for all.
+                    let mut batches = vec![batch];
+                    while batches.len() < MAX_BATCHES {
+                        match inbox.try_recv() {
+                            Ok(Message::Batch(batch)) => batches.push(batch),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
                     }
-                    Some(Message::Leave(id, done)) => {
-                        streams.remove(&id);
-                        let _ = done.send(());
+                    streams.retain(|_, d| deliver(d, &batches));
+                }
+                Some(Message::Join(mut direct, backlog)) => {
+                    if join(&mut direct, &backlog) {
+                        streams.insert(direct.id, direct);
                     }
-                    None => break,
-                },
-                _ = rounds.tick() => streams.retain(|_, d| keep_alive_round(d)),
-                _ = shutdown.cancelled() => break,
+                }
+                Some(Message::Leave(id, done)) => {
+                    streams.remove(&id);
+                    let _ = done.send(());
+                }
+                None => break,
             }
-            self.streams.store(streams.len(), Ordering::Relaxed);
+            shard.streams.store(streams.len(), Ordering::Relaxed);
         }
     }
 }
 
-/// Writes the part of a batch that is new to the client. `false` when the
-/// task let go of the stream.
-fn deliver_batch(direct: &mut Direct, batch: &Batch) -> bool {
-    if batch.late {
-        return deliver_events(direct, &batch.events, true);
-    }
-    let whole = direct.filter.is_empty()
-        && batch
-            .events
-            .first()
-            .is_some_and(|first| Cursor::At(first.id) > direct.position);
-    let kept = if whole {
-        let header = ChunkHeader::new(batch.frames.len());
-        let mut parts = [
-            IoSlice::new(header.as_bytes()),
-            IoSlice::new(&batch.frames),
-            IoSlice::new(wire::CHUNK_END),
-        ];
-        write(direct, &mut parts, batch.head)
-    } else {
-        deliver_events(direct, &batch.events, false)
+/// Writes to a client, as one chunk, what `batches` hold that is new to it
+/// and passes its filter. `false` when the task let go of the stream.
+fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
+    let whole = |batch: &Batch, position: Cursor| {
+        !batch.late
+            && direct.filter.is_empty()
+            && (batch.events.first()).is_some_and(|first| Cursor::At(first.id) > position)
     };
-    direct.position = direct.position.max(batch.head);
-    kept
+    // The common case, one batch all new to an unfiltered client, is its
+    // shared frames as they are.
+    if let [batch] = batches {
+        if whole(batch, direct.position) {
+            let header = ChunkHeader::new(batch.frames.len());
+            let mut parts = [
+                IoSlice::new(header.as_bytes()),
+                IoSlice::new(&batch.frames),
+                IoSlice::new(wire::CHUNK_END),
+            ];
+            let position = direct.position.max(batch.head);
+            return write(direct, &mut parts, position);
+        }
+    }
+    let mut frames: Vec<&[u8]> = Vec::new();
+    let mut position = direct.position;
+    for batch in batches {
+        if whole(batch, position) {
+            frames.push(&batch.frames);
+        } else {
+            // Late events have no id and are new to everyone.
+            let first = match batch.late {
+                true => 0,
+                false => (batch.events).partition_point(|e| Cursor::At(e.id) <= position),
+            };
+            frames.extend(
+                batch.events[first..]
+                    .iter()
+                    .filter(|e| direct.filter.matches(&e.filters))
+                    .map(|e| &e.frame[..]),
+            );
+        }
+        if !batch.late {
+            position = position.max(batch.head);
+        }
+    }
+    write_frames(direct, &frames, position)
 }
 
-/// Writes the events that are new to the client and pass its filter, as
-/// one chunk. Late events are new to everyone.
-fn deliver_events(direct: &mut Direct, events: &[Arc<Event>], late: bool) -> bool {
-    let first = match late {
-        true => 0,
-        false => events.partition_point(|e| Cursor::At(e.id) <= direct.position),
-    };
-    let frames: Vec<&Bytes> = events[first..]
+/// Writes a joining stream the ring's events after its position that pass
+/// its filter. `false` when the task let go of the stream.
+fn join(direct: &mut Direct, backlog: &[Arc<Event>]) -> bool {
+    let first = backlog.partition_point(|e| Cursor::At(e.id) <= direct.position);
+    let frames: Vec<&[u8]> = backlog[first..]
         .iter()
         .filter(|e| direct.filter.matches(&e.filters))
-        .map(|e| &e.frame)
+        .map(|e| &e.frame[..])
         .collect();
-    let position = match (late, events.last()) {
-        (false, Some(last)) => direct.position.max(Cursor::At(last.id)),
-        _ => direct.position,
+    let position = match backlog.last() {
+        Some(last) => direct.position.max(Cursor::At(last.id)),
+        None => direct.position,
     };
+    write_frames(direct, &frames, position)
+}
+
+/// Writes `frames` as one chunk, which moves the client to `position`.
+fn write_frames(direct: &mut Direct, frames: &[&[u8]], position: Cursor) -> bool {
     if frames.is_empty() {
         direct.position = position;
         return true;
     }
     let len = frames.iter().map(|f| f.len()).sum();
     let header = ChunkHeader::new(len);
-    let joined;
+    let joined: Vec<u8>;
     let mut parts = Vec::with_capacity(frames.len().min(MAX_PARTS) + 2);
     parts.push(IoSlice::new(header.as_bytes()));
     if frames.len() > MAX_PARTS {
-        let mut buf = BytesMut::with_capacity(len);
-        frames.iter().for_each(|f| buf.extend_from_slice(f));
-        joined = buf.freeze();
+        joined = frames.concat();
         parts.push(IoSlice::new(&joined));
     } else {
         parts.extend(frames.iter().map(|f| IoSlice::new(f)));
     }
     parts.push(IoSlice::new(wire::CHUNK_END));
-    let kept = write(direct, &mut parts, position);
-    direct.position = position;
-    kept
+    write(direct, &mut parts, position)
 }
 
 /// A keep-alive for a stream that was quiet for a whole round.
@@ -234,6 +328,7 @@ fn write(direct: &mut Direct, parts: &mut [IoSlice<'_>], position: Cursor) -> bo
     let back = match wire::write_now(&direct.socket, parts) {
         Written::All => {
             direct.wrote = true;
+            direct.position = position;
             return true;
         }
         Written::Nothing => Back::Behind {

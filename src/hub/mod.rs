@@ -380,19 +380,28 @@ impl Hub {
         }
     }
 
-    /// Runs the feed's direct fan-out until `shutdown`.
-    pub async fn run_fanout(&self, keep_alive: std::time::Duration, shutdown: CancellationToken) {
-        self.fanout.run(keep_alive, shutdown).await
+    /// Runs the feed's direct fan-out until `shutdown`: a task per core.
+    pub async fn run_fanout(
+        self: Arc<Self>,
+        keep_alive: std::time::Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in 0..self.fanout.shards() {
+            let (hub, shutdown) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { hub.fanout.run(shard, keep_alive, shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
     }
 
     /// Streams the direct fan-out writes now.
     pub fn direct_streams(&self) -> usize {
-        self.fanout.streams.load(Ordering::Relaxed)
+        self.fanout.streams()
     }
 
     /// A number no other stream of this feed has.
     pub fn stream_id(&self) -> u64 {
-        self.fanout.ids.fetch_add(1, Ordering::Relaxed)
+        self.fanout.stream_id()
     }
 
     /// A subscriber starting after `after`, or live from now.
