@@ -13,10 +13,8 @@
 
 use super::{Batch, Event, Filter};
 use crate::cursor::Cursor;
-use crate::wire::{self, ChunkHeader, Written};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,11 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Vectored writes longer than this are copied into one buffer first.
-const MAX_PARTS: usize = 64;
+mod write;
 
-/// Most queued batches written to a client in one go.
-const MAX_BATCHES: usize = 64;
+use write::{deliver, join, keep_alive_round};
 
 /// A feed's direct fan-out: one task per core, each writing its share of
 /// the streams, so that a batch reaches every client on all cores at once.
@@ -50,7 +46,7 @@ struct Shard {
 pub(super) enum Message {
     Batch(Arc<Batch>),
     /// A stream and the ring's events after its position.
-    Join(Direct, Vec<Arc<Event>>),
+    Join(Box<Direct>, Vec<Arc<Event>>),
     /// A stream that ends; the task answers once it no longer holds it.
     Leave(u64, oneshot::Sender<()>),
 }
@@ -69,6 +65,9 @@ pub struct Direct {
     back: Option<oneshot::Sender<Back>>,
     /// Written to since the last keep-alive round.
     wrote: bool,
+    /// Batches of its task written to it (or passed over): the number of
+    /// the next one it needs.
+    seen: u64,
 }
 
 impl Direct {
@@ -89,6 +88,7 @@ impl Direct {
             position,
             back: Some(back),
             wrote: true,
+            seen: 0,
         };
         (direct, returned)
     }
@@ -171,178 +171,146 @@ impl Fanout {
         let shard = &self.shards[shard];
         let taken = shard.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut inbox) = taken else { return };
-        let mut streams: HashMap<u64, Direct> = HashMap::new();
+        let mut streams = Streams::default();
         // A stream quiet for a whole round gets a keep-alive in the next:
         // quiet streams hear something at least every `keep_alive`.
         let mut rounds = tokio::time::interval(keep_alive / 2);
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut held = None;
         loop {
-            let message = match held.take() {
-                Some(message) => Some(message),
-                None => tokio::select! {
-                    biased;
-                    message = inbox.recv() => message,
-                    _ = rounds.tick() => {
-                        streams.retain(|_, d| keep_alive_round(d));
-                        continue;
-                    }
-                    _ = shutdown.cancelled() => break,
+            tokio::select! {
+                biased;
+                message = inbox.recv() => match message {
+                    Some(message) => streams.take(message),
+                    None => break,
                 },
-            };
-            match message {
-                Some(Message::Batch(batch)) => {
-                    // Batches that queued up while the last ones were being
-                    // written go out together: one write per client for all.
-                    let mut batches = vec![batch];
-                    while batches.len() < MAX_BATCHES {
-                        match inbox.try_recv() {
-                            Ok(Message::Batch(batch)) => batches.push(batch),
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    streams.retain(|_, d| deliver(d, &batches));
-                }
-                Some(Message::Join(mut direct, backlog)) => {
-                    if join(&mut direct, &backlog) {
-                        streams.insert(direct.id, direct);
-                    }
-                }
-                Some(Message::Leave(id, done)) => {
-                    streams.remove(&id);
-                    let _ = done.send(());
-                }
-                None => break,
+                _ = rounds.tick() => streams.keep_alive(),
+                _ = shutdown.cancelled() => break,
             }
-            shard.streams.store(streams.len(), Ordering::Relaxed);
+            // Until every stream has every batch: batches that come in
+            // meanwhile join the pass, so no stream waits a whole pass
+            // for them, and a stream behind by several gets them in one
+            // write.
+            while streams.unsent() {
+                streams.write_all(&mut inbox).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+            shard.streams.store(streams.live(), Ordering::Relaxed);
         }
     }
 }
 
-/// Writes to a client, as one chunk, what `batches` hold that is new to it
-/// and passes its filter. `false` when the task let go of the stream.
-fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
-    let whole = |batch: &Batch, position: Cursor| {
-        !batch.late
-            && direct.filter.is_empty()
-            && (batch.events.first()).is_some_and(|first| Cursor::At(first.id) > position)
-    };
-    // The common case, one batch all new to an unfiltered client, is its
-    // shared frames as they are.
-    if let [batch] = batches {
-        if whole(batch, direct.position) {
-            let header = ChunkHeader::new(batch.frames.len());
-            let mut parts = [
-                IoSlice::new(header.as_bytes()),
-                IoSlice::new(&batch.frames),
-                IoSlice::new(wire::CHUNK_END),
-            ];
-            let position = direct.position.max(batch.head);
-            return write(direct, &mut parts, position);
-        }
-    }
-    let mut frames: Vec<&[u8]> = Vec::new();
-    let mut position = direct.position;
-    for batch in batches {
-        if whole(batch, position) {
-            frames.push(&batch.frames);
-        } else {
-            // Late events have no id and are new to everyone.
-            let first = match batch.late {
-                true => 0,
-                false => (batch.events).partition_point(|e| Cursor::At(e.id) <= position),
-            };
-            frames.extend(
-                batch.events[first..]
-                    .iter()
-                    .filter(|e| direct.filter.matches(&e.filters))
-                    .map(|e| &e.frame[..]),
-            );
-        }
-        if !batch.late {
-            position = position.max(batch.head);
-        }
-    }
-    write_frames(direct, &frames, position)
+/// The streams one task writes, and the batches not all of them have yet.
+#[derive(Default)]
+struct Streams {
+    /// The streams; `None` where one left during a pass.
+    slots: Vec<Option<Direct>>,
+    /// Where each stream id is in `slots`.
+    index: HashMap<u64, usize>,
+    /// Batches some stream has not had, in order; the first is number
+    /// `first`.
+    batches: Vec<Arc<Batch>>,
+    first: u64,
+    /// Batches received so far: the number the next one gets.
+    received: u64,
 }
 
-/// Writes a joining stream the ring's events after its position that pass
-/// its filter. `false` when the task let go of the stream.
-fn join(direct: &mut Direct, backlog: &[Arc<Event>]) -> bool {
-    let first = backlog.partition_point(|e| Cursor::At(e.id) <= direct.position);
-    let frames: Vec<&[u8]> = backlog[first..]
-        .iter()
-        .filter(|e| direct.filter.matches(&e.filters))
-        .map(|e| &e.frame[..])
-        .collect();
-    let position = match backlog.last() {
-        Some(last) => direct.position.max(Cursor::At(last.id)),
-        None => direct.position,
-    };
-    write_frames(direct, &frames, position)
-}
-
-/// Writes `frames` as one chunk, which moves the client to `position`.
-fn write_frames(direct: &mut Direct, frames: &[&[u8]], position: Cursor) -> bool {
-    if frames.is_empty() {
-        direct.position = position;
-        return true;
-    }
-    let len = frames.iter().map(|f| f.len()).sum();
-    let header = ChunkHeader::new(len);
-    let joined: Vec<u8>;
-    let mut parts = Vec::with_capacity(frames.len().min(MAX_PARTS) + 2);
-    parts.push(IoSlice::new(header.as_bytes()));
-    if frames.len() > MAX_PARTS {
-        joined = frames.concat();
-        parts.push(IoSlice::new(&joined));
-    } else {
-        parts.extend(frames.iter().map(|f| IoSlice::new(f)));
-    }
-    parts.push(IoSlice::new(wire::CHUNK_END));
-    write(direct, &mut parts, position)
-}
-
-/// A keep-alive for a stream that was quiet for a whole round.
-fn keep_alive_round(direct: &mut Direct) -> bool {
-    if std::mem::take(&mut direct.wrote) {
-        return true;
-    }
-    let header = ChunkHeader::new(crate::sse::KEEP_ALIVE.len());
-    let mut parts = [
-        IoSlice::new(header.as_bytes()),
-        IoSlice::new(crate::sse::KEEP_ALIVE),
-        IoSlice::new(wire::CHUNK_END),
-    ];
-    let position = direct.position;
-    write(direct, &mut parts, position)
-}
-
-/// Writes one chunk, which moves the client to `position`. `false` when the
-/// socket did not take all of it: the stream goes back to its task.
-fn write(direct: &mut Direct, parts: &mut [IoSlice<'_>], position: Cursor) -> bool {
-    let back = match wire::write_now(&direct.socket, parts) {
-        Written::All => {
-            direct.wrote = true;
-            direct.position = position;
-            return true;
+impl Streams {
+    /// Takes a message from the hub, in queue order.
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Batch(batch) => {
+                self.batches.push(batch);
+                self.received += 1;
+            }
+            // The ring's backlog holds every batch received before the
+            // join: the hub queued the join after them, under its lock.
+            Message::Join(mut direct, backlog) => {
+                direct.seen = self.received;
+                if join(&mut direct, &backlog) {
+                    self.index.insert(direct.id, self.slots.len());
+                    self.slots.push(Some(*direct));
+                }
+            }
+            Message::Leave(id, done) => {
+                if let Some(slot) = self.index.remove(&id) {
+                    self.slots[slot] = None;
+                }
+                let _ = done.send(());
+            }
         }
-        Written::Nothing => Back::Behind {
-            position: direct.position,
-            pending: None,
-        },
-        Written::Part(rest) => Back::Behind {
-            position,
-            pending: Some(rest),
-        },
-        Written::Failed => Back::Gone,
-    };
-    if let Some(to) = direct.back.take() {
-        let _ = to.send(back);
     }
-    false
+
+    /// Streams being written.
+    fn live(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether some stream has not had every batch.
+    fn unsent(&self) -> bool {
+        !self.batches.is_empty()
+    }
+
+    /// One pass over the streams, writing each the batches it has not had.
+    /// Between slices it takes what has come in `inbox` (and lets other
+    /// tasks run), so later streams get new batches in this same pass.
+    async fn write_all(&mut self, inbox: &mut mpsc::UnboundedReceiver<Message>) {
+        const SLICE: usize = 256;
+        let mut slot = 0;
+        while slot < self.slots.len() {
+            let end = (slot + SLICE).min(self.slots.len());
+            for entry in &mut self.slots[slot..end] {
+                let Some(direct) = entry else { continue };
+                if direct.seen == self.received {
+                    continue;
+                }
+                let new = &self.batches[(direct.seen - self.first) as usize..];
+                if deliver(direct, new) {
+                    direct.seen = self.received;
+                } else {
+                    self.index.remove(&direct.id);
+                    *entry = None;
+                }
+            }
+            slot = end;
+            if slot < self.slots.len() {
+                tokio::task::yield_now().await;
+            }
+            while let Ok(message) = inbox.try_recv() {
+                self.take(message);
+            }
+        }
+        self.compact();
+    }
+
+    /// Drops the streams that left and the batches every stream has had.
+    fn compact(&mut self) {
+        if self.index.len() < self.slots.len() {
+            self.slots.retain(Option::is_some);
+            self.index.clear();
+            for (slot, direct) in self.slots.iter().flatten().enumerate() {
+                self.index.insert(direct.id, slot);
+            }
+        }
+        let oldest = (self.slots.iter().flatten())
+            .map(|d| d.seen)
+            .min()
+            .unwrap_or(self.received);
+        self.batches.drain(..(oldest - self.first) as usize);
+        self.first = oldest;
+    }
+
+    /// A keep-alive round.
+    fn keep_alive(&mut self) {
+        for entry in &mut self.slots {
+            if let Some(direct) = entry {
+                if !keep_alive_round(direct) {
+                    self.index.remove(&direct.id);
+                    *entry = None;
+                }
+            }
+        }
+        self.compact();
+    }
 }

@@ -363,9 +363,9 @@ impl Hub {
             .ring
             .partition_point(|e| Cursor::At(e.id) <= direct.position);
         let backlog = state.ring.range(first_new..).cloned().collect();
-        match self.fanout.send(fanout::Message::Join(direct, backlog)) {
+        match (self.fanout).send(fanout::Message::Join(Box::new(direct), backlog)) {
             Ok(()) => Ok(()),
-            Err(fanout::Message::Join(direct, _)) => Err(direct),
+            Err(fanout::Message::Join(direct, _)) => Err(*direct),
             Err(_) => unreachable!("a refused message comes back as it was sent"),
         }
     }
