@@ -16,13 +16,17 @@
 //!   clients. [`gap`] decides which rows it may publish when ids commit out
 //!   of order; [`doorbell`] makes it poll at once on a Postgres NOTIFY.
 //! - [`hub`]: per feed, frames each row once, keeps a replay ring and the
-//!   latest cursor, broadcasts to subscribers, and catches up clients that
-//!   are behind the ring with coalesced reads.
-//! - [`http`]: the axum router: `/events` (SSE), `/feeds`, `/healthz`,
-//!   `/metrics`, `/`.
+//!   latest cursor, writes each batch straight to the sockets of caught-up
+//!   streams from one fan-out task per core, broadcasts to the other
+//!   subscribers, and catches up clients that are behind the ring with
+//!   coalesced reads.
+//! - [`http`]: the listener, which answers event stream requests on the
+//!   socket itself, and the axum router: `/events` (SSE), `/feeds`,
+//!   `/healthz`, `/metrics`, `/`.
 //!
-//! Beside the flow: [`sse`] (pure wire framing), [`cursor`] (event ids as
-//! text), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
+//! Beside the flow: [`sse`] (pure event framing), [`wire`] (chunked writes
+//! to a socket the fan-out shares), [`cursor`] (event ids as text),
+//! [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
 pub mod auth;
 pub mod config;
