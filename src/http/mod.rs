@@ -1,7 +1,8 @@
 //! HTTP: the axum router, its shared state, and the small JSON endpoints.
 //!
-//! `app(ctx)` builds the router (tests call it directly); `serve` runs it on
-//! a bound listener until shutdown. Handlers read hubs only and never query
+//! `app(ctx)` builds the router (tests call it directly); [`server::serve`]
+//! runs it on a bound listener until shutdown, answering event stream
+//! requests on the socket itself so that the hub's fan-out can write them. Handlers read hubs only and never query
 //! the database themselves; a stream behind the replay ring is caught up by
 //! its hub's coalesced reads.
 
