@@ -13,14 +13,7 @@ use tokio::net::TcpStream;
 each_db!(caught_up_streams_are_written_by_the_fanout);
 
 async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"
-        ),
-    );
+    let (db, t, config) = messages(kind, "filter_columns = [\"room_id\"]\n").await;
     let server = Server::start(config).await;
     let mut everything = Vec::new();
     let mut room_one = Vec::new();
@@ -63,6 +56,68 @@ async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_inside_the_ring_reads_nothing_and_loses_nothing() {
+    let (db, t, config) = messages(Kind::Postgres, "ring_size = 500\n").await;
+    let server = Server::start(config).await;
+    let before = db.insert_many(&t, 1, 100).await;
+    let first_id = before[0] - 1;
+    // Wait until the hub has published them all: then they are in the ring.
+    let mut watcher = Client::connect(
+        &format!("{}/events/messages", server.url),
+        Some(&first_id.to_string()),
+    )
+    .await;
+    assert_eq!(ids(&watcher.take(100).await), before);
+
+    // 200 clients at once, each resuming from its own id, while rows keep
+    // coming.
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let resume = before[(i * 37) % before.len()];
+            let url = format!("{}/events/messages", server.url);
+            tokio::spawn(async move {
+                let client = Client::connect(&url, Some(&resume.to_string())).await;
+                (resume, client)
+            })
+        })
+        .collect();
+    let after = db.insert_many(&t, 2, 50).await;
+    let all: Vec<i64> = before.iter().chain(&after).copied().collect();
+    let checks = clients.into_iter().map(|client| {
+        let all = &all;
+        async move {
+            let (resume, mut client) = client.await.unwrap();
+            let expected: Vec<i64> = all.iter().copied().filter(|id| *id > resume).collect();
+            assert_eq!(
+                ids(&client.take(expected.len()).await),
+                expected,
+                "resumed after {resume}"
+            );
+            client.expect_quiet(Duration::from_millis(200)).await;
+            client
+        }
+    });
+    let _open = futures::future::join_all(checks).await;
+    // The watcher and the 200: all written by the fan-out.
+    wait_for_direct(&server, 201).await;
+    let catch_up = server.hubs[0]
+        .counters
+        .catch_up_queries
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(catch_up, 0, "everyone was served from the ring");
+    server.stop().await;
+}
+
+/// A `messages` feed on a fresh table, with `extra` feed settings.
+async fn messages(kind: Kind, extra: &str) -> (TestDb, String, rowcast::Config) {
+    let db = TestDb::new(kind).await;
+    let t = db.messages("messages").await;
+    let feed = format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n{extra}");
+    let config = config(&db.url, &feed);
+    (db, t, config)
+}
+
 /// Waits until the feed's fan-out writes exactly `n` streams.
 async fn wait_for_direct(server: &Server, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -78,12 +133,7 @@ async fn wait_for_direct(server: &Server, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
-    let db = TestDb::new(Kind::Sqlite).await;
-    let t = db.messages("messages").await;
-    let mut config = config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
+    let (db, t, mut config) = messages(Kind::Sqlite, "").await;
     config.keep_alive = Duration::from_millis(200);
     let server = Server::start(config).await;
     let mut wire = Wire::open(&server.url, "/events/messages", "").await;
@@ -117,12 +167,7 @@ async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_other_ways_get_every_row() {
-    let db = TestDb::new(Kind::Postgres).await;
-    let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
+    let (db, t, config) = messages(Kind::Postgres, "").await;
     let server = Server::start(config).await;
 
     // A stream asked for after another request on the same connection.
@@ -169,12 +214,7 @@ async fn streams_opened_other_ways_get_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_is_a_whole_answer_and_the_connection_closes() {
-    let db = TestDb::new(Kind::Sqlite).await;
-    let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
+    let (_db, _, config) = messages(Kind::Sqlite, "").await;
     let server = Server::start(config).await;
     let mut wire = Wire::open(&server.url, "/events/nope", "").await;
     let mut answer = Vec::new();
