@@ -1,13 +1,14 @@
-//! Direct fan-out: one task per feed writes each batch straight into the
-//! sockets of the single-feed streams that are caught up, instead of waking
-//! a task per client. An unfiltered client gets the batch's frames, built
-//! once, in one `writev`; a filtered one the frames its filter passes.
+//! Direct fan-out: a feed's fan-out tasks, one per core, write each batch
+//! straight into the sockets of the single-feed streams that are caught up,
+//! instead of waking a task per client. An unfiltered client gets the
+//! batch's frames, built once, in one `writev`; a filtered one the frames
+//! its filter passes.
 //!
-//! The task never waits on a client. A socket that cannot take a whole
+//! A task never waits on a client. A socket that cannot take a whole
 //! chunk at once is handed back to its stream's own task, with its position
 //! and whatever part of the chunk is unwritten; that task finishes the
 //! chunk and catches the client up from the ring or the database, like any
-//! client that fell behind. Joins, batches and leaves reach the task through
+//! client that fell behind. Joins, batches and leaves reach a task through
 //! one queue, in the order the hub saw them, so a joining stream gets the
 //! ring's backlog and then every later batch, with nothing between.
 
@@ -174,7 +175,7 @@ impl Fanout {
         let mut streams = Streams::default();
         // A stream quiet for a whole round gets a keep-alive in the next:
         // quiet streams hear something at least every `keep_alive`.
-        let mut rounds = tokio::time::interval(keep_alive / 2);
+        let mut rounds = tokio::time::interval((keep_alive / 2).max(Duration::from_millis(1)));
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
