@@ -125,7 +125,9 @@ async fn collect(hub: &Hub, after: Cursor, limit: usize, filter: &Filter) -> Ans
             more: false,
         };
     }
-    let (events, checked_to) = match hub.ring_after(after) {
+    // One more than asked tells whether there is more.
+    let wanted = |e: &Event| filter.matches(&e.filters);
+    let (events, checked_to) = match hub.ring_after(after, limit.saturating_add(1), wanted) {
         Some(events) => (events, head),
         None => match hub.catch_up(after).await {
             Ok(page) => (page.events.clone(), page.complete_to),
@@ -137,7 +139,7 @@ async fn collect(hub: &Hub, after: Cursor, limit: usize, filter: &Filter) -> Ans
             }
         },
     };
-    let mut matching = events.into_iter().filter(|e| filter.matches(&e.filters));
+    let mut matching = events.into_iter().filter(|e| wanted(e));
     let rows: Vec<Arc<Event>> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some() || checked_to < head;
     let cursor = match rows.last() {

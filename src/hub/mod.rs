@@ -327,15 +327,21 @@ impl Hub {
         }));
     }
 
-    /// The events after `after` in the ring, or `None` when the ring does
-    /// not reach back that far.
-    pub fn ring_after(&self, after: Cursor) -> Option<Vec<Arc<Event>>> {
+    /// The first `most` events after `after` in the ring that `keep` lets
+    /// through, or `None` when the ring does not reach back that far.
+    pub fn ring_after(
+        &self,
+        after: Cursor,
+        most: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Option<Vec<Arc<Event>>> {
         let state = self.state();
         if after < state.floor {
             return None;
         }
         let first_new = state.ring.partition_point(|e| Cursor::At(e.id) <= after);
-        Some(state.ring.range(first_new..).cloned().collect())
+        let kept = state.ring.range(first_new..).filter(|e| keep(e));
+        Some(kept.take(most).cloned().collect())
     }
 
     /// Joins the fan-out just after `after`.
