@@ -129,6 +129,10 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     Ok(Feeds { source, hubs })
 }
 
+/// Open files that are not client connections, besides the database pool:
+/// standard streams, the listener, the runtime's own, the NOTIFY listener.
+const RESERVED_FILES: u64 = 16;
+
 /// Raises this process's soft limit of open files to its hard limit, and
 /// returns the limit: about how many connections one process can hold.
 fn open_files_limit() -> u64 {
@@ -183,11 +187,13 @@ pub async fn serve(
     pollers.close();
 
     let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
+    let files = open_files_limit();
     tracing::info!(
         address = %listener.local_addr()?,
         database = feeds.source.kind(),
         feeds = %names.join(","),
-        open_files_limit = open_files_limit(),
+        open_files_limit = files,
+        client_capacity = files.saturating_sub(u64::from(config.max_connections) + RESERVED_FILES),
         "rowcast listening"
     );
     let ctx = http::ApiContext {
