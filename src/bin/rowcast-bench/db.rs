@@ -106,3 +106,16 @@ impl Db {
         }
     }
 }
+
+/// Scans of `table` so far, as Postgres counts them (`seq_scan + idx_scan`
+/// in `pg_stat_user_tables`): the queries that read it, whoever sent them.
+pub async fn table_scans(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+         WHERE schemaname = current_schema() AND relname = $1",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .context("cannot read pg_stat_user_tables")
+}

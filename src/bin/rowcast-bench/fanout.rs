@@ -300,14 +300,7 @@ async fn idle(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)>
         windows,
         report::verdict,
     );
-    let ok = results
-        .iter()
-        .flatten()
-        .all(|(c, w)| c.connect_errors == 0 && w.check.ok());
-    for (mut connected, _) in results.into_iter().flatten() {
-        connected.crowd.close().await;
-    }
-    Ok((block, ok))
+    Ok((block, close(results).await))
 }
 
 async fn fixed(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)> {
@@ -342,6 +335,12 @@ async fn fixed(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)
     ));
     block.connected(results.each_ref().map(|r| r.as_ref().map(|r| &r.0)));
     block.window(results.each_ref().map(|r| r.as_ref().map(|r| &r.1)), true);
+    Ok((block, close(results).await))
+}
+
+/// Whether every side connected every client and every client got every
+/// row; closes the clients.
+async fn close(results: [Option<(Connected, Window)>; 2]) -> bool {
     let ok = results
         .iter()
         .flatten()
@@ -349,7 +348,7 @@ async fn fixed(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)
     for (mut connected, _) in results.into_iter().flatten() {
         connected.crowd.close().await;
     }
-    Ok((block, ok))
+    ok
 }
 
 /// rowcast only: the database load at each client count, same rate.

@@ -43,7 +43,7 @@ mod naive;
 mod report;
 
 use crate::cpu::{cpu_time, postgres_cpu_time, threads_cpu_time};
-use crate::db::Db;
+use crate::db::{table_scans, Db};
 use crate::http::Connection;
 use crate::server::Server;
 use crate::{locate_rowcast, now_us, percentile};
@@ -375,14 +375,7 @@ impl Snapshot {
         let at = Instant::now();
         let server_cpu = endpoint.cpu();
         let postgres_cpu = postgres_cpu_time();
-        let scans: i64 = sqlx::query_scalar(
-            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
-             WHERE schemaname = current_schema() AND relname = $1",
-        )
-        .bind(table)
-        .fetch_one(pool)
-        .await
-        .context("cannot read pg_stat_user_tables")?;
+        let scans: i64 = table_scans(pool, table).await?;
         let own = endpoint.own_queries(table).await?;
         Ok(Snapshot {
             at,

@@ -14,7 +14,7 @@ use super::crowd::Subscription;
 use super::nchan::{Nginx, PUBLISH_PATH, SUBSCRIBE_PATH};
 use super::stream::ReadyOn;
 use crate::cpu::cpu_time;
-use crate::db::{install_notify_trigger, Db};
+use crate::db::{install_notify_trigger, table_scans, Db};
 use crate::http::Connection;
 use crate::now_us;
 use crate::server::Server;
@@ -256,14 +256,7 @@ impl Served {
             return Ok(None);
         };
         let at = Instant::now();
-        let pg_scans: i64 = sqlx::query_scalar(
-            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
-             WHERE schemaname = current_schema() AND relname = $1",
-        )
-        .bind(table)
-        .fetch_one(pool)
-        .await
-        .context("cannot read pg_stat_user_tables")?;
+        let pg_scans: i64 = table_scans(pool, table).await?;
         let metrics = self.metrics().await?;
         Ok(Some(Queries {
             at,
