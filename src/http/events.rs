@@ -7,11 +7,10 @@
 use super::access::admit;
 use super::error::Error;
 use super::filter::{self, filter_index, unknown_filter, Filter};
-use super::stream::{EventStream, Opening};
+use super::stream::{EventStream, Opening, Wanted};
 use super::ApiContext;
 use crate::auth::Claims;
 use crate::cursor::{self, Cursor};
-use crate::hub::Hub;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -22,13 +21,6 @@ use std::sync::{Arc, Mutex};
 
 /// Query parameters that are not filters.
 const RESERVED: [&str; 3] = ["after", "feed", "access_token"];
-
-/// One feed of a stream request.
-struct Wanted {
-    hub: Arc<Hub>,
-    filter: Filter,
-    after: Option<Cursor>,
-}
 
 pub async fn one_feed(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -56,7 +48,7 @@ pub async fn one_feed(
     let expires = claims.as_ref().and_then(Claims::expires_in);
     let state = EventStream::new(
         &ctx,
-        vec![(hub, filter, after)],
+        vec![Wanted { hub, filter, after }],
         Opening {
             multi: false,
             announce,
@@ -135,10 +127,9 @@ pub async fn many_feeds(
     }
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
-    let feeds = wanted.into_iter().map(|w| (w.hub, w.filter, w.after));
     let state = EventStream::new(
         &ctx,
-        feeds.collect(),
+        wanted,
         Opening {
             multi: true,
             announce: true,

@@ -43,13 +43,16 @@ impl Deliveries {
     /// Cancel-safe.
     async fn next(&mut self) -> Option<(usize, Delivery, Cursor)> {
         match self {
-            Deliveries::One(sub) => {
-                let delivery = sub.next().await?;
-                Some((0, delivery, sub.position()))
-            }
+            Deliveries::One(sub) => next_of(sub).await.map(|(d, p)| (0, d, p)),
             Deliveries::Many(merged) => merged.next().await,
         }
     }
+}
+
+/// A subscriber's next delivery and its position after it. Cancel-safe.
+async fn next_of(sub: &mut Subscriber) -> Option<(Delivery, Cursor)> {
+    let delivery = sub.next().await?;
+    Some((delivery, sub.position()))
 }
 
 /// The state of one open stream.
@@ -96,6 +99,15 @@ enum Left {
     Gone,
 }
 
+/// One feed of a stream: which, for whom, from where.
+pub struct Wanted {
+    pub hub: Arc<Hub>,
+    /// The rows this client may see.
+    pub filter: Filter,
+    /// The client's cursor; `None`: live from now.
+    pub after: Option<Cursor>,
+}
+
 /// How a stream starts and ends.
 pub struct Opening {
     /// Events named after their feed, with composite ids.
@@ -110,25 +122,17 @@ pub struct Opening {
 }
 
 impl EventStream {
-    /// A stream of `feeds`, each followed from its cursor (`None`: live
-    /// from now).
-    pub fn new(
-        ctx: &ApiContext,
-        feeds: Vec<(Arc<Hub>, Filter, Option<Cursor>)>,
-        opening: Opening,
-    ) -> EventStream {
+    /// A stream of `feeds`, each followed from its cursor.
+    pub fn new(ctx: &ApiContext, feeds: Vec<Wanted>, opening: Opening) -> EventStream {
         let Opening {
             multi,
             announce,
             expires,
             slot,
         } = opening;
-        let subscribers: Vec<Subscriber> = feeds
-            .iter()
-            .map(|(hub, _, after)| hub.subscribe(*after))
-            .collect();
+        let subscribers: Vec<Subscriber> = feeds.iter().map(|w| w.hub.subscribe(w.after)).collect();
         let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
-        let feeds: Vec<(Arc<Hub>, Filter)> = feeds.into_iter().map(|(h, f, _)| (h, f)).collect();
+        let feeds: Vec<(Arc<Hub>, Filter)> = feeds.into_iter().map(|w| (w.hub, w.filter)).collect();
         let mut first = BytesMut::new();
         first.extend_from_slice(&sse::retry(ctx.settings.retry));
         if announce {
@@ -145,8 +149,7 @@ impl EventStream {
             _ => Deliveries::Many(
                 stream::select_all(subscribers.into_iter().enumerate().map(|(i, sub)| {
                     stream::unfold(sub, move |mut sub| async move {
-                        let delivery = sub.next().await?;
-                        let position = sub.position();
+                        let (delivery, position) = next_of(&mut sub).await?;
                         Some(((i, delivery, position), sub))
                     })
                     .boxed()
