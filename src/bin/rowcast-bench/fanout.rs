@@ -49,7 +49,7 @@ mod histogram;
 mod nchan;
 mod report;
 mod storm;
-mod stream;
+pub mod stream;
 mod sweep;
 mod target;
 mod window;

@@ -43,22 +43,19 @@
 //! rowcast.
 
 mod breakdown;
+mod readers;
 
 use crate::cpu::{cpu_time, load_average};
 use crate::db::{install_notify_trigger, Database, Db};
 use crate::server::Server;
-use crate::sse::Client;
 use crate::{locate_rowcast, now_us, percentile};
 use anyhow::bail;
 use breakdown::Breakdown;
+use readers::Readers;
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
@@ -81,6 +78,9 @@ pub struct LatencyArgs {
     /// are not measured [default: max-poll-interval + 2 × poll-interval].
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
+    /// Threads that read the clients' streams.
+    #[arg(long, default_value_t = 1)]
+    reader_threads: usize,
     /// rowcast's `--poll-interval`.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -303,70 +303,51 @@ struct Measured {
 
 impl Run<'_> {
     async fn measure(&self, db: &Db, args: &LatencyArgs) -> anyhow::Result<Measured> {
-        let stop = CancellationToken::new();
-        let _stop_on_return = stop.clone().drop_guard();
-        let received = Arc::new(AtomicUsize::new(0));
-        let path = format!("/events/{}", self.feed);
-        let mut clients = Vec::with_capacity(self.clients);
-        let mut connected = Vec::with_capacity(self.clients);
-        for _ in 0..self.clients {
-            let (ready, ready_rx) = oneshot::channel();
-            let client = Client {
-                addr: self.addr,
-                path: path.clone(),
-                ready: Some(ready),
-                received: received.clone(),
-                events: Vec::with_capacity(args.warmup_rows() + args.rows),
-            };
-            clients.push(tokio::spawn(client.run(stop.clone())));
-            connected.push(ready_rx);
+        let readers = Readers::start(
+            self.addr,
+            &format!("/events/{}", self.feed),
+            self.clients,
+            args.reader_threads,
+            args.warmup_rows() + args.rows,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while readers.ready() + readers.failed() < self.clients && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let all_connected = async {
-            for ready in connected {
-                if ready.await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        if !tokio::time::timeout(Duration::from_secs(60), all_connected)
-            .await
-            .unwrap_or(false)
-        {
-            stop.cancel();
-            let mut failed = 0;
-            let mut cause = "timed out".to_owned();
-            for client in clients {
-                if let Err(err) = client.await? {
-                    failed += 1;
-                    cause = format!("{err:#}");
-                }
-            }
+        let ready = readers.ready();
+        if ready < self.clients {
+            let failed = readers.failed();
+            let cause = readers
+                .finish()
+                .into_iter()
+                .find_map(Result::err)
+                .map_or("timed out".to_owned(), |err| format!("{err:#}"));
             bail!(
-                "{failed} of {} clients could not connect: {cause}",
+                "{} of {} clients could not connect ({failed} failed): {cause}",
+                self.clients - ready,
                 self.clients
             );
         }
 
-        let cpu_before = self.cpu_times(&received);
+        let cpu_before = self.cpu_times(readers.received());
         let written = write_rows(db, self.feed, args).await?;
         let ids: Vec<i64> = written.iter().map(|w| w.id).collect();
         let expected = self.clients * ids.len();
         let deadline = Instant::now() + self.settle;
-        while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        while readers.received() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cpu = cpu_before.and_then(|before| Some(self.cpu_times(&received)?.since(&before)));
+        let cpu = cpu_before.and_then(|before| Some(self.cpu_times(readers.received())?.since(&before)));
         // Give a duplicate the chance to show up.
         tokio::time::sleep(args.poll_interval).await;
-        stop.cancel();
+        let received = tokio::task::spawn_blocking(move || readers.finish()).await?;
 
         let first_measured = ids[args.warmup_rows()];
         let mut latencies_us = Vec::with_capacity(expected);
         let mut problems = Vec::new();
         let mut logs = Vec::with_capacity(self.clients);
-        for (n, client) in clients.into_iter().enumerate() {
-            let (events, error) = match client.await? {
+        for (n, client) in received.into_iter().enumerate() {
+            let (events, error) = match client {
                 Ok(events) => (events, None),
                 Err(err) => (Vec::new(), Some(err)),
             };
@@ -398,10 +379,10 @@ impl Run<'_> {
         })
     }
 
-    fn cpu_times(&self, received: &AtomicUsize) -> Option<CpuTimes> {
+    fn cpu_times(&self, received: usize) -> Option<CpuTimes> {
         Some(CpuTimes {
             at: Instant::now(),
-            received: received.load(Ordering::Relaxed),
+            received,
             rowcast: cpu_time(self.server_pid?)?,
             bench: cpu_time(std::process::id())?,
         })

@@ -25,12 +25,11 @@
 
 mod cpu;
 mod db;
-mod fanout;
+pub mod fanout;
 mod http;
 mod latency;
 mod polling;
 mod server;
-mod sse;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
