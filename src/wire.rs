@@ -57,9 +57,15 @@ pub enum Written {
 }
 
 /// Writes `parts` if the socket takes them now, without waiting.
+///
+/// This is the fan-out's write, made once per client per batch, so it goes
+/// straight to `sendmsg` on the non-blocking socket rather than through the
+/// runtime's readiness bookkeeping: a socket that is full says so itself.
+/// The readiness the runtime keeps may then be stale, which only costs the
+/// stream's task one futile write before it waits (see [`write_all`]).
 pub fn write_now(socket: &TcpStream, parts: &mut [IoSlice<'_>]) -> Written {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    match socket.try_write_vectored(parts) {
+    match socket2::SockRef::from(socket).send_vectored(parts) {
         Ok(n) if n == total => Written::All,
         Ok(n) => {
             let mut parts = &mut parts[..];

@@ -51,8 +51,8 @@ use crate::server::Server;
 use crate::{locate_rowcast, now_us, percentile};
 use anyhow::bail;
 use breakdown::Breakdown;
-use readers::Readers;
 use clap::{Args, ValueEnum};
+use readers::Readers;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -78,8 +78,9 @@ pub struct LatencyArgs {
     /// are not measured [default: max-poll-interval + 2 × poll-interval].
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
-    /// Threads that read the clients' streams.
-    #[arg(long, default_value_t = 1)]
+    /// Threads that read the clients' streams (one per core by default, so
+    /// that reading keeps pace with a fan-out that runs on every core).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     reader_threads: usize,
     /// rowcast's `--poll-interval`.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -337,7 +338,8 @@ impl Run<'_> {
         while readers.received() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cpu = cpu_before.and_then(|before| Some(self.cpu_times(readers.received())?.since(&before)));
+        let cpu =
+            cpu_before.and_then(|before| Some(self.cpu_times(readers.received())?.since(&before)));
         // Give a duplicate the chance to show up.
         tokio::time::sleep(args.poll_interval).await;
         let received = tokio::task::spawn_blocking(move || readers.finish()).await?;
