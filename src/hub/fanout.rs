@@ -1,7 +1,7 @@
 //! Direct fan-out: a feed's fan-out tasks, one per core, write each batch
 //! straight into the sockets of the single-feed streams that are caught up,
 //! instead of waking a task per client. An unfiltered client gets the
-//! batch's frames, built once, in one `writev`; a filtered one the frames
+//! batch's frames, built once, in one `sendmsg`; a filtered one the frames
 //! its filter passes.
 //!
 //! A task never waits on a client. A socket that cannot take a whole
