@@ -94,16 +94,23 @@ impl Readers {
 
     /// Ends every stream; what each client got, in the order they were
     /// opened within each thread, thread after thread.
-    pub fn finish(self) -> Vec<Received> {
+    pub fn finish(mut self) -> Vec<Received> {
         self.shared.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
-        for thread in self.threads {
+        for thread in std::mem::take(&mut self.threads) {
             match thread.join() {
                 Ok(received) => all.extend(received),
                 Err(_) => all.push(Err(anyhow::anyhow!("a reader thread panicked"))),
             }
         }
         all
+    }
+}
+
+/// A measurement that fails midway stops its readers all the same.
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
 
