@@ -262,6 +262,24 @@ async fn on_fresh<T>(
     outcome
 }
 
+/// Runs `body` on a fresh server of each side taking part, rowcast first,
+/// after saying `doing` on stderr; each side's result sits in its column.
+async fn each_side<T>(
+    args: &FanoutArgs,
+    setup: &Setup,
+    doing: &str,
+    body: impl AsyncFn(&mut Target) -> anyhow::Result<T>,
+) -> anyhow::Result<[Option<T>; 2]> {
+    let mut results = [None, None];
+    for side in [Side::Rowcast, Side::Nchan] {
+        if measured(args, side) {
+            progress(side, doing);
+            results[column(side)] = Some(on_fresh(side, setup, &body).await?);
+        }
+    }
+    Ok(results)
+}
+
 /// Whether a side takes part.
 fn measured(args: &FanoutArgs, side: Side) -> bool {
     args.side.contains(&side)
@@ -273,25 +291,15 @@ fn progress(side: Side, text: impl std::fmt::Display) {
 }
 
 async fn idle(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)> {
-    let mut results: [Option<(Connected, Window)>; 2] = [None, None];
-    for side in [Side::Rowcast, Side::Nchan] {
-        if !measured(args, side) {
-            continue;
-        }
-        progress(
-            side,
-            format!("idle: connecting {} clients", args.idle_clients),
-        );
-        let result = on_fresh(side, setup, async |target| {
-            let connected = window::connect(target, args.idle_clients, args.parallel).await;
-            // One row, to show every idle stream still delivers.
-            let one = Duration::from_millis(500);
-            let window = window::measure(target, &connected.crowd, 1.0, one, args.settle).await?;
-            Ok((connected, window))
-        })
-        .await?;
-        results[column(side)] = Some(result);
-    }
+    let doing = format!("idle: connecting {} clients", args.idle_clients);
+    let results = each_side(args, setup, &doing, async |target| {
+        let connected = window::connect(target, args.idle_clients, args.parallel).await;
+        // One row, to show every idle stream still delivers.
+        let one = Duration::from_millis(500);
+        let window = window::measure(target, &connected.crowd, 1.0, one, args.settle).await?;
+        Ok((connected, window))
+    })
+    .await?;
     let mut block = Block::new(format!("idle: {} connections", args.idle_clients));
     block.connected(results.each_ref().map(|r| r.as_ref().map(|r| &r.0)));
     let windows = results.each_ref().map(|r| r.as_ref().map(|r| &r.1));
@@ -304,29 +312,19 @@ async fn idle(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)>
 }
 
 async fn fixed(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)> {
-    let mut results: [Option<(Connected, Window)>; 2] = [None, None];
-    for side in [Side::Rowcast, Side::Nchan] {
-        if !measured(args, side) {
-            continue;
-        }
-        progress(
-            side,
-            format!(
-                "fixed: {} clients, {} rows/s",
-                args.fixed_clients, args.fixed_rate
-            ),
-        );
-        let result = on_fresh(side, setup, async |target| {
-            let connected = window::connect(target, args.fixed_clients, args.parallel).await;
-            let crowd = &connected.crowd;
-            window::measure(target, crowd, args.fixed_rate, WARMUP, args.settle).await?;
-            let window =
-                window::measure(target, crowd, args.fixed_rate, args.duration, args.settle).await?;
-            Ok((connected, window))
-        })
-        .await?;
-        results[column(side)] = Some(result);
-    }
+    let doing = format!(
+        "fixed: {} clients, {} rows/s",
+        args.fixed_clients, args.fixed_rate
+    );
+    let results = each_side(args, setup, &doing, async |target| {
+        let connected = window::connect(target, args.fixed_clients, args.parallel).await;
+        let crowd = &connected.crowd;
+        window::measure(target, crowd, args.fixed_rate, WARMUP, args.settle).await?;
+        let window =
+            window::measure(target, crowd, args.fixed_rate, args.duration, args.settle).await?;
+        Ok((connected, window))
+    })
+    .await?;
     let mut block = Block::new(format!(
         "fixed: {} clients, {} rows/s for {}",
         args.fixed_clients,

@@ -6,11 +6,11 @@
 //! up, and is connected afresh if it does not or lost streams.
 
 use super::crowd::Crowd;
-use super::report::{column, Block};
+use super::report::Block;
 use super::stream::State;
-use super::target::{Setup, Side, Target};
+use super::target::{Setup, Target};
 use super::window::{self, Connected, Window};
-use super::{measured, on_fresh, progress, FanoutArgs, WARMUP};
+use super::{each_side, progress, FanoutArgs, WARMUP};
 use std::time::{Duration, Instant};
 
 /// How long a crowd may take to catch up after a failed step.
@@ -26,18 +26,11 @@ struct Swept {
 }
 
 pub async fn sweep(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)> {
-    let mut results: [Option<Swept>; 2] = [None, None];
-    for side in [Side::Rowcast, Side::Nchan] {
-        if !measured(args, side) {
-            continue;
-        }
-        progress(
-            side,
-            format!("sweep: connecting {} clients", args.sweep_clients),
-        );
-        let swept = on_fresh(side, setup, async |target| sweep_side(args, target).await).await?;
-        results[column(side)] = Some(swept);
-    }
+    let doing = format!("sweep: connecting {} clients", args.sweep_clients);
+    let results = each_side(args, setup, &doing, async |target| {
+        sweep_side(args, target).await
+    })
+    .await?;
 
     let mut block = Block::new(format!(
         "rate sweep: {} clients, {} steps, every row with p99 ≤ {} ms",
