@@ -201,6 +201,20 @@ pub struct ServeArgs {
     /// Most open streams per client address [default: 0, no limit].
     #[arg(long, env = "ROWCAST_MAX_STREAMS_PER_IP")]
     pub max_streams_per_ip: Option<usize>,
+    /// Longest a new connection may take to send its first request head [default: 10s].
+    #[arg(long, env = "ROWCAST_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Longest a kept-alive connection may wait for its next request [default: 60s].
+    #[arg(long, env = "ROWCAST_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Longest a write to a client may make no progress before the
+    /// connection is closed [default: 30s].
+    #[arg(long, env = "ROWCAST_SEND_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub send_timeout: Option<Duration>,
+    /// Most client connections held at once; past it the connection idle
+    /// longest makes room [default: what the open-files limit allows].
+    #[arg(long, env = "ROWCAST_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
     /// HS256 secret that verifies clients' JWTs (turns auth on; see `[auth]`).
     #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -263,6 +277,17 @@ pub struct FileConfig {
     pub max_streams_per_subject: Option<usize>,
     /// Most open streams per client address.
     pub max_streams_per_ip: Option<usize>,
+    /// Longest a new connection may take to send its first request head.
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    /// Longest a kept-alive connection may wait for its next request.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Longest a write to a client may make no progress.
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
+    /// Most client connections held at once.
+    pub max_clients: Option<usize>,
     /// The feeds, as `[[feed]]` tables.
     #[serde(default, rename = "feed")]
     pub feeds: Vec<FeedFile>,
@@ -430,6 +455,15 @@ pub struct Config {
     pub max_streams_per_subject: usize,
     /// Most open streams per client address (0: no limit).
     pub max_streams_per_ip: usize,
+    /// Longest a new connection may take to send its first request head.
+    pub header_timeout: Duration,
+    /// Longest a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Longest a write to a client may make no progress.
+    pub send_timeout: Duration,
+    /// Most client connections held at once; `None`: what the open-files
+    /// limit allows.
+    pub max_clients: Option<usize>,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
 }
@@ -644,6 +678,35 @@ impl Config {
         if keep_alive.is_zero() {
             return Err(invalid("keep_alive", "must be greater than zero"));
         }
+        let timeout = |key: &str, flag: Option<Duration>, file: Option<Duration>, default| {
+            let value = flag.or(file).unwrap_or(default);
+            match value.is_zero() {
+                true => Err(invalid(key, "must be greater than zero")),
+                false => Ok(value),
+            }
+        };
+        let header_timeout = timeout(
+            "header_timeout",
+            args.header_timeout,
+            file.header_timeout,
+            Duration::from_secs(10),
+        )?;
+        let idle_timeout = timeout(
+            "idle_timeout",
+            args.idle_timeout,
+            file.idle_timeout,
+            Duration::from_secs(60),
+        )?;
+        let send_timeout = timeout(
+            "send_timeout",
+            args.send_timeout,
+            file.send_timeout,
+            Duration::from_secs(30),
+        )?;
+        let max_clients = args.max_clients.or(file.max_clients);
+        if max_clients == Some(0) {
+            return Err(invalid("max_clients", "must be at least 1"));
+        }
         Ok(Config {
             database_url,
             listen: args
@@ -666,6 +729,10 @@ impl Config {
                 .max_streams_per_ip
                 .or(file.max_streams_per_ip)
                 .unwrap_or(0),
+            header_timeout,
+            idle_timeout,
+            send_timeout,
+            max_clients,
             feeds,
         })
     }

@@ -188,12 +188,24 @@ pub async fn serve(
 
     let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
     let files = open_files_limit();
+    let capacity =
+        usize::try_from(files.saturating_sub(u64::from(config.max_connections) + RESERVED_FILES))
+            .unwrap_or(usize::MAX);
+    let max_clients = match config.max_clients {
+        Some(max) if max > capacity => {
+            tracing::warn!(max_clients = max, open_files_limit = files, "max_clients is more than the open-files limit allows; raise the limit (LimitNOFILE) or expect `too many open files`");
+            max
+        }
+        Some(max) => max,
+        None => capacity,
+    };
+    let connections = Arc::new(http::connections::Connections::new(max_clients));
     tracing::info!(
         address = %listener.local_addr()?,
         database = feeds.source.kind(),
         feeds = %names.join(","),
         open_files_limit = files,
-        client_capacity = files.saturating_sub(u64::from(config.max_connections) + RESERVED_FILES),
+        max_clients,
         "rowcast listening"
     );
     let ctx = http::ApiContext {
@@ -204,6 +216,7 @@ pub async fn serve(
             max_limit: config.max_limit,
             max_wait: config.max_wait,
             cors_origins: config.cors_origins.clone(),
+            send_timeout: config.send_timeout,
         }),
         shutdown: token.clone(),
         auth: config.auth.clone().map(Arc::new),
@@ -220,7 +233,18 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
-    let server = http::server::serve(listener, http::app(ctx), token.clone());
+    let timeouts = http::server::Timeouts {
+        header: config.header_timeout,
+        idle: config.idle_timeout,
+        send: config.send_timeout,
+    };
+    let server = http::server::serve(
+        listener,
+        http::app(ctx),
+        connections,
+        timeouts,
+        token.clone(),
+    );
     tokio::select! {
         _ = server => {},
         _ = async { token.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

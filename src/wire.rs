@@ -8,6 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::io::{self, IoSlice};
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// The end of a chunk's data.
@@ -81,12 +82,20 @@ pub fn write_now(socket: &TcpStream, parts: &mut [IoSlice<'_>]) -> Written {
     }
 }
 
-/// Writes all of `parts`, waiting for the socket as long as it takes.
-pub async fn write_all(socket: &TcpStream, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Writes all of `parts`, waiting for the socket while the client takes
+/// something at least every `send_timeout`; a client that takes nothing
+/// for that long fails the write with `TimedOut`.
+pub async fn write_all(
+    socket: &TcpStream,
+    parts: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+) -> io::Result<()> {
     let mut parts = &mut parts[..];
     IoSlice::advance_slices(&mut parts, 0);
     while !parts.is_empty() {
-        socket.writable().await?;
+        tokio::time::timeout(send_timeout, socket.writable())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         match socket.try_write_vectored(parts) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut parts, n),
@@ -97,8 +106,12 @@ pub async fn write_all(socket: &TcpStream, parts: &mut [IoSlice<'_>]) -> io::Res
     Ok(())
 }
 
-/// Writes `data` as one chunk, waiting for the socket as long as it takes.
-pub async fn write_chunk(socket: &TcpStream, data: &[u8]) -> io::Result<()> {
+/// Writes `data` as one chunk, as [`write_all`] does.
+pub async fn write_chunk(
+    socket: &TcpStream,
+    data: &[u8],
+    send_timeout: Duration,
+) -> io::Result<()> {
     let header = ChunkHeader::new(data.len());
     write_all(
         socket,
@@ -107,6 +120,7 @@ pub async fn write_chunk(socket: &TcpStream, data: &[u8]) -> io::Result<()> {
             IoSlice::new(data),
             IoSlice::new(CHUNK_END),
         ],
+        send_timeout,
     )
     .await
 }

@@ -37,6 +37,15 @@ pub enum Error {
     TooManyStreams(String),
     #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /healthz or /metrics")]
     NotFound,
+    #[error("the request head is larger than {max_bytes} bytes or has more than {max_headers} header lines")]
+    HeadTooLarge {
+        max_bytes: usize,
+        max_headers: usize,
+    },
+    #[error("the request target is longer than {max} bytes")]
+    UriTooLong { max: usize },
+    #[error("the request is not valid HTTP/1.1: {0}")]
+    BadRequest(String),
 }
 
 impl Error {
@@ -53,6 +62,9 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::TooManyStreams(_) => "too_many_streams",
             Error::NotFound => "not_found",
+            Error::HeadTooLarge { .. } => "head_too_large",
+            Error::UriTooLong { .. } => "uri_too_long",
+            Error::BadRequest(_) => "bad_request",
         }
     }
 
@@ -62,6 +74,8 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -7,9 +7,11 @@
 //! its hub's coalesced reads.
 
 mod access;
+pub mod connections;
 mod error;
 pub mod events;
 mod filter;
+mod head;
 pub mod limits;
 mod metrics;
 mod rows;
@@ -43,6 +45,9 @@ pub struct StreamSettings {
     pub max_wait: Duration,
     /// Origins browsers may call from (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// A write to a client that makes no progress for this long ends its
+    /// stream.
+    pub send_timeout: Duration,
 }
 
 /// The state every handler sees.

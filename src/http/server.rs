@@ -5,45 +5,62 @@
 //! hyper with the bytes already read put back in front.
 //!
 //! Both ways run the same router, so routing, auth, CORS and errors are
-//! decided in one place. Nothing here may hold a connection open past
+//! decided in one place. No client can hold a connection it does not use:
+//! a head must arrive within `header_timeout`, a kept-alive connection
+//! waits at most `idle_timeout` for its next request, a write that makes
+//! no progress for `send_timeout` ends the connection, and past
+//! `max_clients` the connection idle longest makes room
+//! ([`super::connections`]). Nothing here holds a connection open past
 //! shutdown.
 
+use super::connections::{Busy, Connection, Connections};
 use super::events::{OwnSocket, PendingStream};
+use super::head::{self, Framing, Head, MAX_HEAD};
 use super::stream::EventStream;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Method, Request, Response, Version};
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-/// The longest request head read here; a longer one goes to hyper, which
-/// answers it.
-const MAX_HEAD: usize = 16 * 1024;
-
-/// How long a client may take to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Most headers a request read here may have.
-const MAX_HEADERS: usize = 64;
+/// How long clients may take, at most, at each step of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From accepting a connection to its first whole request head.
+    pub header: Duration,
+    /// A kept-alive connection's wait for its next request head.
+    pub idle: Duration,
+    /// A write to a client that makes no progress.
+    pub send: Duration,
+}
 
 /// Serves `app` on `listener` until `shutdown`, then waits for the open
 /// connections to end (streams end at shutdown by themselves).
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let connections = TaskTracker::new();
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    connections: Arc<Connections>,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -51,7 +68,22 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         };
         match accepted {
             Ok((socket, peer)) => {
-                connections.spawn(connection(socket, peer, app.clone(), shutdown.clone()));
+                let Some(held) = connections.admit() else {
+                    // Every connection held is busy: this one cannot be.
+                    connections
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let shutdown = shutdown.clone();
+                tasks.spawn(connection(
+                    socket,
+                    peer,
+                    app.clone(),
+                    held,
+                    timeouts,
+                    shutdown,
+                ));
             }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
@@ -62,8 +94,8 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         }
     }
     drop(listener);
-    connections.close();
-    connections.wait().await;
+    tasks.close();
+    tasks.wait().await;
 }
 
 fn is_connection_error(err: &io::Error) -> bool {
@@ -79,85 +111,74 @@ async fn connection(
     mut socket: TcpStream,
     peer: SocketAddr,
     app: Router,
+    held: Connection,
+    timeouts: Timeouts,
     shutdown: CancellationToken,
 ) {
     // Events go out as soon as they are written.
     let _ = socket.set_nodelay(true);
-    let mut head = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(1024);
     let read = tokio::select! {
-        read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)) => read,
+        read = tokio::time::timeout(timeouts.header, read_head(&mut socket, &mut buf)) => read,
+        _ = held.evicted() => return,
         _ = shutdown.cancelled() => return,
     };
     // Boxed: a task's size is that of its largest state, and an idle
     // stream should not carry the states of the other ways a connection
     // can go.
     match read {
-        Ok(Ok(Some(request))) => {
-            drop(head);
-            events(socket, peer, request, app).await
+        Ok(Ok(Head::Events(request))) => {
+            let busy = held.busy();
+            drop(buf);
+            events(socket, peer, request, app, timeouts.send, busy).await
         }
-        Ok(Ok(None)) => Box::pin(hyper(socket, head.freeze(), peer, app, shutdown)).await,
+        Ok(Ok(Head::Other)) => {
+            Box::pin(hyper(
+                socket,
+                buf.freeze(),
+                peer,
+                app,
+                held,
+                timeouts,
+                shutdown,
+            ))
+            .await
+        }
+        Ok(Ok(Head::Refused(error))) => {
+            let _busy = held.busy();
+            Box::pin(answer_whole(&socket, error.into_response(), timeouts.send)).await
+        }
         // Closed, failed or too slow before a whole head arrived.
-        Ok(Err(_)) | Err(_) => {}
+        Ok(Ok(Head::Partial)) | Ok(Err(_)) | Err(_) => {}
     }
 }
 
-/// Reads until the first request head is complete. `Some` when it is an
-/// event stream request to answer here; `None` when hyper should have the
-/// connection (anything else, or a head this reader does not take).
-async fn read_head(
-    socket: &mut TcpStream,
-    head: &mut BytesMut,
-) -> io::Result<Option<Request<Body>>> {
+/// Reads until the first request head is complete or refused.
+async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Head> {
     loop {
-        if socket.read_buf(head).await? == 0 {
-            return match head.is_empty() {
-                true => Err(io::ErrorKind::UnexpectedEof.into()),
-                false => Ok(None),
-            };
+        if socket.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(head) {
-            Ok(httparse::Status::Complete(_)) => return Ok(event_request(&parsed)),
-            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
-            _ => return Ok(None),
+        match head::parse(buf) {
+            Head::Partial => {}
+            head => return Ok(head),
         }
     }
-}
-
-/// The request as the router takes it, when it is an HTTP/1.1 `GET` of an
-/// event stream without a body.
-fn event_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
-    let path = parsed.path?;
-    let route = path.split('?').next()?;
-    let wanted = parsed.method == Some("GET")
-        && parsed.version == Some(1)
-        && (route == "/events" || route.starts_with("/events/"));
-    let has_body = parsed.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
-    });
-    if !wanted || has_body {
-        return None;
-    }
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .version(Version::HTTP_11);
-    for header in parsed.headers.iter() {
-        request = request.header(header.name, header.value);
-    }
-    // A head hyper would refuse goes to hyper, which says why.
-    request.body(Body::empty()).ok()
 }
 
 /// Answers an event stream request on the socket itself.
-async fn events(socket: TcpStream, peer: SocketAddr, mut request: Request<Body>, app: Router) {
+async fn events(
+    socket: TcpStream,
+    peer: SocketAddr,
+    mut request: Request<Body>,
+    app: Router,
+    send_timeout: Duration,
+    _busy: Busy,
+) {
     request.extensions_mut().insert(ConnectInfo(peer));
     request.extensions_mut().insert(OwnSocket);
     let socket = Arc::new(socket);
-    let Some(stream) = Box::pin(answer(&socket, request, app)).await else {
+    let Some(stream) = Box::pin(answer(&socket, request, app, send_timeout)).await else {
         return;
     };
     stream.write_to(socket).await;
@@ -166,48 +187,52 @@ async fn events(socket: TcpStream, peer: SocketAddr, mut request: Request<Body>,
 /// Runs the router for an event stream request and writes the response
 /// head. `Some` with the stream to write after it; `None` when the answer
 /// was an error, written whole.
-async fn answer(socket: &TcpStream, request: Request<Body>, app: Router) -> Option<EventStream> {
+async fn answer(
+    socket: &TcpStream,
+    request: Request<Body>,
+    app: Router,
+    send_timeout: Duration,
+) -> Option<EventStream> {
     let Ok(mut response) = app.oneshot(request).await;
     let stream = response
         .extensions_mut()
         .remove::<PendingStream>()
         .and_then(|pending| pending.take());
-    if stream.is_some() {
-        let head = response_head(&response, "transfer-encoding: chunked\r\n");
-        let written = crate::wire::write_all(socket, &mut [IoSlice::new(&head)]).await;
-        return written.ok().and(stream);
-    }
-    // An error: answered whole, and the connection closed.
-    let (parts, body) = response.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let response = Response::from_parts(parts, ());
-    let length = format!("content-length: {}\r\nconnection: close\r\n", body.len());
-    let head = response_head(&response, &length);
-    let mut parts = [IoSlice::new(&head), IoSlice::new(&body)];
-    let _ = crate::wire::write_all(socket, &mut parts).await;
-    None
+    let Some(stream) = stream else {
+        // An error: answered whole, and the connection closed.
+        answer_whole(socket, response, send_timeout).await;
+        return None;
+    };
+    let head = head::response(response.status(), response.headers(), Framing::Chunked);
+    let written = crate::wire::write_all(socket, &mut [IoSlice::new(&head)], send_timeout).await;
+    written.ok().map(|()| stream)
 }
 
-/// The status line and headers of `response`, with `extra` header lines.
-fn response_head<B>(response: &Response<B>, extra: &str) -> Vec<u8> {
-    let status = response.status();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .into_bytes();
-    for (name, value) in response.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+/// How long a closing connection goes on reading what the client still
+/// sends, at most.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Writes a whole answer, then the connection closes.
+async fn answer_whole(socket: &TcpStream, response: Response<Body>, send_timeout: Duration) {
+    let (parts, body) = response.into_parts();
+    // Answers written here are the router's small JSON bodies.
+    let body = axum::body::to_bytes(body, MAX_HEAD)
+        .await
+        .unwrap_or_default();
+    let head = head::response(parts.status, &parts.headers, Framing::Close(body.len()));
+    let mut parts = [IoSlice::new(&head), IoSlice::new(&body)];
+    if crate::wire::write_all(socket, &mut parts, send_timeout)
+        .await
+        .is_err()
+    {
+        return;
     }
-    head.extend_from_slice(extra.as_bytes());
-    head.extend_from_slice(b"\r\n");
-    head
+    // Closing with unread bytes (the rest of a head too large to take)
+    // makes the kernel reset the connection, and the client may lose the
+    // answer: say that nothing more comes, and drain what the client
+    // still sends, as nginx's lingering close does.
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let _ = tokio::time::timeout(LINGER, crate::wire::closed(socket)).await;
 }
 
 /// Serves the connection with hyper, from the bytes already read on.
@@ -216,28 +241,106 @@ async fn hyper(
     read: Bytes,
     peer: SocketAddr,
     app: Router,
+    held: Connection,
+    timeouts: Timeouts,
     shutdown: CancellationToken,
 ) {
-    let service = app.map_request(move |mut request: Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request.map(Body::new)
+    let held = Arc::new(held);
+    let service = {
+        let held = held.clone();
+        hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            // Busy from the request until its answer is written.
+            let busy = held.busy();
+            let app = app.clone();
+            async move {
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let Ok(response) = app.oneshot(request).await;
+                Ok::<_, Infallible>(response.map(|body| Answer { body, _busy: busy }))
+            }
+        })
+    };
+    let io = TokioIo::new(Rewind {
+        read,
+        socket,
+        send_timeout: timeouts.send,
+        stalled: None,
     });
-    let io = TokioIo::new(Rewind { read, socket });
-    let builder = http1::Builder::new();
-    let mut served = pin!(builder.serve_connection(io, TowerToHyperService::new(service)));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Counted from the end of the previous answer: it bounds both an
+        // idle kept-alive connection and a request head sent slowly.
+        .header_read_timeout(timeouts.idle)
+        .max_buf_size(MAX_HEAD);
+    let mut served = pin!(builder.serve_connection(io, service));
     let mut stopping = pin!(shutdown.cancelled());
+    let mut evicted = pin!(held.evicted());
     loop {
         tokio::select! {
             _ = served.as_mut() => break,
             _ = &mut stopping => served.as_mut().graceful_shutdown(),
+            _ = &mut evicted => break,
         }
     }
 }
 
-/// A socket with bytes already read from it put back in front.
+/// A response body that keeps its connection marked busy until hyper has
+/// written it all (or dropped it).
+struct Answer {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket with bytes already read from it put back in front, whose
+/// writes fail once the client has taken nothing for `send_timeout`.
 struct Rewind {
     read: Bytes,
     socket: TcpStream,
+    send_timeout: Duration,
+    /// Fires when a write that waits for the client has waited too long.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Rewind {
+    /// Passes a write's outcome on, failing a write that has waited for
+    /// the client past the send timeout.
+    fn progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let deadline = tokio::time::Instant::now() + self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        ready!(stalled.as_mut().poll(cx));
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -262,7 +365,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
+        let written = Pin::new(&mut self.socket).poll_write(cx, buf);
+        self.progress(cx, written)
     }
 
     fn poll_write_vectored(
@@ -270,7 +374,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.socket).poll_write_vectored(cx, bufs);
+        self.progress(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

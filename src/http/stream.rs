@@ -199,7 +199,7 @@ impl EventStream {
             let Some(chunk) = chunk else { break true };
             let written = tokio::select! {
                 biased;
-                written = wire::write_chunk(&socket, &chunk) => written.is_ok(),
+                written = wire::write_chunk(&socket, &chunk, self.ctx.settings.send_timeout) => written.is_ok(),
                 _ = self.ctx.shutdown.cancelled() => false,
             };
             if !written {
@@ -207,7 +207,12 @@ impl EventStream {
             }
         };
         if ended {
-            let _ = wire::write_all(&socket, &mut [IoSlice::new(wire::LAST_CHUNK)]).await;
+            let _ = wire::write_all(
+                &socket,
+                &mut [IoSlice::new(wire::LAST_CHUNK)],
+                self.ctx.settings.send_timeout,
+            )
+            .await;
         }
     }
 
@@ -256,7 +261,7 @@ impl EventStream {
                     let mut parts = [IoSlice::new(&pending)];
                     let written = tokio::select! {
                         biased;
-                        written = wire::write_all(socket, &mut parts) => written.is_ok(),
+                        written = wire::write_all(socket, &mut parts, self.ctx.settings.send_timeout) => written.is_ok(),
                         _ = self.ctx.shutdown.cancelled() => false,
                     };
                     if !written {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
 pub mod proxy;
+pub mod wire;
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
