@@ -574,41 +574,34 @@ impl Config {
         let defaults = tuning_of!(file);
 
         let mut feeds = file.feeds;
+        let flag_feed = flag_feed(args)?;
         if let Some(table) = &args.table {
-            let flag_feed = FeedFile {
-                name: args.feed.clone(),
-                table: Some(table.clone()),
-                schema: args.schema.clone(),
-                id_column: args.id_column.clone(),
-                columns: args.columns.clone(),
-                filter_columns: args.filter_columns.clone(),
-                condition: args.condition.clone(),
-                from: args.from.clone(),
-                select: args.select.clone(),
-                event: args.event.clone(),
-                watermark: args.watermark.clone(),
-                gaps: args.gaps.clone(),
-                notify: match args.notify.as_deref() {
-                    None | Some("auto") => None,
-                    Some("on") => Some(true),
-                    Some("off") => Some(false),
-                    Some(other) => {
-                        return Err(invalid(
-                            "--notify",
-                            format!("`{other}` is not a choice; valid: auto, on, off"),
-                        ))
-                    }
-                },
-                ..FeedFile::default()
-            };
             let name = flag_feed.name.clone().unwrap_or_else(|| table.clone());
             // A `--table` feed replaces a file feed of the same name.
             feeds.retain(|f| f.name.as_ref().or(f.table.as_ref()) != Some(&name));
             feeds.push(flag_feed);
+        } else if let Some(name) = &args.feed {
+            // `--feed NAME` alone: the flags override keys of a file feed.
+            let names: Vec<&str> = feeds
+                .iter()
+                .filter_map(|f| f.name.as_ref().or(f.table.as_ref()))
+                .map(String::as_str)
+                .collect();
+            let known = names.join(", ");
+            let Some(feed) = feeds
+                .iter_mut()
+                .find(|f| f.name.as_ref().or(f.table.as_ref()) == Some(name))
+            else {
+                return Err(invalid(
+                    "--feed",
+                    format!("no feed `{name}` to apply the per-feed flags to; feeds of the config file: {}; give --table to declare a new feed", if known.is_empty() { "(none)" } else { &known }),
+                ));
+            };
+            feed.overlay(flag_feed);
         } else if has_feed_flags(args) {
             return Err(invalid(
                 "--table",
-                "per-feed flags (--id-column, --columns, --where, …) need --table",
+                "per-feed flags (--id-column, --columns, --where, …) need --table (a new feed) or --feed NAME (a feed of the config file)",
             ));
         }
         if feeds.is_empty() {
@@ -735,6 +728,62 @@ impl Config {
             max_clients,
             feeds,
         })
+    }
+}
+
+/// The per-feed flags, as a feed table.
+fn flag_feed(args: &ServeArgs) -> Result<FeedFile, Error> {
+    Ok(FeedFile {
+        name: args.feed.clone(),
+        table: args.table.clone(),
+        schema: args.schema.clone(),
+        id_column: args.id_column.clone(),
+        columns: args.columns.clone(),
+        filter_columns: args.filter_columns.clone(),
+        condition: args.condition.clone(),
+        from: args.from.clone(),
+        select: args.select.clone(),
+        event: args.event.clone(),
+        watermark: args.watermark.clone(),
+        gaps: args.gaps.clone(),
+        notify: match args.notify.as_deref() {
+            None | Some("auto") => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(other) => {
+                return Err(invalid(
+                    "--notify",
+                    format!("`{other}` is not a choice; valid: auto, on, off"),
+                ))
+            }
+        },
+        ..FeedFile::default()
+    })
+}
+
+impl FeedFile {
+    /// Takes every key the flags give over this feed's own.
+    fn overlay(&mut self, flags: FeedFile) {
+        macro_rules! over {
+            ($($key:ident),*) => {$(
+                if flags.$key.is_some() {
+                    self.$key = flags.$key;
+                }
+            )*};
+        }
+        over!(
+            schema,
+            id_column,
+            columns,
+            filter_columns,
+            condition,
+            from,
+            select,
+            event,
+            watermark,
+            gaps,
+            notify
+        );
     }
 }
 
@@ -1065,6 +1114,31 @@ mod tests {
         a.id_column = Some("x".into());
         let err = Config::merge(&a, FileConfig::default()).unwrap_err();
         assert!(err.to_string().starts_with("--table:"), "{err}");
+    }
+
+    #[test]
+    fn feed_flag_overrides_keys_of_a_file_feed() {
+        let text =
+            "[[feed]]\nname = \"events\"\ntable = \"events\"\nfilter_columns = [\"room_id\"]\n";
+        let mut a = args(None);
+        a.feed = Some("events".into());
+        a.watermark = Some("SELECT max(stream_id) FROM stream_positions".into());
+        let config = Config::merge(&a, file(text).unwrap()).unwrap();
+        let feed = &config.feeds[0];
+        assert_eq!(
+            feed.watermark.as_deref(),
+            Some("SELECT max(stream_id) FROM stream_positions")
+        );
+        assert_eq!(feed.filter_columns, ["room_id"]);
+        assert_eq!(feed.table, "events");
+
+        a.feed = Some("evnts".into());
+        let err = Config::merge(&a, file(text).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--feed: no feed `evnts` to apply the per-feed flags to; feeds of the config file: events; \
+             give --table to declare a new feed"
+        );
     }
 
     #[test]

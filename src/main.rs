@@ -5,7 +5,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use rowcast::config::{Cli, Command, Config, LogFormat, SqlCommand};
 use std::process::ExitCode;
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -33,9 +32,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = Config::load(&args)?;
-            let listener = TcpListener::bind(config.listen)
-                .await
+            let (listener, backlog) = rowcast::http::server::bind(config.listen)
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
+            if backlog < 1024 {
+                tracing::warn!(backlog, "net.core.somaxconn is low: connections arriving faster than they are accepted (a reconnect storm) are dropped; raise it (and net.ipv4.tcp_max_syn_backlog)");
+            } else {
+                tracing::info!(backlog, "listen backlog (net.core.somaxconn)");
+            }
             rowcast::run(listener, config, rowcast::shutdown::signal()).await?;
         }
         Command::Check(args) => {

@@ -51,6 +51,26 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
+/// The listen backlog used when the kernel's cap cannot be read.
+const DEFAULT_BACKLOG: u32 = 4096;
+
+/// Binds `address` with a listen backlog as deep as the kernel allows
+/// (`net.core.somaxconn`), so that a reconnect storm's connections wait
+/// for the accept loop instead of being dropped; returns the backlog too.
+pub fn bind(address: SocketAddr) -> io::Result<(TcpListener, u32)> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(DEFAULT_BACKLOG);
+    Ok((socket.listen(backlog)?, backlog))
+}
+
 /// Serves `app` on `listener` until `shutdown`, then waits for the open
 /// connections to end (streams end at shutdown by themselves).
 pub async fn serve(
