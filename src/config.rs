@@ -163,6 +163,10 @@ pub struct ServeArgs {
     /// Interval of polls while the Postgres NOTIFY doorbell works [default: 30s].
     #[arg(long, env = "ROWCAST_NOTIFY_INTERVAL", value_parser = humantime::parse_duration)]
     pub notify_interval: Option<Duration>,
+    /// Shortest time between two polls the NOTIFY doorbell starts: rings
+    /// within it are served by one poll [default: 25ms].
+    #[arg(long, env = "ROWCAST_NOTIFY_WINDOW", value_parser = humantime::parse_duration)]
+    pub notify_window: Option<Duration>,
     /// Postgres NOTIFY doorbell of the `--table` feed: `auto` (use the trigger
     /// when installed), `on` (require it) or `off` [default: auto].
     #[arg(long, env = "ROWCAST_NOTIFY")]
@@ -269,6 +273,9 @@ pub struct FileConfig {
     /// Interval of polls while the Postgres NOTIFY doorbell works.
     #[serde(default, with = "humantime_serde")]
     pub notify_interval: Option<Duration>,
+    /// Shortest time between two polls the doorbell starts.
+    #[serde(default, with = "humantime_serde")]
+    pub notify_window: Option<Duration>,
     /// JWT verification (off when absent).
     pub auth: Option<crate::auth::AuthFile>,
     /// Origins browsers may call from.
@@ -312,6 +319,8 @@ pub struct FeedTuning {
     pub late_check_interval: Option<Duration>,
     /// Interval of polls while the NOTIFY doorbell works.
     pub notify_interval: Option<Duration>,
+    /// Shortest time between two polls the doorbell starts.
+    pub notify_window: Option<Duration>,
 }
 
 macro_rules! tuning_of {
@@ -325,6 +334,7 @@ macro_rules! tuning_of {
             hold_cap: $source.hold_cap,
             late_check_interval: $source.late_check_interval,
             notify_interval: $source.notify_interval,
+            notify_window: $source.notify_window,
         }
     };
 }
@@ -377,6 +387,9 @@ pub struct FeedFile {
     /// Interval of polls while the Postgres NOTIFY doorbell works.
     #[serde(default, with = "humantime_serde")]
     pub notify_interval: Option<Duration>,
+    /// Shortest time between two polls the doorbell starts.
+    #[serde(default, with = "humantime_serde")]
+    pub notify_window: Option<Duration>,
     /// SQL returning the highest id the application declares complete.
     pub watermark: Option<String>,
     /// `hold` (default) or `ignore` (the naive poller, for measurement).
@@ -517,6 +530,9 @@ pub struct FeedConfig {
     pub timestamp_column: Option<String>,
     /// Interval of polls while the doorbell works.
     pub notify_interval: Duration,
+    /// Shortest time between two polls the doorbell starts: rings within
+    /// it are served by one poll.
+    pub notify_window: Duration,
     /// Who may read which rows (with auth on).
     pub rules: crate::auth::Rules,
 }
@@ -942,6 +958,12 @@ fn validate_feed(
         Duration::from_secs(30),
     )
     .max(poll_interval);
+    let notify_window = pick(
+        flags.notify_window,
+        tuning.notify_window,
+        defaults.notify_window,
+        Duration::from_millis(25),
+    );
     let notify = match file.notify {
         None => Notify::Auto,
         Some(true) => Notify::On,
@@ -977,6 +999,7 @@ fn validate_feed(
             .transpose()?,
         notify,
         notify_interval,
+        notify_window,
         txid_column: file
             .txid_column
             .map(|c| identifier("txid_column", c))
@@ -1139,6 +1162,14 @@ mod tests {
             "--feed: no feed `evnts` to apply the per-feed flags to; feeds of the config file: events; \
              give --table to declare a new feed"
         );
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let file = file(include_str!("../rowcast.example.toml")).unwrap();
+        let config = Config::merge(&args(None), file).unwrap();
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.feeds[0].notify_window, Duration::from_millis(25));
     }
 
     #[test]

@@ -19,9 +19,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// How often the listener checks which tables have the trigger, so that
-/// installing or removing it takes effect without a restart.
+/// How often the listener checks which tables have the trigger while one
+/// has it, so that removing it soon falls back to polling.
 const TRIGGER_CHECK: Duration = Duration::from_secs(5);
+/// How often it checks while no table has the trigger: installing one
+/// takes effect within this, and a database where it was never installed
+/// is asked rarely.
+const TRIGGER_CHECK_ABSENT: Duration = Duration::from_secs(60);
 /// The longest wait between attempts to reconnect the listener.
 const MAX_RECONNECT: Duration = Duration::from_secs(10);
 
@@ -44,6 +48,12 @@ impl Doorbell {
     /// Waits for a ring.
     pub async fn rung(&self) {
         self.bell.notified().await;
+    }
+
+    /// Forgets a ring that came while nobody waited.
+    pub fn forget(&self) {
+        use futures::FutureExt;
+        let _ = self.bell.notified().now_or_never();
     }
 
     pub fn is_live(&self) -> bool {
@@ -94,10 +104,8 @@ pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: 
         };
         retry = Duration::from_millis(100);
         // Rings may have been missed while disconnected: poll once.
-        check_triggers(&source, &all).await;
+        let mut next_check = check_triggers(&source, &all).await;
         ring(&all);
-        let mut check = tokio::time::interval(TRIGGER_CHECK);
-        check.reset();
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
@@ -111,7 +119,7 @@ pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: 
                         tracing::warn!("NOTIFY listener lost its connection; reconnecting");
                         set_live(&all, false);
                         ring(&all);
-                        check.reset_immediately();
+                        next_check = tokio::time::Instant::now();
                     }
                     Err(err) => {
                         tracing::warn!(cause = %err, "NOTIFY listener failed; reconnecting");
@@ -119,7 +127,9 @@ pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: 
                         break;
                     }
                 },
-                _ = check.tick() => check_triggers(&source, &all).await,
+                _ = tokio::time::sleep_until(next_check) => {
+                    next_check = check_triggers(&source, &all).await;
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -144,14 +154,14 @@ fn set_live(hubs: &[Arc<Hub>], live: bool) {
     }
 }
 
-/// Marks each feed live when its table has the trigger, logging changes.
-async fn check_triggers(source: &Source, hubs: &[Arc<Hub>]) {
+/// Marks each feed live when its table has the trigger, logging changes;
+/// returns when to check again.
+async fn check_triggers(source: &Source, hubs: &[Arc<Hub>]) -> tokio::time::Instant {
+    let tables: Vec<String> = hubs.iter().map(|h| h.query.table_sql.clone()).collect();
+    // The database is away: the poller reports it.
+    let with_trigger = source.notify_triggers(&tables).await.unwrap_or_default();
     for hub in hubs {
-        let installed = match source.notify_trigger(&hub.query).await {
-            Ok(installed) => installed == Some(true),
-            // The database is away; the poller reports it.
-            Err(_) => false,
-        };
+        let installed = with_trigger.contains(&hub.query.table_sql);
         if installed != hub.doorbell.is_live() {
             if installed {
                 tracing::info!(feed = %hub.name(), table = %hub.query.table, "NOTIFY doorbell on: polling at once on each notification");
@@ -163,4 +173,9 @@ async fn check_triggers(source: &Source, hubs: &[Arc<Hub>]) {
         }
         hub.doorbell.set_live(installed);
     }
+    let wait = match with_trigger.is_empty() {
+        true => TRIGGER_CHECK_ABSENT,
+        false => TRIGGER_CHECK,
+    };
+    tokio::time::Instant::now() + wait
 }

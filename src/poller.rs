@@ -76,6 +76,7 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
     let mut poller = Poller::new(hub.clone(), source);
     let mut retry = feed.poll_interval;
     loop {
+        let started = Instant::now();
         let wait = match poller.poll().await {
             Ok(wait) => {
                 if hub.failure().is_some() {
@@ -116,7 +117,21 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = hub.doorbell.rung() => {}
+            _ = hub.doorbell.rung() => {
+                // On a busy table every commit rings: rings that come
+                // within the window of the last poll wait for its end and
+                // are served by one poll.
+                let window_end = started + feed.notify_window;
+                if Instant::now() < window_end {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(window_end.into()) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    // Rings of the window are all answered by this poll;
+                    // one during the poll makes another.
+                    hub.doorbell.forget();
+                }
+            }
             _ = shutdown.cancelled() => return,
         }
     }

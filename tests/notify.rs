@@ -150,3 +150,33 @@ async fn notify_on_without_the_trigger_stops_start_up() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_commits_is_read_by_a_few_polls() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    trigger(&db, &t, true).await;
+    let server = Server::start(slow_polling(&db.url, &t)).await;
+    wait_doorbell(&server, true).await;
+    let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
+    arrives_quickly(&db, &t, &mut client).await;
+
+    // Sixty commits, one after another, each ringing the doorbell.
+    let before = server.queries("messages");
+    let started = Instant::now();
+    let written = db.insert_many(&t, 1, 60).await;
+    let burst = started.elapsed();
+    assert_eq!(ids(&client.take(60).await), written);
+    let polls = server.queries("messages") - before;
+    // Rings within notify_window (25 ms) of the last poll share one poll;
+    // with no window each commit costs a poll.
+    let most = burst.as_millis() as u64 / 25 + 2;
+    assert!(
+        polls <= most,
+        "{polls} polls for 60 commits in {burst:?}, not at most {most}"
+    );
+    // A row alone still goes out at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    arrives_quickly(&db, &t, &mut client).await;
+    server.stop().await;
+}

@@ -293,6 +293,18 @@ impl Source {
         }
     }
 
+    /// Which of the feeds' tables have the NOTIFY doorbell trigger, by
+    /// `FeedQuery::table_sql`; none on a database without such a thing.
+    pub async fn notify_triggers(&self, tables: &[String]) -> Result<HashSet<String>, Error> {
+        match self {
+            Source::Postgres(pool) => Ok(postgres::notify_triggers(pool, tables)
+                .await?
+                .into_iter()
+                .collect()),
+            _ => Ok(HashSet::new()),
+        }
+    }
+
     /// Runs SQL given by the operator (`rowcast sql … --apply`).
     pub async fn apply(&self, sql: &str) -> Result<(), Error> {
         match self {

@@ -297,6 +297,22 @@ fn qualified_name(table: &str, schema: Option<&str>) -> String {
     }
 }
 
+/// Which of `tables` (quoted names) have the doorbell trigger installed
+/// and enabled, in one catalog read; a table that is gone has none.
+pub(super) async fn notify_triggers(
+    pool: &PgPool,
+    tables: &[String],
+) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT t FROM unnest($1::text[]) AS t WHERE EXISTS (SELECT 1 FROM pg_trigger \
+         WHERE tgrelid = to_regclass(t) AND tgname = $2 AND tgenabled <> 'D')",
+    )
+    .bind(tables)
+    .bind(NOTIFY_TRIGGER)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Whether the doorbell trigger is installed and enabled on the table.
 pub(super) async fn has_notify_trigger(pool: &PgPool, table_sql: &str) -> Result<bool, Error> {
     Ok(sqlx::query_scalar(

@@ -353,6 +353,7 @@ mod tests {
             txid_column: None,
             notify: crate::config::Notify::Auto,
             notify_interval: Duration::from_secs(30),
+            notify_window: Duration::from_millis(25),
             timestamp_column: None,
             rules: Default::default(),
         }

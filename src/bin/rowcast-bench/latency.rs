@@ -14,12 +14,15 @@
 //! says where the time went: per row, the INSERT's round trip, the latency
 //! of the first client to get the row and the spread from first to last
 //! client; the CPU that rowcast and the benchmark used while rows were
-//! written; and the machine's load average.
+//! written; how often rowcast read the table meanwhile (its
+//! `rowcast_queries_total`); and the machine's load average.
 //!
 //! Modes:
 //! - `notify` (Postgres only): the trigger of `rowcast sql notify` is
 //!   installed and rowcast runs with `--notify on --notify-interval 30s`, so
-//!   each commit rings the poller at once.
+//!   each commit rings the poller at once. `--notify-window` passes
+//!   rowcast's own: at a high `--rate`, compare the default with `0s` to see
+//!   what sharing polls between notifications saves.
 //! - `polling`: `--notify off`; rowcast finds rows by polling, every
 //!   `--poll-interval` while rows flow.
 //!
@@ -47,7 +50,7 @@ mod readers;
 
 use crate::cpu::{cpu_time, load_average};
 use crate::db::{install_notify_trigger, Database, Db};
-use crate::server::Server;
+use crate::server::{metric, Server};
 use crate::{locate_rowcast, now_us, percentile};
 use anyhow::bail;
 use breakdown::Breakdown;
@@ -88,6 +91,10 @@ pub struct LatencyArgs {
     /// rowcast's `--max-poll-interval`.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     max_poll_interval: Duration,
+    /// rowcast's `--notify-window` [default: rowcast's]; `0s` polls on
+    /// every notification.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    notify_window: Option<Duration>,
     /// Postgres database to create the tables in.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres_url: String,
@@ -186,6 +193,12 @@ async fn measure_table(
         Mode::Notify => {
             install_notify_trigger(rowcast, url, table).await?;
             serve.extend(["--notify=on".to_owned(), "--notify-interval=30s".to_owned()]);
+            if let Some(window) = args.notify_window {
+                serve.push(format!(
+                    "--notify-window={}",
+                    humantime::format_duration(window)
+                ));
+            }
             (10.0, Duration::from_secs(30))
         }
         Mode::Polling => {
@@ -266,7 +279,12 @@ impl Line {
                 c.bench_us,
             )
         });
-        println!("    {}{cpu}{}", m.breakdown, load_average());
+        println!(
+            "    {}{cpu}; rowcast read the table {:.1} times/s{}",
+            m.breakdown,
+            m.polls_per_s,
+            load_average()
+        );
         for problem in m.problems.iter().take(5) {
             println!("    {problem}");
         }
@@ -298,6 +316,8 @@ struct Measured {
     breakdown: Breakdown,
     /// CPU used while rows were written, when known.
     cpu: Option<CpuShare>,
+    /// rowcast's queries of the table per second while rows were written.
+    polls_per_s: f64,
     /// One line per client that did not get every row once, in order.
     problems: Vec<String>,
 }
@@ -331,7 +351,12 @@ impl Run<'_> {
         }
 
         let cpu_before = self.cpu_times(readers.received());
+        let queries_before = metric(self.addr, "rowcast_queries_total", self.feed).await?;
+        let writing = Instant::now();
         let written = write_rows(db, self.feed, args).await?;
+        let polls_per_s = (metric(self.addr, "rowcast_queries_total", self.feed).await?
+            - queries_before)
+            / writing.elapsed().as_secs_f64();
         let ids: Vec<i64> = written.iter().map(|w| w.id).collect();
         let expected = self.clients * ids.len();
         let deadline = Instant::now() + self.settle;
@@ -377,6 +402,7 @@ impl Run<'_> {
             max_ms: ms(latencies_us.last().copied().unwrap_or(0)),
             breakdown: Breakdown::new(&written[args.warmup_rows()..], &logs),
             cpu,
+            polls_per_s,
             problems,
         })
     }

@@ -45,7 +45,7 @@ mod report;
 use crate::cpu::{cpu_time, postgres_cpu_time, threads_cpu_time};
 use crate::db::{table_scans, Db};
 use crate::http::Connection;
-use crate::server::Server;
+use crate::server::{metric, Server};
 use crate::{locate_rowcast, now_us, percentile};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
@@ -306,14 +306,8 @@ impl Endpoint {
     async fn own_queries(&self, table: &str) -> anyhow::Result<i64> {
         match self {
             Endpoint::Rowcast(server) => {
-                let response = Connection::new(server.addr).get("/metrics").await?;
-                let text = String::from_utf8_lossy(&response.body);
-                let series = format!("rowcast_queries_total{{feed=\"{table}\"}} ");
-                let value = text
-                    .lines()
-                    .find_map(|line| line.strip_prefix(&series))
-                    .context("no rowcast_queries_total in /metrics")?;
-                Ok(value.trim().parse::<f64>()? as i64)
+                let queries = metric(server.addr, "rowcast_queries_total", table).await?;
+                Ok(queries as i64)
             }
             Endpoint::Naive(naive) => Ok(naive.queries() as i64),
         }

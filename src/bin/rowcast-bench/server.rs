@@ -51,6 +51,25 @@ impl Server {
     }
 }
 
+/// One of rowcast's metrics of `feed`, from `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str, feed: &str) -> anyhow::Result<f64> {
+    let response = crate::http::Connection::new(addr).get("/metrics").await?;
+    if response.status != 200 {
+        bail!("/metrics answered {}", response.status);
+    }
+    series(&String::from_utf8_lossy(&response.body), name, feed)
+}
+
+/// The value of metric `name` for `feed` in a `/metrics` text.
+pub fn series(metrics: &str, name: &str, feed: &str) -> anyhow::Result<f64> {
+    let prefix = format!("{name}{{feed=\"{feed}\"}} ");
+    let value = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .with_context(|| format!("no {name} of feed {feed} in /metrics"))?;
+    Ok(value.trim().parse()?)
+}
+
 async fn healthz(addr: SocketAddr) -> std::io::Result<bool> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");

@@ -17,7 +17,7 @@ use crate::cpu::cpu_time;
 use crate::db::{install_notify_trigger, table_scans, Db};
 use crate::http::Connection;
 use crate::now_us;
-use crate::server::Server;
+use crate::server::{series, Server};
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 use sqlx::postgres::PgPoolOptions;
@@ -282,16 +282,6 @@ impl Served {
         }
         Ok(String::from_utf8_lossy(&response.body).into_owned())
     }
-}
-
-/// The value of metric `name` for `feed` in a `/metrics` text.
-fn series(metrics: &str, name: &str, feed: &str) -> anyhow::Result<f64> {
-    let prefix = format!("{name}{{feed=\"{feed}\"}} ");
-    let value = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .with_context(|| format!("no {name} in /metrics"))?;
-    Ok(value.trim().parse()?)
 }
 
 impl Writer {
