@@ -1,7 +1,14 @@
-//! CPU time used by processes and threads, and the machine's load, where
-//! Linux tells them.
+//! CPU time and memory used by processes and threads, and the machine's
+//! load, where Linux tells them.
 
 use std::time::Duration;
+
+/// A process's resident memory in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// The CPU time of a process, summed over its threads, where Linux tells it.
 pub fn cpu_time(pid: u32) -> Option<Duration> {

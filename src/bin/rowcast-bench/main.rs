@@ -12,6 +12,8 @@
 //!   against nginx with the nchan module, side by side: idle connections,
 //!   the highest row rate, a fixed load, the database load by client count
 //!   and a reconnect storm.
+//! - `memory` ([`memory`]): resident memory before and after bursts of
+//!   long-polls and stalled connections.
 //!
 //! Run it by hand, with the local databases up, after a release build (it
 //! starts the `rowcast` found next to its own executable):
@@ -21,6 +23,7 @@
 //! cargo run --release --bin rowcast-bench -- latency
 //! cargo run --release --bin rowcast-bench -- polling
 //! cargo run --release --bin rowcast-bench -- fanout
+//! cargo run --release --bin rowcast-bench -- memory
 //! ```
 
 mod cpu;
@@ -28,6 +31,7 @@ mod db;
 pub mod fanout;
 mod http;
 mod latency;
+mod memory;
 mod polling;
 mod server;
 
@@ -35,6 +39,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use fanout::FanoutArgs;
 use latency::LatencyArgs;
+use memory::MemoryArgs;
 use polling::PollingArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +63,9 @@ enum Bench {
     /// Server-Sent Events fan-out of rowcast against nginx+nchan, side by
     /// side: memory per connection, highest rate, reconnect storm.
     Fanout(FanoutArgs),
+    /// Resident memory before and after bursts of long-polls and stalled
+    /// connections: whether rowcast gives memory back.
+    Memory(MemoryArgs),
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -67,6 +75,7 @@ async fn main() -> ExitCode {
         Bench::Latency(args) => latency::latency(args).await,
         Bench::Polling(args) => polling::polling(args).await,
         Bench::Fanout(args) => fanout::fanout(args).await,
+        Bench::Memory(args) => memory::memory(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -232,9 +232,7 @@ impl Served {
 
     /// The server's resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        crate::cpu::rss_kib(self.pid()?)
     }
 
     /// The CPU time the server used so far.
