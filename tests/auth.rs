@@ -4,60 +4,11 @@
 
 mod common;
 
+use common::auth::*;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-const SECRET: &str = "a shared secret the app also has";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn hs256(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// A server with two feeds on one table: `messages`, bounded by the
-/// token's `room_ids`, and `audit`, for admins only.
-async fn server(db: &TestDb, t: &str, auth: &str) -> Server {
-    Server::start(config(
-        &db.url,
-        &format!(
-            "[auth]\n{auth}\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n\
-             auth_filters = {{ room_id = \"room_ids\" }}\n\
-             [[feed]]\nname = \"audit\"\ntable = \"{t}\"\nauth_require = {{ role = \"admin\" }}\n"
-        ),
-    ))
-    .await
-}
-
-async fn get(url: &str, bearer: Option<&str>, cookie: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = bearer {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    if let Some(cookie) = cookie {
-        request = request.header("Cookie", cookie);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let body = if response.headers()["content-type"] == "application/json" {
-        response.json().await.unwrap()
-    } else {
-        Value::Null
-    };
-    (status, body)
-}
+use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn tokens_are_verified_and_refusals_say_why() {

@@ -2,6 +2,7 @@
 //! server on 127.0.0.1:0, and a real SSE client.
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
+pub mod auth;
 pub mod proxy;
 
 use eventsource_stream::Eventsource;
