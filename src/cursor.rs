@@ -6,6 +6,7 @@
 //! feed whose table was empty). This module only parses and prints; it never
 //! decides what a position means for the database.
 
+use std::collections::HashSet;
 use std::fmt;
 
 /// A position in a feed: every row with a greater id comes after it.
@@ -27,6 +28,8 @@ pub enum ParseError {
     NotComposite(String),
     #[error("cursor names feed `{0}` more than once")]
     RepeatedFeed(String),
+    #[error("the cursor has {parts} `feed:id` pairs, more than there are feeds: expected at most one pair per feed")]
+    TooManyParts { parts: usize },
 }
 
 impl Cursor {
@@ -77,15 +80,24 @@ pub fn format_composite<'a>(positions: impl IntoIterator<Item = (&'a str, Cursor
     out
 }
 
-/// Parses a multi-feed cursor into `(feed, cursor)` pairs, in the order given.
-pub fn parse_composite(text: &str) -> Result<Vec<(String, Cursor)>, ParseError> {
-    let mut pairs: Vec<(String, Cursor)> = Vec::new();
-    for part in text.trim().split(',') {
+/// Parses a multi-feed cursor into `(feed, cursor)` pairs, in the order
+/// given. A cursor names each feed at most once, so one with more than
+/// `most` pairs (the number of feeds) is refused.
+pub fn parse_composite(text: &str, most: usize) -> Result<Vec<(String, Cursor)>, ParseError> {
+    let text = text.trim();
+    // Counted before any work per pair: a client may send thousands.
+    let parts = text.bytes().filter(|b| *b == b',').count() + 1;
+    if parts > most {
+        return Err(ParseError::TooManyParts { parts });
+    }
+    let mut seen = HashSet::with_capacity(parts);
+    let mut pairs = Vec::with_capacity(parts);
+    for part in text.split(',') {
         let (feed, cursor) = part
             .split_once(':')
             .filter(|(feed, _)| !feed.is_empty())
             .ok_or_else(|| ParseError::NotComposite(text.to_owned()))?;
-        if pairs.iter().any(|(seen, _)| seen == feed) {
+        if !seen.insert(feed) {
             return Err(ParseError::RepeatedFeed(feed.to_owned()));
         }
         pairs.push((feed.to_owned(), Cursor::parse(cursor)?));
@@ -133,7 +145,7 @@ mod tests {
         let text = format_composite([("messages", Cursor::At(1042)), ("orders", Cursor::Start)]);
         assert_eq!(text, "messages:1042,orders:start");
         assert_eq!(
-            parse_composite(&text).unwrap(),
+            parse_composite(&text, 2).unwrap(),
             vec![
                 ("messages".to_owned(), Cursor::At(1042)),
                 ("orders".to_owned(), Cursor::Start)
@@ -144,17 +156,58 @@ mod tests {
     #[test]
     fn composite_rejects_malformed_text() {
         assert_eq!(
-            parse_composite("1042"),
+            parse_composite("1042", 2),
             Err(ParseError::NotComposite("1042".into()))
         );
         assert_eq!(
-            parse_composite(":5"),
+            parse_composite(":5", 2),
             Err(ParseError::NotComposite(":5".into()))
         );
         assert_eq!(
-            parse_composite("a:1,a:2"),
+            parse_composite("a:1,a:2", 2),
             Err(ParseError::RepeatedFeed("a".into()))
         );
-        assert_eq!(parse_composite("a:x"), Err(ParseError::NotAnId("x".into())));
+        assert_eq!(
+            parse_composite("a:x", 2),
+            Err(ParseError::NotAnId("x".into()))
+        );
+    }
+
+    #[test]
+    fn composite_has_at_most_one_pair_per_feed() {
+        assert_eq!(
+            parse_composite("a:1,b:2,c:3", 2),
+            Err(ParseError::TooManyParts { parts: 3 })
+        );
+        // Refused by the count alone, however malformed the pairs are.
+        assert_eq!(
+            parse_composite(",,,", 3),
+            Err(ParseError::TooManyParts { parts: 4 })
+        );
+        let many = vec!["a:1"; 40_000].join(",");
+        assert_eq!(
+            parse_composite(&many, 3),
+            Err(ParseError::TooManyParts { parts: 40_000 })
+        );
+        assert_eq!(
+            ParseError::TooManyParts { parts: 40_000 }.to_string(),
+            "the cursor has 40000 `feed:id` pairs, more than there are feeds: expected at most one pair per feed"
+        );
+        assert_eq!(parse_composite("a:1,b:2", 2).map(|p| p.len()), Ok(2));
+    }
+
+    #[test]
+    fn composite_finds_a_repeat_among_many_feeds() {
+        // As many feeds as pairs: every pair is parsed and checked.
+        let mut names: Vec<String> = (0..20_000).map(|i| format!("f{i}:{i}")).collect();
+        assert_eq!(
+            parse_composite(&names.join(","), names.len()).map(|p| p.len()),
+            Ok(20_000)
+        );
+        names.push("f7:1".to_owned());
+        assert_eq!(
+            parse_composite(&names.join(","), names.len()),
+            Err(ParseError::RepeatedFeed("f7".into()))
+        );
     }
 }

@@ -113,10 +113,11 @@ pub async fn many_feeds(
         admit(&w.hub, claims.as_ref(), &mut w.filter)?;
     }
     if let Some((source_name, text)) = resume_text(&params, &headers) {
-        let positions = cursor::parse_composite(&text).map_err(|problem| Error::BadCursor {
-            source_name,
-            problem,
-        })?;
+        let positions =
+            cursor::parse_composite(&text, ctx.hubs.len()).map_err(|problem| Error::BadCursor {
+                source_name,
+                problem,
+            })?;
         // A feed the cursor does not name starts live; a named feed that is
         // not requested any more is ignored.
         for (feed, position) in positions {
