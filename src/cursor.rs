@@ -3,8 +3,9 @@
 //! A single-feed stream's event id is the row id (`1042`). A multi-feed
 //! stream's id lists every feed's position (`messages:1042,orders:77`) so one
 //! `Last-Event-ID` resumes them all. `start` stands for "before every row" (a
-//! feed whose table was empty). This module only parses and prints; it never
-//! decides what a position means for the database.
+//! feed whose table was empty). This module only parses and prints, and
+//! checks that an id fits the feed's [`IdRange`]; it never decides what a
+//! position means for the database.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,6 +20,45 @@ pub enum Cursor {
     At(i128),
 }
 
+/// The ids a feed's cursor can take, by the type of its cursor column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdRange {
+    /// A signed 64-bit integer column.
+    Signed,
+    /// A MySQL `BIGINT UNSIGNED` column.
+    Unsigned,
+    /// Postgres exact mode: `(txid, id)` packed into one integer, never
+    /// negative, as high as `i128` goes.
+    Packed,
+}
+
+impl IdRange {
+    /// The lowest and highest id.
+    pub fn bounds(self) -> (i128, i128) {
+        match self {
+            IdRange::Signed => (i64::MIN.into(), i64::MAX.into()),
+            IdRange::Unsigned => (0, u64::MAX.into()),
+            IdRange::Packed => (0, i128::MAX),
+        }
+    }
+
+    /// `cursor`, when a row of `feed` (named in a multi-feed cursor) can
+    /// have that id. An id out of range would reach the database clamped
+    /// and silently mean something else.
+    pub fn check(self, cursor: Cursor, feed: Option<&str>) -> Result<Cursor, ParseError> {
+        let (min, max) = self.bounds();
+        match cursor {
+            Cursor::At(id) if id < min || id > max => Err(ParseError::OutOfRange {
+                id,
+                feed: feed.map(str::to_owned),
+                min,
+                max,
+            }),
+            _ => Ok(cursor),
+        }
+    }
+}
+
 /// Why a cursor given by a client could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -30,6 +70,22 @@ pub enum ParseError {
     RepeatedFeed(String),
     #[error("the cursor has {parts} `feed:id` pairs, more than there are feeds: expected at most one pair per feed")]
     TooManyParts { parts: usize },
+    #[error("`{id}` is outside the ids of {}: expected an integer from {min} to {max} or `start`", whose(.feed))]
+    OutOfRange {
+        id: i128,
+        /// The feed a multi-feed cursor named, `None` for a single feed.
+        feed: Option<String>,
+        min: i128,
+        max: i128,
+    },
+}
+
+/// The feed an out-of-range id was meant for, as the message names it.
+fn whose(feed: &Option<String>) -> String {
+    match feed {
+        Some(feed) => format!("feed `{feed}`"),
+        None => "this feed".to_owned(),
+    }
 }
 
 impl Cursor {
@@ -209,5 +265,43 @@ mod tests {
             parse_composite(&names.join(","), names.len()),
             Err(ParseError::RepeatedFeed("f7".into()))
         );
+    }
+
+    #[test]
+    fn ids_must_fit_the_cursor_column() {
+        let above_u64 = Cursor::At(i128::from(u64::MAX) + 1);
+        assert_eq!(
+            IdRange::Unsigned.check(above_u64, None),
+            Err(ParseError::OutOfRange {
+                id: i128::from(u64::MAX) + 1,
+                feed: None,
+                min: 0,
+                max: u64::MAX.into()
+            })
+        );
+        assert_eq!(
+            IdRange::Unsigned.check(above_u64, None).unwrap_err().to_string(),
+            "`18446744073709551616` is outside the ids of this feed: expected an integer from 0 to 18446744073709551615 or `start`"
+        );
+        assert_eq!(
+            IdRange::Signed
+                .check(Cursor::At(i64::MAX as i128 + 1), Some("orders"))
+                .unwrap_err()
+                .to_string(),
+            "`9223372036854775808` is outside the ids of feed `orders`: expected an integer from -9223372036854775808 to 9223372036854775807 or `start`"
+        );
+        assert!(IdRange::Unsigned.check(Cursor::At(-1), None).is_err());
+        for (range, ok) in [
+            (IdRange::Signed, [i64::MIN.into(), -1, 0, i64::MAX.into()]),
+            (IdRange::Unsigned, [0, 1, i64::MAX.into(), u64::MAX.into()]),
+            // Exact mode packs `(txid, id)` far above u64.
+            (IdRange::Packed, [0, u64::MAX.into(), 1 << 100, i128::MAX]),
+        ] {
+            for id in ok {
+                assert_eq!(range.check(Cursor::At(id), None), Ok(Cursor::At(id)));
+            }
+            assert_eq!(range.check(Cursor::Start, None), Ok(Cursor::Start));
+        }
+        assert!(IdRange::Packed.check(Cursor::At(-1), None).is_err());
     }
 }

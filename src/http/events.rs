@@ -7,10 +7,10 @@
 use super::access::admit;
 use super::error::Error;
 use super::filter::{self, filter_index, unknown_filter, Filter};
+use super::resume::{self, resume_text};
 use super::stream::{EventStream, Opening, Wanted};
 use super::ApiContext;
 use crate::auth::Claims;
-use crate::cursor::{self, Cursor};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -35,12 +35,7 @@ pub async fn one_feed(
     let claims = ctx.claims(&headers, &params)?;
     admit(&hub, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
-        Some((source_name, text)) => {
-            Some(Cursor::parse(&text).map_err(|problem| Error::BadCursor {
-                source_name,
-                problem,
-            })?)
-        }
+        Some((source_name, text)) => Some(resume::one(&hub, source_name, &text)?),
         None => None,
     };
     let announce = after.is_none();
@@ -113,18 +108,7 @@ pub async fn many_feeds(
         admit(&w.hub, claims.as_ref(), &mut w.filter)?;
     }
     if let Some((source_name, text)) = resume_text(&params, &headers) {
-        let positions =
-            cursor::parse_composite(&text, ctx.hubs.len()).map_err(|problem| Error::BadCursor {
-                source_name,
-                problem,
-            })?;
-        // A feed the cursor does not name starts live; a named feed that is
-        // not requested any more is ignored.
-        for (feed, position) in positions {
-            if let Some(w) = wanted.iter_mut().find(|w| w.hub.name() == feed) {
-                w.after = Some(position);
-            }
-        }
+        resume::many(&mut wanted, ctx.hubs.len(), source_name, &text)?;
     }
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
@@ -139,23 +123,6 @@ pub async fn many_feeds(
         },
     );
     Ok(respond(state, own_socket.is_some()))
-}
-
-/// The resume cursor: `Last-Event-ID` (what EventSource sends on reconnect)
-/// wins over `?after=` (what a first connection may give).
-fn resume_text(params: &[(String, String)], headers: &HeaderMap) -> Option<(&'static str, String)> {
-    let header = headers
-        .get("last-event-id")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-        .filter(|v| !v.is_empty());
-    match header {
-        Some(text) => Some(("Last-Event-ID", text)),
-        None => params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "after")
-            .map(|(_, v)| ("after", v.clone())),
-    }
 }
 
 /// The token's subject, which stream limits count by.
@@ -200,30 +167,4 @@ fn respond(state: EventStream, own_socket: bool) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_event_id_wins_over_after() {
-        let params = vec![("after".to_owned(), "3".to_owned())];
-        let mut headers = HeaderMap::new();
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("after", "3".to_owned()))
-        );
-        headers.insert("last-event-id", HeaderValue::from_static("9"));
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("Last-Event-ID", "9".to_owned()))
-        );
-        headers.insert("last-event-id", HeaderValue::from_static(""));
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("after", "3".to_owned()))
-        );
-        assert_eq!(resume_text(&[], &HeaderMap::new()), None);
-    }
 }

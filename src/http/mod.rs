@@ -12,6 +12,7 @@ pub mod events;
 mod filter;
 pub mod limits;
 mod metrics;
+mod resume;
 mod rows;
 pub mod server;
 mod stream;

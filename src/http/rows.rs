@@ -52,10 +52,7 @@ pub async fn rows(
             .map(|(_, v)| v.as_str())
     };
     let after = match param("after") {
-        Some(text) => Cursor::parse(text).map_err(|problem| Error::BadCursor {
-            source_name: "after",
-            problem,
-        })?,
+        Some(text) => super::resume::one(&hub, "after", text)?,
         // No cursor: start from now, like a live stream.
         None => hub.head().0,
     };
