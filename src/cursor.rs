@@ -7,6 +7,7 @@
 //! checks that an id fits the feed's [`IdRange`]; it never decides what a
 //! position means for the database.
 
+use crate::echo::Echo;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -62,11 +63,11 @@ impl IdRange {
 /// Why a cursor given by a client could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
-    #[error("`{0}` is not a row id: expected an integer or `start`")]
+    #[error("{} is not a row id: expected an integer or `start`", Echo(.0))]
     NotAnId(String),
-    #[error("`{0}` is not a cursor of this stream: expected `feed:id` pairs separated by commas")]
+    #[error("{} is not a cursor of this stream: expected `feed:id` pairs separated by commas", Echo(.0))]
     NotComposite(String),
-    #[error("cursor names feed `{0}` more than once")]
+    #[error("cursor names feed {} more than once", Echo(.0))]
     RepeatedFeed(String),
     #[error("the cursor has {parts} `feed:id` pairs, more than there are feeds: expected at most one pair per feed")]
     TooManyParts { parts: usize },
@@ -303,5 +304,17 @@ mod tests {
             assert_eq!(range.check(Cursor::Start, None), Ok(Cursor::Start));
         }
         assert!(IdRange::Packed.check(Cursor::At(-1), None).is_err());
+    }
+
+    #[test]
+    fn long_cursor_text_is_quoted_cut() {
+        let long = "9".repeat(60_000) + "x";
+        assert_eq!(
+            Cursor::parse(&long).unwrap_err().to_string(),
+            format!(
+                "`{}…` (60001 characters) is not a row id: expected an integer or `start`",
+                "9".repeat(64)
+            )
+        );
     }
 }

@@ -26,6 +26,7 @@
 //!
 //! Beside the flow: [`sse`] (pure event framing), [`wire`] (chunked writes
 //! to a socket the fan-out shares), [`cursor`] (event ids as text),
+//! [`echo`] (client values quoted back in errors, cut short),
 //! [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
 pub mod auth;
@@ -33,6 +34,7 @@ pub mod config;
 pub mod cursor;
 pub mod demo;
 pub mod doorbell;
+pub mod echo;
 pub mod gap;
 pub mod http;
 pub mod hub;

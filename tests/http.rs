@@ -240,3 +240,38 @@ async fn shutdown_ends_open_streams() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn rejected_values_are_quoted_cut_short() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t).await;
+    let base = &server.url;
+    // 60 KB values, each quoted back as its first 64 characters and its length.
+    let long = |c: &str| c.repeat(60_000);
+    let cut = |c: &str| format!("`{}…` (60000 characters)", c.repeat(64));
+    let cases = [
+        (format!("{base}/events/messages?{}=1", long("r")), None, 400, "unknown_filter",
+         format!("{} is not a filter of feed `messages`; filters: room_id", cut("r"))),
+        (format!("{base}/events/{}", long("f")), None, 404, "unknown_feed",
+         format!("no feed named {}; feeds: messages, other", cut("f"))),
+        (format!("{base}/events/messages?after={}", long("x")), None, 400, "bad_cursor",
+         format!("after: {} is not a row id: expected an integer or `start`", cut("x"))),
+        (format!("{base}/events?feed=messages&feed=other"), Some(long("c")), 400, "bad_cursor",
+         format!("Last-Event-ID: {} is not a cursor of this stream: expected `feed:id` pairs separated by commas", cut("c"))),
+        (format!("{base}/feeds/messages/rows?limit={}", long("9")), None, 400, "bad_parameter",
+         format!("`limit`: {} is not a whole number from 1 to 1000", cut("9"))),
+    ];
+    for (url, last_event_id, status, code, detail) in cases {
+        assert_eq!(
+            get_with(&url, last_event_id.as_deref()).await,
+            (
+                status,
+                serde_json::json!({ "error": code, "detail": detail })
+            ),
+            "{}",
+            &url[..url.len().min(80)]
+        );
+    }
+    server.stop().await;
+}

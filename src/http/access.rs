@@ -5,6 +5,7 @@ use super::error::Error;
 use super::filter::{filter_index, Filter};
 use super::ApiContext;
 use crate::auth::{Claims, Refusal};
+use crate::echo::Echo;
 use crate::hub::Hub;
 use axum::http::{header, HeaderMap};
 
@@ -73,7 +74,8 @@ pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<
             Some(asked) => {
                 if let Some(outside) = asked.iter().find(|v| !allowed.contains(v)) {
                     return Err(Refusal::Forbidden(format!(
-                        "`{column}={outside}` is outside what the token allows"
+                        "{} is outside what the token allows",
+                        Echo(&format!("{column}={outside}"))
                     ))
                     .into());
                 }

@@ -12,6 +12,7 @@ use super::error::Error;
 use super::filter::{self, Filter};
 use super::ApiContext;
 use crate::cursor::Cursor;
+use crate::echo::Echo;
 use crate::hub::{Event, Hub};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -66,7 +67,8 @@ pub async fn rows(
             .ok_or_else(|| Error::BadParameter {
                 name: "limit",
                 problem: format!(
-                    "`{text}` is not a whole number from 1 to {}",
+                    "{} is not a whole number from 1 to {}",
+                    Echo(text),
                     limits.max_limit
                 ),
             })?,
@@ -81,7 +83,8 @@ pub async fn rows(
             .ok_or_else(|| Error::BadParameter {
                 name: "wait",
                 problem: format!(
-                    "`{text}` is not a number of seconds from 0 to {}",
+                    "{} is not a number of seconds from 0 to {}",
+                    Echo(text),
                     limits.max_wait.as_secs_f64()
                 ),
             })?,
