@@ -157,12 +157,18 @@ impl Auth {
         let mut validation = Validation::new(algorithm);
         validation.leeway = file.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
         validation.validate_nbf = true;
+        // A configured issuer or audience is required, not only compared
+        // when present: a token without the claim would pass otherwise.
         validation.required_spec_claims.clear();
         if let Some(issuer) = &file.issuer {
             validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         match &file.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
         Ok(Some(Auth {
@@ -194,7 +200,13 @@ impl Auth {
 /// A short reason that never contains the token.
 fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> String {
     use jsonwebtoken::errors::ErrorKind::*;
-    match kind {
+    let fixed = match kind {
+        // Claim names come from the validation this module set up, never
+        // from the token.
+        MissingRequiredClaim(claim) => {
+            return format!("missing or malformed `{claim}` claim, which this server requires")
+        }
+        InvalidClaimFormat(claim) => return format!("the `{claim}` claim is malformed"),
         InvalidSignature => "bad signature",
         InvalidAlgorithm | InvalidAlgorithmName => "algorithm not accepted",
         ImmatureSignature => "not valid yet (nbf)",
@@ -202,8 +214,8 @@ fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> String {
         InvalidIssuer => "wrong issuer",
         InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed",
         _ => "rejected",
-    }
-    .to_owned()
+    };
+    fixed.to_owned()
 }
 
 /// A feed's access rules.

@@ -429,3 +429,49 @@ async fn the_sub_claim_limits_a_user_to_their_own_rows() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_configured_issuer_and_audience_must_be_in_the_token() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(
+        &db,
+        &t,
+        &format!("secret = \"{SECRET}\"\nissuer = \"https://app.example\"\naudience = \"chat\""),
+    )
+    .await;
+    let url = format!("{}/feeds", server.url);
+    let exp = now() + 600;
+    let good = hs256(json!({"sub": "u1", "iss": "https://app.example", "aud": "chat", "exp": exp}));
+    assert_eq!(get(&url, Some(&good), None).await.0, 200);
+    let missing = |claim: &str| {
+        format!("the token is not valid: missing or malformed `{claim}` claim, which this server requires")
+    };
+    let cases = [
+        (
+            json!({"sub": "u1", "aud": "chat", "exp": exp}),
+            missing("iss"),
+        ),
+        (
+            json!({"sub": "u1", "iss": "https://app.example", "exp": exp}),
+            missing("aud"),
+        ),
+        // Not a string: once ignored, as if the claim were absent.
+        (
+            json!({"sub": "u1", "iss": 7, "aud": "chat", "exp": exp}),
+            missing("iss"),
+        ),
+        (
+            json!({"sub": "u1", "iss": "https://other.example", "aud": "chat", "exp": exp}),
+            "the token is not valid: wrong issuer".to_owned(),
+        ),
+    ];
+    for (claims, detail) in cases {
+        assert_eq!(
+            get(&url, Some(&hs256(claims.clone())), None).await,
+            (401, json!({"error": "unauthorized", "detail": detail})),
+            "{claims}"
+        );
+    }
+    server.stop().await;
+}
