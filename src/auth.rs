@@ -73,6 +73,8 @@ pub enum Refusal {
     Expired,
     #[error("the token is not valid: {0}")]
     Invalid(String),
+    #[error("the token has no `sub` claim: this server limits open streams per subject, so every token needs one")]
+    NoSubject,
     #[error("{0}")]
     Forbidden(String),
 }
@@ -193,6 +195,14 @@ impl Auth {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => Refusal::Expired,
             kind => Refusal::Invalid(reason(kind)),
         })?;
+        // `sub` is a StringOrURI (RFC 7519). Another kind is refused, not
+        // guessed at: the per-subject stream limit counts by it, and a
+        // numeric one would escape it.
+        if data.claims.get("sub").is_some_and(|sub| !sub.is_string()) {
+            return Err(Refusal::Invalid(
+                "the `sub` claim is not a string".to_owned(),
+            ));
+        }
         Ok(Claims(data.claims))
     }
 }

@@ -61,6 +61,7 @@ async fn tokens_are_verified_and_refusals_say_why() {
         (Some(hs256(json!({"aud": "chat", "nbf": now() + 600}))), 401, "unauthorized", "the token is not valid: not valid yet (nbf)"),
         (Some(hs256(json!({"aud": "billing"}))), 401, "unauthorized", "the token is not valid: wrong audience"),
         (Some("not.a.token".to_owned()), 401, "unauthorized", "the token is not valid: malformed"),
+        (Some(hs256(json!({"sub": 42, "aud": "chat"}))), 401, "unauthorized", "the token is not valid: the `sub` claim is not a string"),
     ];
     for (token, status, code, detail) in cases {
         let (got, body) = get(&url, token.as_deref(), None).await;
@@ -473,5 +474,50 @@ async fn a_configured_issuer_and_audience_must_be_in_the_token() {
             "{claims}"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn streams_are_counted_by_a_string_sub_that_every_token_must_carry() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Server::start(config(
+        &db.url,
+        &format!(
+            "max_streams_per_subject = 3\n[auth]\nsecret = \"{SECRET}\"\n\
+             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
+        ),
+    ))
+    .await;
+    let url = format!("{}/events/messages", server.url);
+    let exp = now() + 600;
+    let refusals = [
+        (json!({"sub": 42, "exp": exp}), "the token is not valid: the `sub` claim is not a string"),
+        (json!({"exp": exp}), "the token has no `sub` claim: this server limits open streams per subject, so every token needs one"),
+    ];
+    for (claims, detail) in refusals {
+        for url in [url.clone(), format!("{}/feeds", server.url)] {
+            assert_eq!(
+                get(&url, Some(&hs256(claims.clone())), None).await,
+                (401, json!({"error": "unauthorized", "detail": detail})),
+                "{url} {claims}"
+            );
+        }
+    }
+    let alice = hs256(json!({"sub": "42", "exp": exp}));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(&format!("{url}?access_token={alice}"), None).await);
+    }
+    assert_eq!(
+        get(&url, Some(&alice), None).await,
+        (
+            429,
+            json!({
+                "error": "too_many_streams",
+                "detail": "this token subject already has 3 open streams, the most allowed"
+            })
+        )
+    );
     server.stop().await;
 }

@@ -20,7 +20,13 @@ impl ApiContext {
             return Ok(None);
         };
         let token = token(headers, params, &auth.cookie);
-        auth.verify(token.as_deref()).map(Some).map_err(Error::from)
+        let claims = auth.verify(token.as_deref())?;
+        // Streams are counted by `sub`: a token without one would escape
+        // the per-subject limit.
+        if self.limits.per_subject > 0 && !claims.0.contains_key("sub") {
+            return Err(Refusal::NoSubject.into());
+        }
+        Ok(Some(claims))
     }
 }
 
