@@ -241,11 +241,15 @@ async fn claims_bound_every_endpoint_and_cannot_be_widened() {
         )
     );
 
-    // The admin feed: 403 without the role; listed only for admins.
+    // The admin feed: unknown without the role; listed only for admins.
     let (status, body) = get(&format!("{base}/events/audit"), Some(&member), None).await;
     assert_eq!(
-        (status, body["detail"].as_str()),
-        (403, Some("this feed needs the claim `role` = \"admin\""))
+        (status, body["error"].as_str(), body["detail"].as_str()),
+        (
+            404,
+            Some("unknown_feed"),
+            Some("no feed named `audit`; feeds: messages")
+        )
     );
     let (_, listed) = get(&format!("{base}/feeds"), Some(&member), None).await;
     let names: Vec<&str> = listed["feeds"]

@@ -1,5 +1,6 @@
-//! Access control per request: the token's claims, and each feed's rules
-//! turned into a filter the client cannot widen. Off when auth is off.
+//! Access control per request: the token's claims, the feeds they may
+//! read, and each feed's rules turned into a filter the client cannot
+//! widen. Off when auth is off.
 
 use super::error::Error;
 use super::filter::{filter_index, Filter};
@@ -8,6 +9,7 @@ use crate::auth::{Claims, Refusal};
 use crate::echo::Echo;
 use crate::hub::Hub;
 use axum::http::{header, HeaderMap};
+use std::sync::Arc;
 
 impl ApiContext {
     /// The caller's verified claims, `None` when auth is off.
@@ -28,6 +30,19 @@ impl ApiContext {
         }
         Ok(Some(claims))
     }
+
+    /// The feeds `claims` may read; every feed when auth is off (`None`).
+    pub(super) fn readable<'a>(
+        &'a self,
+        claims: Option<&'a Claims>,
+    ) -> impl Iterator<Item = &'a Arc<Hub>> + 'a {
+        self.hubs.iter().filter(move |h| may_read(h, claims))
+    }
+}
+
+/// Whether `claims` may read `hub` at all (always, with auth off: `None`).
+pub fn may_read(hub: &Hub, claims: Option<&Claims>) -> bool {
+    claims.is_none_or(|c| hub.config.rules.check(c).is_ok())
 }
 
 /// The token from `Authorization: Bearer`, `?access_token=` or the cookie,

@@ -9,6 +9,8 @@ use axum::Json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Also a feed the caller's token may not read: `available` lists only
+    /// the feeds it may.
     #[error("no feed named {}; feeds: {available}", Echo(.name))]
     UnknownFeed { name: String, available: String },
     #[error(

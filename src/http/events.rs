@@ -1,8 +1,9 @@
 //! `GET /events/{feed}` and `GET /events?feed=a&feed=b`: Server-Sent Events.
 //!
-//! A request is parsed into feeds, filters and cursors first (bad input →
-//! 400/404 before any stream starts). The stream then writes frames that the
-//! hub built once; per client there is only a filter check and a write.
+//! A request's token is verified first (401), then the request is parsed
+//! into feeds, filters and cursors (bad input → 400/404 before any stream
+//! starts). The stream then writes frames that the hub built once; per
+//! client there is only a filter check and a write.
 
 use super::access::admit;
 use super::error::Error;
@@ -30,9 +31,11 @@ pub async fn one_feed(
     own_socket: Option<Extension<OwnSocket>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let hub = ctx.hub(&feed)?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "access_token"])?;
+    // The token first: a client that may not read a feed learns nothing
+    // of it, not even from a 404 or a 400.
     let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&feed, claims.as_ref())?;
+    let mut filter = filter::for_feed(&hub, &params, &["after", "access_token"])?;
     admit(&hub, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
         Some((source_name, text)) => Some(resume::one(&hub, source_name, &text)?),
@@ -61,20 +64,21 @@ pub async fn many_feeds(
     own_socket: Option<Extension<OwnSocket>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    let claims = ctx.claims(&headers, &params)?;
     let mut wanted: Vec<Wanted> = Vec::new();
     for (_, name) in params.iter().filter(|(k, _)| k == "feed") {
         if wanted.iter().any(|w| w.hub.name() == name) {
             return Err(Error::RepeatedFeed(name.clone()));
         }
         wanted.push(Wanted {
-            hub: ctx.hub(name)?,
+            hub: ctx.hub(name, claims.as_ref())?,
             filter: Filter::default(),
             after: None,
         });
     }
     if wanted.is_empty() {
         return Err(Error::NoFeedRequested {
-            available: ctx.feed_names(),
+            available: ctx.feed_names(claims.as_ref()),
         });
     }
     for (name, value) in &params {
@@ -103,7 +107,6 @@ pub async fn many_feeds(
             return Err(unknown_filter(name, &hubs));
         }
     }
-    let claims = ctx.claims(&headers, &params)?;
     for w in &mut wanted {
         admit(&w.hub, claims.as_ref(), &mut w.filter)?;
     }

@@ -2,9 +2,10 @@
 //!
 //! `app(ctx)` builds the router (tests call it directly); [`server::serve`]
 //! runs it on a bound listener until shutdown, answering event stream
-//! requests on the socket itself so that the hub's fan-out can write them. Handlers read hubs only and never query
-//! the database themselves; a stream behind the replay ring is caught up by
-//! its hub's coalesced reads.
+//! requests on the socket itself so that the hub's fan-out can write them.
+//! Handlers read hubs only and never query the database themselves; a
+//! stream behind the replay ring is caught up by its hub's coalesced reads.
+//! With auth on, a client learns nothing of a feed its token may not read.
 
 mod access;
 mod error;
@@ -19,6 +20,7 @@ mod stream;
 
 pub use error::Error;
 
+use crate::auth::Claims;
 use crate::hub::Hub;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -62,20 +64,22 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    fn hub(&self, name: &str) -> Result<Arc<Hub>, Error> {
-        self.hubs
-            .iter()
+    /// The feed `name`, when `claims` may read it. A feed the token may not
+    /// read is answered exactly like one that does not exist, so that a
+    /// client learns nothing of it.
+    fn hub(&self, name: &str, claims: Option<&Claims>) -> Result<Arc<Hub>, Error> {
+        self.readable(claims)
             .find(|h| h.name() == name)
             .cloned()
             .ok_or_else(|| Error::UnknownFeed {
                 name: name.to_owned(),
-                available: self.feed_names(),
+                available: self.feed_names(claims),
             })
     }
 
-    fn feed_names(&self) -> String {
-        self.hubs
-            .iter()
+    /// The names of the feeds `claims` may read, for error messages.
+    fn feed_names(&self, claims: Option<&Claims>) -> String {
+        self.readable(claims)
             .map(|h| h.name())
             .collect::<Vec<_>>()
             .join(", ")
@@ -157,13 +161,7 @@ async fn feeds(
 ) -> Result<Json<serde_json::Value>, Error> {
     let claims = ctx.claims(&headers, &params)?;
     let readable = ctx
-        .hubs
-        .iter()
-        .filter(|h| {
-            claims
-                .as_ref()
-                .is_none_or(|c| h.config.rules.check(c).is_ok())
-        })
+        .readable(claims.as_ref())
         .map(|h| feed_summary(h))
         .collect::<Vec<_>>();
     Ok(Json(json!({ "feeds": readable })))
@@ -176,10 +174,8 @@ async fn feed(
     axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let hub = ctx.hub(&name)?;
-    if let Some(claims) = ctx.claims(&headers, &params)? {
-        hub.config.rules.check(&claims)?;
-    }
+    let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&name, claims.as_ref())?;
     let mut summary = feed_summary(&hub);
     let q = &hub.query;
     let extra = json!({

@@ -41,9 +41,10 @@ pub async fn rows(
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let hub = ctx.hub(&feed)?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    // The token first, as for a stream: see `events::one_feed`.
     let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&feed, claims.as_ref())?;
+    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
     super::access::admit(&hub, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {
         params

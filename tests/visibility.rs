@@ -1,0 +1,135 @@
+//! With auth on, a client learns nothing of a feed its token may not read:
+//! the token is checked before anything else, and a feed it may not read
+//! is answered exactly like one that does not exist.
+
+mod common;
+
+use common::auth::*;
+use common::*;
+use serde_json::{json, Value};
+
+const MISSING: &str = "a token is required: send `Authorization: Bearer <token>`, `?access_token=` or the `rowcast_token` cookie";
+
+fn error(status: u16, code: &str, detail: &str) -> (u16, Value) {
+    (status, json!({ "error": code, "detail": detail }))
+}
+
+fn member() -> String {
+    hs256(json!({"sub": "u1", "room_ids": [1], "exp": now() + 600}))
+}
+
+fn admin() -> String {
+    hs256(json!({"sub": "root", "role": "admin", "room_ids": [], "exp": now() + 600}))
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_anything_else() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    // Unknown and hidden feeds, filters, cursors and parameters: all 401,
+    // so a client without a token learns no feed name or filter column.
+    for path in [
+        "/events/audit",
+        "/events/nope",
+        "/events",
+        "/events?feed=audit",
+        "/events?feed=messages&feed=messages",
+        "/events/messages?bogus=1",
+        "/events/messages?after=x",
+        "/feeds/audit",
+        "/feeds/nope/rows",
+        "/feeds/messages/rows?limit=0",
+    ] {
+        let url = format!("{}{path}", server.url);
+        assert_eq!(
+            get(&url, None, None).await,
+            error(401, "unauthorized", MISSING),
+            "{path}"
+        );
+        assert_eq!(
+            get(&url, Some("not.a.token"), None).await,
+            error(401, "unauthorized", "the token is not valid: malformed"),
+            "{path}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_feed_the_token_may_not_read_is_unknown_on_every_endpoint() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let base = &server.url;
+    let member = member();
+    let hidden = error(
+        404,
+        "unknown_feed",
+        "no feed named `audit`; feeds: messages",
+    );
+    for path in [
+        "/events/audit",
+        "/events/audit?after=start",
+        "/events?feed=audit",
+        "/events?feed=messages&feed=audit",
+        "/feeds/audit",
+        "/feeds/audit/rows",
+        "/feeds/audit/rows?after=start",
+    ] {
+        assert_eq!(
+            get(&format!("{base}{path}"), Some(&member), None).await,
+            hidden,
+            "{path}"
+        );
+    }
+    // Exactly as a feed that does not exist, and lists only readable ones.
+    assert_eq!(
+        get(&format!("{base}/events/nope"), Some(&member), None).await,
+        error(404, "unknown_feed", "no feed named `nope`; feeds: messages")
+    );
+    assert_eq!(
+        get(&format!("{base}/events"), Some(&member), None).await,
+        error(
+            400,
+            "no_feed",
+            "no feed requested: add ?feed=<name> (repeat it for several feeds); feeds: messages"
+        )
+    );
+    // An admin reads both, and is told of both.
+    let admin = admin();
+    assert_eq!(
+        get(&format!("{base}/feeds/audit"), Some(&admin), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&format!("{base}/events/nope"), Some(&admin), None).await,
+        error(
+            404,
+            "unknown_feed",
+            "no feed named `nope`; feeds: messages, audit"
+        )
+    );
+
+    // A refused 60 KB value is quoted cut short.
+    let value = "9".repeat(60_000);
+    assert_eq!(
+        get(
+            &format!("{base}/events/messages?room_id={value}"),
+            Some(&member),
+            None
+        )
+        .await,
+        error(
+            403,
+            "forbidden",
+            &format!(
+                "`room_id={}…` (60008 characters) is outside what the token allows",
+                "9".repeat(56)
+            )
+        )
+    );
+    server.stop().await;
+}
