@@ -1,10 +1,12 @@
 //! With auth on, a client learns nothing of a feed its token may not read:
-//! the token is checked before anything else, and a feed it may not read
-//! is answered exactly like one that does not exist.
+//! the token is checked before anything else, a feed it may not read is
+//! answered exactly like one that does not exist, and `/healthz` and
+//! `/metrics` name only the feeds it may read.
 
 mod common;
 
 use common::auth::*;
+use common::proxy::Proxy;
 use common::*;
 use serde_json::{json, Value};
 
@@ -40,6 +42,7 @@ async fn the_token_is_checked_before_anything_else() {
         "/feeds/audit",
         "/feeds/nope/rows",
         "/feeds/messages/rows?limit=0",
+        "/metrics",
     ] {
         let url = format!("{}{path}", server.url);
         assert_eq!(
@@ -131,5 +134,74 @@ async fn a_feed_the_token_may_not_read_is_unknown_on_every_endpoint() {
             )
         )
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics_name_only_the_feeds_a_token_may_read() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let id = db.insert(&t, 1, "x").await.to_string();
+    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let health = format!("{}/healthz", server.url);
+    let ok = json!({ "status": "ok", "cursor": id });
+    wait_health(&server.url, 200).await;
+    // A probe without a token, or with a bad one, learns the status only.
+    assert_eq!(
+        get(&health, None, None).await,
+        (200, json!({ "status": "ok" }))
+    );
+    assert_eq!(
+        get(&health, Some("not.a.token"), None).await,
+        (200, json!({ "status": "ok" }))
+    );
+    assert_eq!(
+        get(&health, Some(&member()), None).await,
+        (200, json!({ "status": "ok", "feeds": { "messages": ok } }))
+    );
+    assert_eq!(
+        get(&health, Some(&admin()), None).await,
+        (
+            200,
+            json!({ "status": "ok", "feeds": { "messages": ok, "audit": ok } })
+        )
+    );
+
+    let metrics = format!("{}/metrics", server.url);
+    let (status, _, text) = get_text(&metrics, Some(&member()), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("rowcast_feed_up{feed=\"messages\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("audit"), "{text}");
+    let (_, _, text) = get_text(&metrics, Some(&admin()), None).await;
+    assert!(
+        text.contains("rowcast_feed_up{feed=\"audit\"} 1\n"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_server_says_so_without_naming_feeds() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut config = rules_config(&db, &t, &format!("secret = \"{SECRET}\""));
+    config.database_url = proxy.url(&db.url);
+    let server = Server::start(config).await;
+    proxy.down();
+    wait_health(&server.url, 503).await;
+    let health = format!("{}/healthz", server.url);
+    assert_eq!(
+        get(&health, None, None).await,
+        (503, json!({ "status": "degraded" }))
+    );
+    let (status, body) = get(&health, Some(&member()), None).await;
+    assert_eq!((status, &body["status"]), (503, &json!("degraded")));
+    let feeds: Vec<&String> = body["feeds"].as_object().unwrap().keys().collect();
+    assert_eq!(feeds, ["messages"]);
+    assert_eq!(body["feeds"]["messages"]["status"], "failing");
     server.stop().await;
 }

@@ -1,13 +1,16 @@
 //! `GET /metrics`: Prometheus text exposition of each feed's counters.
-//! Read from memory; never queries the database.
+//! With auth on, it answers only a token, with the series of the feeds it
+//! may read. Read from memory; never queries the database.
 
+use super::error::Error;
 use super::ApiContext;
 use crate::hub::Hub;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// A metric family: name, type, help, and how to read it off a hub.
 type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> f64);
@@ -16,7 +19,20 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
 }
 
-pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
+/// A token's feeds with auth on (Prometheus sends one as `Authorization:
+/// Bearer`), every feed with auth off.
+pub async fn metrics(
+    State(ctx): State<ApiContext>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Error> {
+    let claims = ctx.claims(&headers, &params)?;
+    let shown: Vec<&Arc<Hub>> = ctx.readable(claims.as_ref()).collect();
+    Ok(exposition(&shown))
+}
+
+/// The text exposition of the series of `hubs`.
+fn exposition(hubs: &[&Arc<Hub>]) -> impl IntoResponse {
     let mut out = String::new();
     let families: [Family; 12] = [
         (
@@ -91,7 +107,7 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     ];
     for (name, kind, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for hub in ctx.hubs.iter() {
+        for hub in hubs {
             let _ = writeln!(out, "{name}{{feed=\"{}\"}} {}", hub.name(), value(hub));
         }
     }

@@ -11,6 +11,7 @@ mod access;
 mod error;
 pub mod events;
 mod filter;
+mod health;
 pub mod limits;
 mod metrics;
 mod resume;
@@ -23,8 +24,7 @@ pub use error::Error;
 use crate::auth::Claims;
 use crate::hub::Hub;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
+use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -97,7 +97,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/feeds", get(feeds))
         .route("/feeds/{feed}", get(feed))
         .route("/feeds/{feed}/rows", get(rows::rows))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { Error::NotFound })
         .layer(cors)
@@ -189,30 +189,4 @@ async fn feed(
         summary.extend(extra.clone());
     }
     Ok(Json(summary))
-}
-
-/// `GET /healthz`: 200 when every poller's last poll succeeded, else 503
-/// naming the failing feeds.
-async fn healthz(State(ctx): State<ApiContext>) -> impl IntoResponse {
-    let mut healthy = true;
-    let feeds: serde_json::Map<String, serde_json::Value> = ctx
-        .hubs
-        .iter()
-        .map(|hub| {
-            let status = match hub.failure() {
-                None => json!({ "status": "ok", "cursor": hub.head().0.to_string() }),
-                Some(error) => {
-                    healthy = false;
-                    json!({ "status": "failing", "error": error })
-                }
-            };
-            (hub.name().to_owned(), status)
-        })
-        .collect();
-    let (code, status) = if healthy {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
-    };
-    (code, Json(json!({ "status": status, "feeds": feeds })))
 }
