@@ -67,6 +67,29 @@ pub enum Error {
     Source(#[from] source::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {address} (`metrics_listen`): {source}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The sockets a server answers on.
+pub struct Listeners {
+    /// Clients: streams, feeds, the page.
+    pub main: TcpListener,
+    /// Operators: `/metrics` and the full `/healthz`, kept apart from
+    /// clients. `None`: bound from `metrics_listen` when it is set.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(main: TcpListener) -> Listeners {
+        Listeners {
+            main,
+            metrics: None,
+        }
+    }
 }
 
 /// The checked feeds of a configuration, ready to serve.
@@ -147,25 +170,37 @@ fn open_files_limit() -> u64 {
     }
 }
 
-/// Prepares the feeds and serves them on `listener` until `shutdown`
-/// completes.
+/// Prepares the feeds and serves them on `listeners` (a bound
+/// [`TcpListener`] will do) until `shutdown` completes.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let feeds = prepare(&config).await?;
-    serve(listener, &config, feeds, shutdown).await
+    serve(listeners, &config, feeds, shutdown).await
 }
 
 /// Serves prepared feeds: starts a poller per feed and the HTTP server, and
 /// stops both, within a bounded time, when `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: &Config,
     feeds: Feeds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let Listeners {
+        main: listener,
+        metrics,
+    } = listeners.into();
+    let metrics = match (metrics, config.metrics_listen) {
+        (None, Some(address)) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| Error::MetricsListen { address, source })?,
+        ),
+        (metrics, _) => metrics,
+    };
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
     for hub in &feeds.hubs {
@@ -186,7 +221,6 @@ pub async fn serve(
             token.clone(),
         ));
     }
-    pollers.close();
 
     let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
     let files = open_files_limit();
@@ -213,7 +247,21 @@ pub async fn serve(
             config.max_streams_per_subject,
             config.max_streams_per_ip,
         )),
+        metrics_apart: metrics.is_some(),
     };
+    if let Some(metrics) = metrics {
+        tracing::info!(address = %metrics.local_addr()?, "metrics and health listening");
+        let app = http::metrics_app(ctx.clone());
+        let stop = token.clone();
+        // Stops with the pollers: at the token, within the same bounded wait.
+        pollers.spawn(async move {
+            let server = axum::serve(metrics, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(err) = server.await {
+                tracing::error!(cause = %err, "metrics listener failed");
+            }
+        });
+    }
+    pollers.close();
     if ctx.auth.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(address = %config.listen, "listening beyond this machine with auth off: anyone who can reach it reads every feed");
     }

@@ -275,3 +275,62 @@ async fn rejected_values_are_quoted_cut_short() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_metrics_listener_keeps_metrics_and_feed_health_apart() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let id = db.insert(&t, 1, "x").await;
+    let server = Server::start_with_metrics_listener(config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n[[feed]]\nname = \"other\"\ntable = \"{t}\"\n"),
+    ))
+    .await;
+    let ops = server.metrics_url.clone().unwrap();
+
+    // Clients' listener: no metrics, and health without feeds.
+    assert_eq!(
+        get_with(&format!("{}/metrics", server.url), None).await,
+        (
+            404,
+            serde_json::json!({
+                "error": "not_found",
+                "detail": "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics"
+            })
+        )
+    );
+    assert_eq!(
+        wait_health(&server.url, 200).await,
+        serde_json::json!({ "status": "ok" })
+    );
+
+    // Operators' listener: every feed, no streams.
+    let cursor = id.to_string();
+    assert_eq!(
+        wait_health(&ops, 200).await,
+        serde_json::json!({ "status": "ok", "feeds": {
+            "messages": { "status": "ok", "cursor": cursor },
+            "other": { "status": "ok", "cursor": cursor },
+        }})
+    );
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "rowcast_feed_up{feed=\"messages\"} 1\n",
+        "rowcast_feed_up{feed=\"other\"} 1\n",
+    ] {
+        assert!(text.contains(series), "{text}");
+    }
+    assert_eq!(
+        get_with(&format!("{ops}/events/messages"), None).await.0,
+        404
+    );
+
+    // It stops with the rest.
+    server.stop().await;
+    assert!(reqwest::get(format!("{ops}/healthz")).await.is_err());
+}

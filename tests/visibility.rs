@@ -1,7 +1,8 @@
 //! With auth on, a client learns nothing of a feed its token may not read:
 //! the token is checked before anything else, a feed it may not read is
 //! answered exactly like one that does not exist, and `/healthz` and
-//! `/metrics` name only the feeds it may read.
+//! `/metrics` name only the feeds it may read — none on the clients'
+//! listener when operators give them a listener of their own.
 
 mod common;
 
@@ -203,5 +204,49 @@ async fn a_degraded_server_says_so_without_naming_feeds() {
     let feeds: Vec<&String> = body["feeds"].as_object().unwrap().keys().collect();
     assert_eq!(feeds, ["messages"]);
     assert_eq!(body["feeds"]["messages"]["status"], "failing");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_operators_listener_shows_every_feed_without_a_token() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let id = db.insert(&t, 1, "x").await.to_string();
+    let server = Server::start_with_metrics_listener(rules_config(
+        &db,
+        &t,
+        &format!("secret = \"{SECRET}\""),
+    ))
+    .await;
+    let ops = server.metrics_url.clone().unwrap();
+    let admin = admin();
+    // The clients' listener: no metrics, and health without feeds, even
+    // for an admin.
+    assert_eq!(
+        get(&format!("{}/metrics", server.url), Some(&admin), None).await,
+        error(404, "not_found", "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics")
+    );
+    wait_health(&server.url, 200).await;
+    assert_eq!(
+        get(&format!("{}/healthz", server.url), Some(&admin), None).await,
+        (200, json!({ "status": "ok" }))
+    );
+    // The operators' listener needs no token.
+    let ok = json!({ "status": "ok", "cursor": id });
+    assert_eq!(
+        get(&format!("{ops}/healthz"), None, None).await,
+        (
+            200,
+            json!({ "status": "ok", "feeds": { "messages": ok, "audit": ok } })
+        )
+    );
+    let (status, _, text) = get_text(&format!("{ops}/metrics"), None, None).await;
+    assert_eq!(status, 200);
+    for feed in ["messages", "audit"] {
+        assert!(
+            text.contains(&format!("rowcast_feed_up{{feed=\"{feed}\"}} 1\n")),
+            "{text}"
+        );
+    }
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition of each feed's counters.
-//! With auth on, it answers only a token, with the series of the feeds it
-//! may read. Read from memory; never queries the database.
+//! With auth on, the main listener answers only a token, with the series of
+//! the feeds it may read; the operators' listener (`metrics_listen`) shows
+//! every feed. Read from memory; never queries the database.
 
 use super::error::Error;
 use super::ApiContext;
@@ -19,8 +20,8 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
 }
 
-/// A token's feeds with auth on (Prometheus sends one as `Authorization:
-/// Bearer`), every feed with auth off.
+/// `/metrics` on the main listener: a token's feeds with auth on (Prometheus
+/// sends one as `Authorization: Bearer`), every feed with auth off.
 pub async fn metrics(
     State(ctx): State<ApiContext>,
     Query(params): Query<Vec<(String, String)>>,
@@ -29,6 +30,12 @@ pub async fn metrics(
     let claims = ctx.claims(&headers, &params)?;
     let shown: Vec<&Arc<Hub>> = ctx.readable(claims.as_ref()).collect();
     Ok(exposition(&shown))
+}
+
+/// `/metrics` on the operators' listener: every feed.
+pub async fn all(State(ctx): State<ApiContext>) -> impl IntoResponse {
+    let shown: Vec<&Arc<Hub>> = ctx.hubs.iter().collect();
+    exposition(&shown)
 }
 
 /// The text exposition of the series of `hubs`.

@@ -3,6 +3,7 @@
 //! `app(ctx)` builds the router (tests call it directly); [`server::serve`]
 //! runs it on a bound listener until shutdown, answering event stream
 //! requests on the socket itself so that the hub's fan-out can write them.
+//! `metrics_app(ctx)` is the operators' router, for a listener of its own.
 //! Handlers read hubs only and never query the database themselves; a
 //! stream behind the replay ring is caught up by its hub's coalesced reads.
 //! With auth on, a client learns nothing of a feed its token may not read.
@@ -61,6 +62,10 @@ pub struct ApiContext {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Open streams per token subject and per client address.
     pub limits: Arc<limits::Limits>,
+    /// Whether `/metrics` and the full `/healthz` have a listener of their
+    /// own (`metrics_listen`): the router then answers `/metrics` with 404
+    /// and `/healthz` with the overall status only.
+    pub metrics_apart: bool,
 }
 
 impl ApiContext {
@@ -90,17 +95,34 @@ impl ApiContext {
 /// buffer events.
 pub fn app(ctx: ApiContext) -> Router {
     let cors = cors(&ctx.settings.cors_origins);
-    Router::new()
+    let router = Router::new()
         .route("/", get(index))
         .route("/events", get(events::many_feeds))
         .route("/events/{feed}", get(events::one_feed))
         .route("/feeds", get(feeds))
         .route("/feeds/{feed}", get(feed))
         .route("/feeds/{feed}/rows", get(rows::rows))
-        .route("/healthz", get(health::healthz))
-        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::healthz));
+    // With a listener of their own, metrics are not served to clients.
+    let router = if ctx.metrics_apart {
+        router
+    } else {
+        router.route("/metrics", get(metrics::metrics))
+    };
+    router
         .fallback(|| async { Error::NotFound })
         .layer(cors)
+        .layer(TraceLayer::new_for_http())
+        .with_state(ctx)
+}
+
+/// The router of the `metrics_listen` listener, for operators: `/metrics`
+/// and `/healthz` of every feed, without a token.
+pub fn metrics_app(ctx: ApiContext) -> Router {
+    Router::new()
+        .route("/healthz", get(health::full))
+        .route("/metrics", get(metrics::all))
+        .fallback(|| async { Error::NotFound })
         .layer(TraceLayer::new_for_http())
         .with_state(ctx)
 }
