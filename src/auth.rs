@@ -73,6 +73,8 @@ pub enum Refusal {
     Expired,
     #[error("the token is not valid: {0}")]
     Invalid(String),
+    #[error("the token has no `sub` claim: this server limits open streams per subject, so every token needs one")]
+    NoSubject,
     #[error("{0}")]
     Forbidden(String),
 }
@@ -157,12 +159,18 @@ impl Auth {
         let mut validation = Validation::new(algorithm);
         validation.leeway = file.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
         validation.validate_nbf = true;
+        // A configured issuer or audience is required, not only compared
+        // when present: a token without the claim would pass otherwise.
         validation.required_spec_claims.clear();
         if let Some(issuer) = &file.issuer {
             validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         match &file.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
         Ok(Some(Auth {
@@ -187,6 +195,14 @@ impl Auth {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => Refusal::Expired,
             kind => Refusal::Invalid(reason(kind)),
         })?;
+        // `sub` is a StringOrURI (RFC 7519). Another kind is refused, not
+        // guessed at: the per-subject stream limit counts by it, and a
+        // numeric one would escape it.
+        if data.claims.get("sub").is_some_and(|sub| !sub.is_string()) {
+            return Err(Refusal::Invalid(
+                "the `sub` claim is not a string".to_owned(),
+            ));
+        }
         Ok(Claims(data.claims))
     }
 }
@@ -194,7 +210,13 @@ impl Auth {
 /// A short reason that never contains the token.
 fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> String {
     use jsonwebtoken::errors::ErrorKind::*;
-    match kind {
+    let fixed = match kind {
+        // Claim names come from the validation this module set up, never
+        // from the token.
+        MissingRequiredClaim(claim) => {
+            return format!("missing or malformed `{claim}` claim, which this server requires")
+        }
+        InvalidClaimFormat(claim) => return format!("the `{claim}` claim is malformed"),
         InvalidSignature => "bad signature",
         InvalidAlgorithm | InvalidAlgorithmName => "algorithm not accepted",
         ImmatureSignature => "not valid yet (nbf)",
@@ -202,8 +224,8 @@ fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> String {
         InvalidIssuer => "wrong issuer",
         InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed",
         _ => "rejected",
-    }
-    .to_owned()
+    };
+    fixed.to_owned()
 }
 
 /// A feed's access rules.

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "ROWCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address that serves `/metrics` and the full `/healthz`, apart from
+    /// clients [default: none, both on `--listen`].
+    #[arg(long, env = "ROWCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve a feed of this table, named after it.
     #[arg(long, env = "ROWCAST_TABLE")]
     pub table: Option<String>,
@@ -233,6 +237,8 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// Address to listen on.
     pub listen: Option<SocketAddr>,
+    /// Address of `/metrics` and the full `/healthz`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Interval of keep-alive comments.
     #[serde(default, with = "humantime_serde")]
     pub keep_alive: Option<Duration>,
@@ -447,6 +453,9 @@ pub struct Config {
     pub database_url: String,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of `/metrics` and the full `/healthz`, apart from clients;
+    /// `None`: both on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Interval of keep-alive comments on quiet streams.
     pub keep_alive: Duration,
     /// Reconnect delay sent to clients.
@@ -716,12 +725,18 @@ impl Config {
         if max_clients == Some(0) {
             return Err(invalid("max_clients", "must be at least 1"));
         }
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+        if metrics_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid("metrics_listen", "must differ from `listen`"));
+        }
         Ok(Config {
             database_url,
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            listen,
+            metrics_listen,
             keep_alive,
             retry: args.retry.or(file.retry).unwrap_or(Duration::from_secs(3)),
             max_connections,
@@ -1161,6 +1176,38 @@ mod tests {
             err.to_string(),
             "--feed: no feed `evnts` to apply the per-feed flags to; feeds of the config file: events; \
              give --table to declare a new feed"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_comes_from_the_file_or_the_flag() {
+        let config = Config::merge(&args(Some("a")), FileConfig::default()).unwrap();
+        assert_eq!(config.metrics_listen, None);
+        let text = "metrics_listen = \"127.0.0.1:9090\"\n";
+        let config = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let mut a = args(Some("a"));
+        a.metrics_listen = Some("10.0.0.1:9100".parse().unwrap());
+        let config = Config::merge(&a, file(text).unwrap()).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("10.0.0.1:9100".parse().unwrap())
+        );
+        a.listen = a.metrics_listen;
+        let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+        assert_eq!(err.to_string(), "metrics_listen: must differ from `listen`");
+
+        let cli = Cli::try_parse_from(["rowcast", "serve", "--metrics-listen", "127.0.0.1:9090"])
+            .unwrap();
+        let Command::Serve(flags) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            flags.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
         );
     }
 

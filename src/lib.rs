@@ -26,6 +26,7 @@
 //!
 //! Beside the flow: [`sse`] (pure event framing), [`wire`] (chunked writes
 //! to a socket the fan-out shares), [`cursor`] (event ids as text),
+//! [`echo`] (client values quoted back in errors, cut short),
 //! [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
 pub mod auth;
@@ -33,6 +34,7 @@ pub mod config;
 pub mod cursor;
 pub mod demo;
 pub mod doorbell;
+pub mod echo;
 pub mod gap;
 pub mod http;
 pub mod hub;
@@ -65,6 +67,29 @@ pub enum Error {
     Source(#[from] source::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {address} (`metrics_listen`): {source}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The sockets a server answers on.
+pub struct Listeners {
+    /// Clients: streams, feeds, the page.
+    pub main: TcpListener,
+    /// Operators: `/metrics` and the full `/healthz`, kept apart from
+    /// clients. `None`: bound from `metrics_listen` when it is set.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(main: TcpListener) -> Listeners {
+        Listeners {
+            main,
+            metrics: None,
+        }
+    }
 }
 
 /// The checked feeds of a configuration, ready to serve.
@@ -129,6 +154,10 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     Ok(Feeds { source, hubs })
 }
 
+/// Connections the operators' listener (`metrics_listen`) holds at most:
+/// scrapers and probes.
+const METRICS_CLIENTS: usize = 64;
+
 /// Open files that are not client connections, besides the database pool:
 /// standard streams, the listener, the runtime's own, the NOTIFY listener.
 const RESERVED_FILES: u64 = 16;
@@ -145,25 +174,37 @@ fn open_files_limit() -> u64 {
     }
 }
 
-/// Prepares the feeds and serves them on `listener` until `shutdown`
-/// completes.
+/// Prepares the feeds and serves them on `listeners` (a bound
+/// [`TcpListener`] will do) until `shutdown` completes.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let feeds = prepare(&config).await?;
-    serve(listener, &config, feeds, shutdown).await
+    serve(listeners, &config, feeds, shutdown).await
 }
 
 /// Serves prepared feeds: starts a poller per feed and the HTTP server, and
 /// stops both, within a bounded time, when `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: &Config,
     feeds: Feeds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let Listeners {
+        main: listener,
+        metrics,
+    } = listeners.into();
+    let metrics = match (metrics, config.metrics_listen) {
+        (None, Some(address)) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| Error::MetricsListen { address, source })?,
+        ),
+        (metrics, _) => metrics,
+    };
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
     for hub in &feeds.hubs {
@@ -184,7 +225,6 @@ pub async fn serve(
             token.clone(),
         ));
     }
-    pollers.close();
 
     let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
     let files = open_files_limit();
@@ -208,6 +248,11 @@ pub async fn serve(
         max_clients,
         "rowcast listening"
     );
+    let timeouts = http::server::Timeouts {
+        header: config.header_timeout,
+        idle: config.idle_timeout,
+        send: config.send_timeout,
+    };
     let ctx = http::ApiContext {
         hubs: Arc::new(feeds.hubs),
         settings: Arc::new(http::StreamSettings {
@@ -223,8 +268,24 @@ pub async fn serve(
         limits: Arc::new(http::limits::Limits::new(
             config.max_streams_per_subject,
             config.max_streams_per_ip,
+            http::limits::Limits::streams_within(max_clients),
         )),
+        connections: connections.clone(),
+        metrics_apart: metrics.is_some(),
     };
+    if let Some(metrics) = metrics {
+        tracing::info!(address = %metrics.local_addr()?, "metrics and health listening");
+        let app = http::metrics_app(ctx.clone());
+        // Stops with the pollers: at the token, within the same bounded wait.
+        pollers.spawn(http::server::serve(
+            metrics,
+            app,
+            Arc::new(http::connections::Connections::new(METRICS_CLIENTS)),
+            timeouts,
+            token.clone(),
+        ));
+    }
+    pollers.close();
     if ctx.auth.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(address = %config.listen, "listening beyond this machine with auth off: anyone who can reach it reads every feed");
     }
@@ -233,11 +294,6 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
-    let timeouts = http::server::Timeouts {
-        header: config.header_timeout,
-        idle: config.idle_timeout,
-        send: config.send_timeout,
-    };
     let server = http::server::serve(
         listener,
         http::app(ctx),

@@ -4,60 +4,11 @@
 
 mod common;
 
+use common::auth::*;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-const SECRET: &str = "a shared secret the app also has";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn hs256(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// A server with two feeds on one table: `messages`, bounded by the
-/// token's `room_ids`, and `audit`, for admins only.
-async fn server(db: &TestDb, t: &str, auth: &str) -> Server {
-    Server::start(config(
-        &db.url,
-        &format!(
-            "[auth]\n{auth}\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n\
-             auth_filters = {{ room_id = \"room_ids\" }}\n\
-             [[feed]]\nname = \"audit\"\ntable = \"{t}\"\nauth_require = {{ role = \"admin\" }}\n"
-        ),
-    ))
-    .await
-}
-
-async fn get(url: &str, bearer: Option<&str>, cookie: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = bearer {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    if let Some(cookie) = cookie {
-        request = request.header("Cookie", cookie);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let body = if response.headers()["content-type"] == "application/json" {
-        response.json().await.unwrap()
-    } else {
-        Value::Null
-    };
-    (status, body)
-}
+use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn tokens_are_verified_and_refusals_say_why() {
@@ -110,6 +61,7 @@ async fn tokens_are_verified_and_refusals_say_why() {
         (Some(hs256(json!({"aud": "chat", "nbf": now() + 600}))), 401, "unauthorized", "the token is not valid: not valid yet (nbf)"),
         (Some(hs256(json!({"aud": "billing"}))), 401, "unauthorized", "the token is not valid: wrong audience"),
         (Some("not.a.token".to_owned()), 401, "unauthorized", "the token is not valid: malformed"),
+        (Some(hs256(json!({"sub": 42, "aud": "chat"}))), 401, "unauthorized", "the token is not valid: the `sub` claim is not a string"),
     ];
     for (token, status, code, detail) in cases {
         let (got, body) = get(&url, token.as_deref(), None).await;
@@ -289,11 +241,15 @@ async fn claims_bound_every_endpoint_and_cannot_be_widened() {
         )
     );
 
-    // The admin feed: 403 without the role; listed only for admins.
+    // The admin feed: unknown without the role; listed only for admins.
     let (status, body) = get(&format!("{base}/events/audit"), Some(&member), None).await;
     assert_eq!(
-        (status, body["detail"].as_str()),
-        (403, Some("this feed needs the claim `role` = \"admin\""))
+        (status, body["error"].as_str(), body["detail"].as_str()),
+        (
+            404,
+            Some("unknown_feed"),
+            Some("no feed named `audit`; feeds: messages")
+        )
     );
     let (_, listed) = get(&format!("{base}/feeds"), Some(&member), None).await;
     let names: Vec<&str> = listed["feeds"]
@@ -475,6 +431,97 @@ async fn the_sub_claim_limits_a_user_to_their_own_rows() {
     assert_eq!(
         (status, body["detail"].as_str()),
         (403, Some("`user_id=u2` is outside what the token allows"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_issuer_and_audience_must_be_in_the_token() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = server(
+        &db,
+        &t,
+        &format!("secret = \"{SECRET}\"\nissuer = \"https://app.example\"\naudience = \"chat\""),
+    )
+    .await;
+    let url = format!("{}/feeds", server.url);
+    let exp = now() + 600;
+    let good = hs256(json!({"sub": "u1", "iss": "https://app.example", "aud": "chat", "exp": exp}));
+    assert_eq!(get(&url, Some(&good), None).await.0, 200);
+    let missing = |claim: &str| {
+        format!("the token is not valid: missing or malformed `{claim}` claim, which this server requires")
+    };
+    let cases = [
+        (
+            json!({"sub": "u1", "aud": "chat", "exp": exp}),
+            missing("iss"),
+        ),
+        (
+            json!({"sub": "u1", "iss": "https://app.example", "exp": exp}),
+            missing("aud"),
+        ),
+        // Not a string: once ignored, as if the claim were absent.
+        (
+            json!({"sub": "u1", "iss": 7, "aud": "chat", "exp": exp}),
+            missing("iss"),
+        ),
+        (
+            json!({"sub": "u1", "iss": "https://other.example", "aud": "chat", "exp": exp}),
+            "the token is not valid: wrong issuer".to_owned(),
+        ),
+    ];
+    for (claims, detail) in cases {
+        assert_eq!(
+            get(&url, Some(&hs256(claims.clone())), None).await,
+            (401, json!({"error": "unauthorized", "detail": detail})),
+            "{claims}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn streams_are_counted_by_a_string_sub_that_every_token_must_carry() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Server::start(config(
+        &db.url,
+        &format!(
+            "max_streams_per_subject = 3\n[auth]\nsecret = \"{SECRET}\"\n\
+             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
+        ),
+    ))
+    .await;
+    let url = format!("{}/events/messages", server.url);
+    let exp = now() + 600;
+    let refusals = [
+        (json!({"sub": 42, "exp": exp}), "the token is not valid: the `sub` claim is not a string"),
+        (json!({"exp": exp}), "the token has no `sub` claim: this server limits open streams per subject, so every token needs one"),
+    ];
+    for (claims, detail) in refusals {
+        for url in [url.clone(), format!("{}/feeds", server.url)] {
+            assert_eq!(
+                get(&url, Some(&hs256(claims.clone())), None).await,
+                (401, json!({"error": "unauthorized", "detail": detail})),
+                "{url} {claims}"
+            );
+        }
+    }
+    let alice = hs256(json!({"sub": "42", "exp": exp}));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(&format!("{url}?access_token={alice}"), None).await);
+    }
+    assert_eq!(
+        get(&url, Some(&alice), None).await,
+        (
+            429,
+            json!({
+                "error": "too_many_streams",
+                "detail": "this token subject already has 3 open streams, the most allowed"
+            })
+        )
     );
     server.stop().await;
 }

@@ -240,3 +240,98 @@ async fn shutdown_ends_open_streams() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn rejected_values_are_quoted_cut_short() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let server = server(&db, &t).await;
+    let base = &server.url;
+    // Values as long as a request can carry (a target of 8 KiB, a head of
+    // 32 KiB), each quoted back as its first 64 characters and its length.
+    let long = |c: &str, n: usize| c.repeat(n);
+    let cut = |c: &str, n: usize| format!("`{}…` ({n} characters)", c.repeat(64));
+    let cases = [
+        (format!("{base}/events/messages?{}=1", long("r", 8_000)), None, 400, "unknown_filter",
+         format!("{} is not a filter of feed `messages`; filters: room_id", cut("r", 8_000))),
+        (format!("{base}/events/{}", long("f", 8_000)), None, 404, "unknown_feed",
+         format!("no feed named {}; feeds: messages, other", cut("f", 8_000))),
+        (format!("{base}/events/messages?after={}", long("x", 8_000)), None, 400, "bad_cursor",
+         format!("after: {} is not a row id: expected an integer or `start`", cut("x", 8_000))),
+        (format!("{base}/events?feed=messages&feed=other"), Some(long("c", 30_000)), 400, "bad_cursor",
+         format!("Last-Event-ID: {} is not a cursor of this stream: expected `feed:id` pairs separated by commas", cut("c", 30_000))),
+        (format!("{base}/feeds/messages/rows?limit={}", long("9", 8_000)), None, 400, "bad_parameter",
+         format!("`limit`: {} is not a whole number from 1 to 1000", cut("9", 8_000))),
+    ];
+    for (url, last_event_id, status, code, detail) in cases {
+        assert_eq!(
+            get_with(&url, last_event_id.as_deref()).await,
+            (
+                status,
+                serde_json::json!({ "error": code, "detail": detail })
+            ),
+            "{}",
+            &url[..url.len().min(80)]
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_metrics_listener_keeps_metrics_and_feed_health_apart() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let id = db.insert(&t, 1, "x").await;
+    let server = Server::start_with_metrics_listener(config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n[[feed]]\nname = \"other\"\ntable = \"{t}\"\n"),
+    ))
+    .await;
+    let ops = server.metrics_url.clone().unwrap();
+
+    // Clients' listener: no metrics, and health without feeds.
+    assert_eq!(
+        get_with(&format!("{}/metrics", server.url), None).await,
+        (
+            404,
+            serde_json::json!({
+                "error": "not_found",
+                "detail": "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics"
+            })
+        )
+    );
+    assert_eq!(
+        wait_health(&server.url, 200).await,
+        serde_json::json!({ "status": "ok" })
+    );
+
+    // Operators' listener: every feed, no streams.
+    let cursor = id.to_string();
+    assert_eq!(
+        wait_health(&ops, 200).await,
+        serde_json::json!({ "status": "ok", "feeds": {
+            "messages": { "status": "ok", "cursor": cursor },
+            "other": { "status": "ok", "cursor": cursor },
+        }})
+    );
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "rowcast_feed_up{feed=\"messages\"} 1\n",
+        "rowcast_feed_up{feed=\"other\"} 1\n",
+    ] {
+        assert!(text.contains(series), "{text}");
+    }
+    assert_eq!(
+        get_with(&format!("{ops}/events/messages"), None).await.0,
+        404
+    );
+
+    // It stops with the rest.
+    server.stop().await;
+    assert!(reqwest::get(format!("{ops}/healthz")).await.is_err());
+}

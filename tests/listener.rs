@@ -344,3 +344,44 @@ async fn idle_connections_make_room_and_busy_ones_keep_theirs() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_leave_room_for_other_requests() {
+    // Of 20 connections, streams may hold all but one.
+    let (db, t, server) = server("max_clients = 20").await;
+    let url = format!("{}/events/messages", server.url);
+    let mut streams = Vec::new();
+    for _ in 0..19 {
+        streams.push(Client::connect(&url, None).await);
+    }
+    let (status, body) = get_json(&url).await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["detail"].as_str()),
+        (
+            429,
+            Some("too_many_streams"),
+            Some("this server already has 19 open streams, the most allowed")
+        )
+    );
+    // The last place is there for everything else.
+    wait_health(&server.url, 200).await;
+    let (status, _) = get_json(&format!("{}/feeds", server.url)).await;
+    assert_eq!(status, 200);
+    let id = db.insert(&t, 1, "to all 19").await;
+    for client in &mut streams {
+        assert_eq!(common::ids(&client.take(1).await), vec![id]);
+    }
+    // A stream that ends gives its place back.
+    streams.pop();
+    let deadline = Instant::now() + WAIT;
+    let mut again = loop {
+        if let Some(client) = Client::try_connect(&url, Some(&id.to_string())).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let next = db.insert(&t, 1, "after").await;
+    assert_eq!(common::ids(&again.take(1).await), vec![next]);
+    server.stop().await;
+}

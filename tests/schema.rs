@@ -192,6 +192,22 @@ async fn mysql_unsigned_ids_above_i64_max() {
         feeds["feeds"][0]["cursor"], "18446744073709551615",
         "{feeds}"
     );
+
+    // Past the column's type, either way, a cursor is refused, not clamped.
+    let unsigned = "expected an integer from 0 to 18446744073709551615 or `start`";
+    for after in ["18446744073709551616", "-1"] {
+        let detail = format!("after: `{after}` is outside the ids of this feed: {unsigned}");
+        for url in [
+            format!("{url}?after={after}"),
+            format!("{}/feeds/messages/rows?after={after}", server.url),
+        ] {
+            assert_eq!(
+                get_json(&url).await,
+                (400, json!({ "error": "bad_cursor", "detail": detail })),
+                "{url}"
+            );
+        }
+    }
     server.stop().await;
 }
 

@@ -1,12 +1,15 @@
-//! Access control per request: the token's claims, and each feed's rules
-//! turned into a filter the client cannot widen. Off when auth is off.
+//! Access control per request: the token's claims, the feeds they may
+//! read, and each feed's rules turned into a filter the client cannot
+//! widen. Off when auth is off.
 
 use super::error::Error;
 use super::filter::{filter_index, Filter};
 use super::ApiContext;
 use crate::auth::{Claims, Refusal};
+use crate::echo::Echo;
 use crate::hub::Hub;
 use axum::http::{header, HeaderMap};
+use std::sync::Arc;
 
 impl ApiContext {
     /// The caller's verified claims, `None` when auth is off.
@@ -19,8 +22,27 @@ impl ApiContext {
             return Ok(None);
         };
         let token = token(headers, params, &auth.cookie);
-        auth.verify(token.as_deref()).map(Some).map_err(Error::from)
+        let claims = auth.verify(token.as_deref())?;
+        // Streams are counted by `sub`: a token without one would escape
+        // the per-subject limit.
+        if self.limits.per_subject > 0 && !claims.0.contains_key("sub") {
+            return Err(Refusal::NoSubject.into());
+        }
+        Ok(Some(claims))
     }
+
+    /// The feeds `claims` may read; every feed when auth is off (`None`).
+    pub(super) fn readable<'a>(
+        &'a self,
+        claims: Option<&'a Claims>,
+    ) -> impl Iterator<Item = &'a Arc<Hub>> + 'a {
+        self.hubs.iter().filter(move |h| may_read(h, claims))
+    }
+}
+
+/// Whether `claims` may read `hub` at all (always, with auth off: `None`).
+pub fn may_read(hub: &Hub, claims: Option<&Claims>) -> bool {
+    claims.is_none_or(|c| hub.config.rules.check(c).is_ok())
 }
 
 /// The token from `Authorization: Bearer`, `?access_token=` or the cookie,
@@ -73,7 +95,8 @@ pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<
             Some(asked) => {
                 if let Some(outside) = asked.iter().find(|v| !allowed.contains(v)) {
                     return Err(Refusal::Forbidden(format!(
-                        "`{column}={outside}` is outside what the token allows"
+                        "{} is outside what the token allows",
+                        Echo(&format!("{column}={outside}"))
                     ))
                     .into());
                 }

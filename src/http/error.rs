@@ -2,21 +2,24 @@
 //! problem (`{"error":"unknown_filter","detail":"…"}`). Internal detail is
 //! logged, never sent.
 
+use crate::echo::Echo;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no feed named `{name}`; feeds: {available}")]
+    /// Also a feed the caller's token may not read: `available` lists only
+    /// the feeds it may.
+    #[error("no feed named {}; feeds: {available}", Echo(.name))]
     UnknownFeed { name: String, available: String },
     #[error(
         "no feed requested: add ?feed=<name> (repeat it for several feeds); feeds: {available}"
     )]
     NoFeedRequested { available: String },
-    #[error("feed `{0}` is requested more than once")]
+    #[error("feed {} is requested more than once", Echo(.0))]
     RepeatedFeed(String),
-    #[error("`{param}` is not a filter of {feeds}; filters: {valid}")]
+    #[error("{} is not a filter of {feeds}; filters: {valid}", Echo(.param))]
     UnknownFilter {
         param: String,
         feeds: String,

@@ -1,16 +1,17 @@
 //! `GET /events/{feed}` and `GET /events?feed=a&feed=b`: Server-Sent Events.
 //!
-//! A request is parsed into feeds, filters and cursors first (bad input →
-//! 400/404 before any stream starts). The stream then writes frames that the
-//! hub built once; per client there is only a filter check and a write.
+//! A request's token is verified first (401), then the request is parsed
+//! into feeds, filters and cursors (bad input → 400/404 before any stream
+//! starts). The stream then writes frames that the hub built once; per
+//! client there is only a filter check and a write.
 
 use super::access::admit;
 use super::error::Error;
 use super::filter::{self, filter_index, unknown_filter, Filter};
+use super::resume::{self, resume_text};
 use super::stream::{EventStream, Opening, Wanted};
 use super::ApiContext;
 use crate::auth::Claims;
-use crate::cursor::{self, Cursor};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -30,17 +31,14 @@ pub async fn one_feed(
     own_socket: Option<Extension<OwnSocket>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let hub = ctx.hub(&feed)?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "access_token"])?;
+    // The token first: a client that may not read a feed learns nothing
+    // of it, not even from a 404 or a 400.
     let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&feed, claims.as_ref())?;
+    let mut filter = filter::for_feed(&hub, &params, &["after", "access_token"])?;
     admit(&hub, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
-        Some((source_name, text)) => {
-            Some(Cursor::parse(&text).map_err(|problem| Error::BadCursor {
-                source_name,
-                problem,
-            })?)
-        }
+        Some((source_name, text)) => Some(resume::one(&hub, source_name, &text)?),
         None => None,
     };
     let announce = after.is_none();
@@ -66,20 +64,21 @@ pub async fn many_feeds(
     own_socket: Option<Extension<OwnSocket>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    let claims = ctx.claims(&headers, &params)?;
     let mut wanted: Vec<Wanted> = Vec::new();
     for (_, name) in params.iter().filter(|(k, _)| k == "feed") {
         if wanted.iter().any(|w| w.hub.name() == name) {
             return Err(Error::RepeatedFeed(name.clone()));
         }
         wanted.push(Wanted {
-            hub: ctx.hub(name)?,
+            hub: ctx.hub(name, claims.as_ref())?,
             filter: Filter::default(),
             after: None,
         });
     }
     if wanted.is_empty() {
         return Err(Error::NoFeedRequested {
-            available: ctx.feed_names(),
+            available: ctx.feed_names(claims.as_ref()),
         });
     }
     for (name, value) in &params {
@@ -108,22 +107,11 @@ pub async fn many_feeds(
             return Err(unknown_filter(name, &hubs));
         }
     }
-    let claims = ctx.claims(&headers, &params)?;
     for w in &mut wanted {
         admit(&w.hub, claims.as_ref(), &mut w.filter)?;
     }
     if let Some((source_name, text)) = resume_text(&params, &headers) {
-        let positions = cursor::parse_composite(&text).map_err(|problem| Error::BadCursor {
-            source_name,
-            problem,
-        })?;
-        // A feed the cursor does not name starts live; a named feed that is
-        // not requested any more is ignored.
-        for (feed, position) in positions {
-            if let Some(w) = wanted.iter_mut().find(|w| w.hub.name() == feed) {
-                w.after = Some(position);
-            }
-        }
+        resume::many(&mut wanted, ctx.hubs.len(), source_name, &text)?;
     }
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
@@ -138,23 +126,6 @@ pub async fn many_feeds(
         },
     );
     Ok(respond(state, own_socket.is_some()))
-}
-
-/// The resume cursor: `Last-Event-ID` (what EventSource sends on reconnect)
-/// wins over `?after=` (what a first connection may give).
-fn resume_text(params: &[(String, String)], headers: &HeaderMap) -> Option<(&'static str, String)> {
-    let header = headers
-        .get("last-event-id")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-        .filter(|v| !v.is_empty());
-    match header {
-        Some(text) => Some(("Last-Event-ID", text)),
-        None => params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "after")
-            .map(|(_, v)| ("after", v.clone())),
-    }
 }
 
 /// The token's subject, which stream limits count by.
@@ -199,30 +170,4 @@ fn respond(state: EventStream, own_socket: bool) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_event_id_wins_over_after() {
-        let params = vec![("after".to_owned(), "3".to_owned())];
-        let mut headers = HeaderMap::new();
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("after", "3".to_owned()))
-        );
-        headers.insert("last-event-id", HeaderValue::from_static("9"));
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("Last-Event-ID", "9".to_owned()))
-        );
-        headers.insert("last-event-id", HeaderValue::from_static(""));
-        assert_eq!(
-            resume_text(&params, &headers),
-            Some(("after", "3".to_owned()))
-        );
-        assert_eq!(resume_text(&[], &HeaderMap::new()), None);
-    }
 }

@@ -1,6 +1,7 @@
-//! Limits on open streams per token subject and per client address, so one
-//! abusive client cannot hold every connection. A stream holds a [`Slot`]
-//! until it ends.
+//! Limits on open streams per token subject, per client address and in
+//! all, so one abusive client cannot hold every connection and streams
+//! always leave room for other requests. A stream holds a [`Slot`] until it
+//! ends.
 
 use super::error::Error;
 use std::collections::HashMap;
@@ -14,6 +15,8 @@ pub struct Limits {
     pub per_subject: usize,
     /// Most streams one client address may hold (0: no limit).
     pub per_ip: usize,
+    /// Most streams the server holds (0: no limit).
+    pub total: usize,
     open: Mutex<HashMap<String, usize>>,
 }
 
@@ -25,19 +28,33 @@ pub struct Slot {
 }
 
 impl Limits {
-    /// Limits of `per_subject` and `per_ip` open streams (0: no limit).
-    pub fn new(per_subject: usize, per_ip: usize) -> Limits {
+    /// Limits of `per_subject`, `per_ip` and `total` open streams (0: no
+    /// limit).
+    pub fn new(per_subject: usize, per_ip: usize, total: usize) -> Limits {
         Limits {
             per_subject,
             per_ip,
+            total,
             open: Mutex::default(),
         }
+    }
+
+    /// The most streams `max_clients` connections may carry: all but a
+    /// reserve (5 %, from 1 to 256) kept for requests that are not streams,
+    /// so that `/healthz` or a poll always finds a connection.
+    pub fn streams_within(max_clients: usize) -> usize {
+        max_clients
+            .saturating_sub((max_clients / 20).clamp(1, 256))
+            .max(1)
     }
 
     /// Takes a slot for a stream from `ip` with token subject `subject`, or
     /// refuses with 429.
     pub fn take(self: &Arc<Self>, ip: IpAddr, subject: Option<&str>) -> Result<Slot, Error> {
         let mut wanted = Vec::new();
+        if self.total > 0 {
+            wanted.push(("all".to_owned(), self.total, "server"));
+        }
         if self.per_ip > 0 {
             wanted.push((format!("ip:{ip}"), self.per_ip, "client address"));
         }

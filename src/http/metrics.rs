@@ -1,13 +1,18 @@
 //! `GET /metrics`: Prometheus text exposition of each feed's counters.
-//! Read from memory; never queries the database.
+//! With auth on, the main listener answers only a token, with the series of
+//! the feeds it may read; the operators' listener (`metrics_listen`) shows
+//! every feed. Read from memory; never queries the database.
 
+use super::connections::Connections;
+use super::error::Error;
 use super::ApiContext;
 use crate::hub::Hub;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// A metric family: name, type, help, and how to read it off a hub.
 type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> f64);
@@ -16,8 +21,60 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
 }
 
-pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
+/// `/metrics` on the main listener: a token's feeds with auth on (Prometheus
+/// sends one as `Authorization: Bearer`), every feed with auth off.
+pub async fn metrics(
+    State(ctx): State<ApiContext>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Error> {
+    let claims = ctx.claims(&headers, &params)?;
+    let shown: Vec<&Arc<Hub>> = ctx.readable(claims.as_ref()).collect();
+    Ok(exposition(&shown, &ctx.connections))
+}
+
+/// `/metrics` on the operators' listener: every feed.
+pub async fn all(State(ctx): State<ApiContext>) -> impl IntoResponse {
+    let shown: Vec<&Arc<Hub>> = ctx.hubs.iter().collect();
+    exposition(&shown, &ctx.connections)
+}
+
+/// The text exposition of the series of `hubs`, and of the listener's
+/// connections.
+fn exposition(hubs: &[&Arc<Hub>], connections: &Connections) -> impl IntoResponse {
     let mut out = String::new();
+    let server: [(&str, &str, &str, f64); 4] = [
+        (
+            "rowcast_connections",
+            "gauge",
+            "Client connections held.",
+            connections.open() as f64,
+        ),
+        (
+            "rowcast_max_clients",
+            "gauge",
+            "Most client connections held at once (max_clients).",
+            connections.max() as f64,
+        ),
+        (
+            "rowcast_connections_evicted_total",
+            "counter",
+            "Idle connections closed to make room for new ones.",
+            count(&connections.evicted),
+        ),
+        (
+            "rowcast_connections_refused_total",
+            "counter",
+            "New connections closed at once because every held one was busy.",
+            count(&connections.refused),
+        ),
+    ];
+    for (name, kind, help, value) in server {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     let families: [Family; 12] = [
         (
             "rowcast_queries_total",
@@ -91,7 +148,7 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     ];
     for (name, kind, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for hub in ctx.hubs.iter() {
+        for hub in hubs {
             let _ = writeln!(out, "{name}{{feed=\"{}\"}} {}", hub.name(), value(hub));
         }
     }

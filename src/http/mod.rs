@@ -2,9 +2,11 @@
 //!
 //! `app(ctx)` builds the router (tests call it directly); [`server::serve`]
 //! runs it on a bound listener until shutdown, answering event stream
-//! requests on the socket itself so that the hub's fan-out can write them. Handlers read hubs only and never query
-//! the database themselves; a stream behind the replay ring is caught up by
-//! its hub's coalesced reads.
+//! requests on the socket itself so that the hub's fan-out can write them.
+//! `metrics_app(ctx)` is the operators' router, for a listener of its own.
+//! Handlers read hubs only and never query the database themselves; a
+//! stream behind the replay ring is caught up by its hub's coalesced reads.
+//! With auth on, a client learns nothing of a feed its token may not read.
 
 mod access;
 pub mod connections;
@@ -12,18 +14,20 @@ mod error;
 pub mod events;
 mod filter;
 mod head;
+mod health;
 pub mod limits;
 mod metrics;
+mod resume;
 mod rows;
 pub mod server;
 mod stream;
 
 pub use error::Error;
 
+use crate::auth::Claims;
 use crate::hub::Hub;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
+use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -61,25 +65,33 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// Verifies tokens; `None` when auth is off.
     pub auth: Option<Arc<crate::auth::Auth>>,
-    /// Open streams per token subject and per client address.
+    /// Open streams per token subject, per client address and in all.
     pub limits: Arc<limits::Limits>,
+    /// The main listener's connections, for `/metrics`.
+    pub connections: Arc<connections::Connections>,
+    /// Whether `/metrics` and the full `/healthz` have a listener of their
+    /// own (`metrics_listen`): the router then answers `/metrics` with 404
+    /// and `/healthz` with the overall status only.
+    pub metrics_apart: bool,
 }
 
 impl ApiContext {
-    fn hub(&self, name: &str) -> Result<Arc<Hub>, Error> {
-        self.hubs
-            .iter()
+    /// The feed `name`, when `claims` may read it. A feed the token may not
+    /// read is answered exactly like one that does not exist, so that a
+    /// client learns nothing of it.
+    fn hub(&self, name: &str, claims: Option<&Claims>) -> Result<Arc<Hub>, Error> {
+        self.readable(claims)
             .find(|h| h.name() == name)
             .cloned()
             .ok_or_else(|| Error::UnknownFeed {
                 name: name.to_owned(),
-                available: self.feed_names(),
+                available: self.feed_names(claims),
             })
     }
 
-    fn feed_names(&self) -> String {
-        self.hubs
-            .iter()
+    /// The names of the feeds `claims` may read, for error messages.
+    fn feed_names(&self, claims: Option<&Claims>) -> String {
+        self.readable(claims)
             .map(|h| h.name())
             .collect::<Vec<_>>()
             .join(", ")
@@ -90,17 +102,34 @@ impl ApiContext {
 /// buffer events.
 pub fn app(ctx: ApiContext) -> Router {
     let cors = cors(&ctx.settings.cors_origins);
-    Router::new()
+    let router = Router::new()
         .route("/", get(index))
         .route("/events", get(events::many_feeds))
         .route("/events/{feed}", get(events::one_feed))
         .route("/feeds", get(feeds))
         .route("/feeds/{feed}", get(feed))
         .route("/feeds/{feed}/rows", get(rows::rows))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::healthz));
+    // With a listener of their own, metrics are not served to clients.
+    let router = if ctx.metrics_apart {
+        router
+    } else {
+        router.route("/metrics", get(metrics::metrics))
+    };
+    router
         .fallback(|| async { Error::NotFound })
         .layer(cors)
+        .layer(TraceLayer::new_for_http())
+        .with_state(ctx)
+}
+
+/// The router of the `metrics_listen` listener, for operators: `/metrics`
+/// and `/healthz` of every feed, without a token.
+pub fn metrics_app(ctx: ApiContext) -> Router {
+    Router::new()
+        .route("/healthz", get(health::full))
+        .route("/metrics", get(metrics::all))
+        .fallback(|| async { Error::NotFound })
         .layer(TraceLayer::new_for_http())
         .with_state(ctx)
 }
@@ -161,13 +190,7 @@ async fn feeds(
 ) -> Result<Json<serde_json::Value>, Error> {
     let claims = ctx.claims(&headers, &params)?;
     let readable = ctx
-        .hubs
-        .iter()
-        .filter(|h| {
-            claims
-                .as_ref()
-                .is_none_or(|c| h.config.rules.check(c).is_ok())
-        })
+        .readable(claims.as_ref())
         .map(|h| feed_summary(h))
         .collect::<Vec<_>>();
     Ok(Json(json!({ "feeds": readable })))
@@ -180,10 +203,8 @@ async fn feed(
     axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let hub = ctx.hub(&name)?;
-    if let Some(claims) = ctx.claims(&headers, &params)? {
-        hub.config.rules.check(&claims)?;
-    }
+    let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&name, claims.as_ref())?;
     let mut summary = feed_summary(&hub);
     let q = &hub.query;
     let extra = json!({
@@ -197,30 +218,4 @@ async fn feed(
         summary.extend(extra.clone());
     }
     Ok(Json(summary))
-}
-
-/// `GET /healthz`: 200 when every poller's last poll succeeded, else 503
-/// naming the failing feeds.
-async fn healthz(State(ctx): State<ApiContext>) -> impl IntoResponse {
-    let mut healthy = true;
-    let feeds: serde_json::Map<String, serde_json::Value> = ctx
-        .hubs
-        .iter()
-        .map(|hub| {
-            let status = match hub.failure() {
-                None => json!({ "status": "ok", "cursor": hub.head().0.to_string() }),
-                Some(error) => {
-                    healthy = false;
-                    json!({ "status": "failing", "error": error })
-                }
-            };
-            (hub.name().to_owned(), status)
-        })
-        .collect();
-    let (code, status) = if healthy {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
-    };
-    (code, Json(json!({ "status": status, "feeds": feeds })))
 }

@@ -12,6 +12,7 @@ use super::error::Error;
 use super::filter::{self, Filter};
 use super::ApiContext;
 use crate::cursor::Cursor;
+use crate::echo::Echo;
 use crate::hub::{Event, Hub};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -40,9 +41,10 @@ pub async fn rows(
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let hub = ctx.hub(&feed)?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
+    // The token first, as for a stream: see `events::one_feed`.
     let claims = ctx.claims(&headers, &params)?;
+    let hub = ctx.hub(&feed, claims.as_ref())?;
+    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
     super::access::admit(&hub, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {
         params
@@ -52,10 +54,7 @@ pub async fn rows(
             .map(|(_, v)| v.as_str())
     };
     let after = match param("after") {
-        Some(text) => Cursor::parse(text).map_err(|problem| Error::BadCursor {
-            source_name: "after",
-            problem,
-        })?,
+        Some(text) => super::resume::one(&hub, "after", text)?,
         // No cursor: start from now, like a live stream.
         None => hub.head().0,
     };
@@ -69,7 +68,8 @@ pub async fn rows(
             .ok_or_else(|| Error::BadParameter {
                 name: "limit",
                 problem: format!(
-                    "`{text}` is not a whole number from 1 to {}",
+                    "{} is not a whole number from 1 to {}",
+                    Echo(text),
                     limits.max_limit
                 ),
             })?,
@@ -84,7 +84,8 @@ pub async fn rows(
             .ok_or_else(|| Error::BadParameter {
                 name: "wait",
                 problem: format!(
-                    "`{text}` is not a number of seconds from 0 to {}",
+                    "{} is not a number of seconds from 0 to {}",
+                    Echo(text),
                     limits.max_wait.as_secs_f64()
                 ),
             })?,

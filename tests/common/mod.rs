@@ -2,6 +2,7 @@
 //! server on 127.0.0.1:0, and a real SSE client.
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
+pub mod auth;
 pub mod proxy;
 pub mod wire;
 
@@ -244,6 +245,8 @@ pub fn config(url: &str, toml: &str) -> Config {
 /// A rowcast server running in this process on an ephemeral port.
 pub struct Server {
     pub url: String,
+    /// The operators' listener (`/metrics`, full `/healthz`), when it has one.
+    pub metrics_url: Option<String>,
     pub hubs: Vec<Arc<Hub>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), rowcast::Error>>>,
@@ -255,19 +258,43 @@ impl Server {
         Server::serve(config, feeds).await
     }
 
+    /// A server whose `/metrics` and full `/healthz` are on a listener of
+    /// their own, at [`Server::metrics_url`].
+    pub async fn start_with_metrics_listener(config: Config) -> Server {
+        let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::serve_on(config, feeds, Some(metrics)).await
+    }
+
     pub async fn serve(config: Config, feeds: rowcast::Feeds) -> Server {
+        Server::serve_on(config, feeds, None).await
+    }
+
+    async fn serve_on(
+        config: Config,
+        feeds: rowcast::Feeds,
+        metrics: Option<TcpListener>,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let metrics_url = metrics
+            .as_ref()
+            .map(|m| format!("http://{}", m.local_addr().unwrap()));
         let hubs = feeds.hubs.clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = rowcast::Listeners {
+            main: listener,
+            metrics,
+        };
         let task = tokio::spawn(async move {
-            rowcast::serve(listener, &config, feeds, async {
+            rowcast::serve(listeners, &config, feeds, async {
                 let _ = stopped.await;
             })
             .await
         });
         Server {
             url,
+            metrics_url,
             hubs,
             stop: Some(stop),
             task: Some(task),

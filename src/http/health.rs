@@ -1,0 +1,70 @@
+//! `GET /healthz`: whether every feed's last poll succeeded. The status is
+//! the whole server's, whoever asks, so that a load balancer's probe needs
+//! no token; which feeds the body names depends on who asks. With auth on,
+//! a caller without a valid token sees only the status, and one with a
+//! token the feeds it may read. When operators give `/healthz` a listener
+//! of its own (`metrics_listen`), the main listener names no feed at all.
+//! Read from memory; never queries the database.
+
+use super::access::may_read;
+use super::ApiContext;
+use crate::hub::Hub;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+use std::sync::Arc;
+
+/// `/healthz` on the main listener.
+pub async fn healthz(
+    State(ctx): State<ApiContext>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    if ctx.metrics_apart {
+        return answer(&ctx.hubs, None);
+    }
+    match ctx.claims(&headers, &params) {
+        Ok(claims) => answer(&ctx.hubs, Some(&|hub| may_read(hub, claims.as_ref()))),
+        // Not a 401: a probe without a token still learns the status.
+        Err(_) => answer(&ctx.hubs, None),
+    }
+}
+
+/// `/healthz` on the operators' listener: every feed.
+pub async fn full(State(ctx): State<ApiContext>) -> impl IntoResponse {
+    answer(&ctx.hubs, Some(&|_| true))
+}
+
+/// 200 `ok` when every feed's last poll succeeded, else 503 `degraded`;
+/// with `shown`, the state of each feed it picks under `feeds`.
+fn answer(
+    hubs: &[Arc<Hub>],
+    shown: Option<&dyn Fn(&Hub) -> bool>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let mut healthy = true;
+    let mut feeds = serde_json::Map::new();
+    for hub in hubs {
+        // Read once: the status and the feed's entry must agree.
+        let failure = hub.failure();
+        healthy &= failure.is_none();
+        if shown.is_some_and(|shown| shown(hub)) {
+            let state = match failure {
+                None => json!({ "status": "ok", "cursor": hub.head().0.to_string() }),
+                Some(error) => json!({ "status": "failing", "error": error }),
+            };
+            feeds.insert(hub.name().to_owned(), state);
+        }
+    }
+    let (code, status) = if healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    let body = match shown {
+        Some(_) => json!({ "status": status, "feeds": feeds }),
+        None => json!({ "status": status }),
+    };
+    (code, Json(body))
+}

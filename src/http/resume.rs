@@ -1,0 +1,99 @@
+//! Where a client resumes: `Last-Event-ID` or `?after=`, read and checked
+//! against the ids each feed's cursor column can hold before any stream
+//! starts, so that a cursor no row can have is a 400, not a silent clamp.
+
+use super::error::Error;
+use super::stream::Wanted;
+use crate::cursor::{self, Cursor, IdRange};
+use crate::hub::Hub;
+use axum::http::HeaderMap;
+
+/// The ids `hub`'s cursor can take: exact mode packs `(txid, id)` far
+/// above any row id; otherwise the cursor column's integer type.
+pub fn id_range(hub: &Hub) -> IdRange {
+    match (&hub.query.txid_column, hub.query.unsigned) {
+        (Some(_), _) => IdRange::Packed,
+        (None, true) => IdRange::Unsigned,
+        (None, false) => IdRange::Signed,
+    }
+}
+
+/// The resume cursor as text: `Last-Event-ID` (what EventSource sends on
+/// reconnect) wins over `?after=` (what a first connection may give).
+pub fn resume_text(
+    params: &[(String, String)],
+    headers: &HeaderMap,
+) -> Option<(&'static str, String)> {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    match header {
+        Some(text) => Some(("Last-Event-ID", text)),
+        None => params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| ("after", v.clone())),
+    }
+}
+
+/// `hub`'s cursor from `text`, which came from `source_name`.
+pub fn one(hub: &Hub, source_name: &'static str, text: &str) -> Result<Cursor, Error> {
+    Cursor::parse(text)
+        .and_then(|cursor| id_range(hub).check(cursor, None))
+        .map_err(|problem| Error::BadCursor {
+            source_name,
+            problem,
+        })
+}
+
+/// Sets each wanted feed's cursor from the composite `text`, which came
+/// from `source_name`. `feeds` (how many the server serves) bounds the
+/// pairs it may have. A feed the cursor does not name starts live; a named
+/// feed that is not requested any more is ignored.
+pub fn many(
+    wanted: &mut [Wanted],
+    feeds: usize,
+    source_name: &'static str,
+    text: &str,
+) -> Result<(), Error> {
+    let bad = |problem| Error::BadCursor {
+        source_name,
+        problem,
+    };
+    for (feed, position) in cursor::parse_composite(text, feeds).map_err(bad)? {
+        if let Some(w) = wanted.iter_mut().find(|w| w.hub.name() == feed) {
+            let position = id_range(&w.hub).check(position, Some(&feed)).map_err(bad)?;
+            w.after = Some(position);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn last_event_id_wins_over_after() {
+        let params = vec![("after".to_owned(), "3".to_owned())];
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("after", "3".to_owned()))
+        );
+        headers.insert("last-event-id", HeaderValue::from_static("9"));
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("Last-Event-ID", "9".to_owned()))
+        );
+        headers.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(
+            resume_text(&params, &headers),
+            Some(("after", "3".to_owned()))
+        );
+        assert_eq!(resume_text(&[], &HeaderMap::new()), None);
+    }
+}
