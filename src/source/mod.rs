@@ -7,6 +7,7 @@
 //! request values are never part of the SQL text. This module never decides
 //! what a client sees: it returns raw rows, in id order.
 
+mod catalog;
 mod mysql;
 mod postgres;
 pub mod query;
@@ -14,6 +15,7 @@ pub(crate) mod sqlite;
 
 use crate::config::FeedConfig;
 use crate::cursor::Cursor;
+use catalog::Catalog;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;
 use std::collections::HashSet;
@@ -433,75 +435,6 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
-}
-
-/// What each database's catalog reports about a base table, before the
-/// cursor column is chosen.
-struct Catalog {
-    display: String,
-    /// `(name, type as the database spells it, integer?, unsigned?)`.
-    columns: Vec<(String, String, bool, bool)>,
-    primary_key: Vec<String>,
-    /// Columns that alone carry a unique index (the primary key included).
-    unique: Vec<String>,
-}
-
-impl Catalog {
-    /// Picks the cursor column: the configured one, else the primary key.
-    /// It must be an integer and unique, or rows sharing an id would be
-    /// skipped by `id > last`.
-    fn into_table(self, feed: &FeedConfig) -> Result<Table, Error> {
-        let no_cursor = |reason: String| Error::NoCursor {
-            feed: feed.name.clone(),
-            table: self.display.clone(),
-            reason,
-        };
-        let id = match &feed.id_column {
-            Some(id) => id.clone(),
-            None => match self.primary_key.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(no_cursor(
-                        "it has no primary key; set `id_column` (--id-column) to a unique, increasing integer column".into(),
-                    ))
-                }
-                many => {
-                    return Err(no_cursor(format!(
-                        "its primary key ({}) spans several columns; set `id_column` (--id-column) to a unique, increasing integer column",
-                        many.join(", ")
-                    )))
-                }
-            },
-        };
-        let Some((_, type_name, integer, unsigned)) = self.columns.iter().find(|c| c.0 == id)
-        else {
-            return Err(Error::UnknownColumn {
-                feed: feed.name.clone(),
-                key: "id_column",
-                column: id,
-                table: self.display.clone(),
-                available: self.columns.iter().map(|c| c.0.clone()).collect(),
-            });
-        };
-        if !integer {
-            return Err(no_cursor(format!(
-                "column `{id}` is `{type_name}`, not an integer; set `id_column` (--id-column) to a unique, increasing integer column"
-            )));
-        }
-        if !self.unique.contains(&id) && self.primary_key != [id.clone()] {
-            return Err(no_cursor(format!(
-                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX {}_{id}_unique ON {} ({id}))",
-                feed.table, self.display
-            )));
-        }
-        Ok(Table {
-            columns: self.columns.iter().map(|c| c.0.clone()).collect(),
-            unsigned: *unsigned,
-            txid_column: None,
-            id_column: id,
-            display: self.display,
-        })
     }
 }
 
