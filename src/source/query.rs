@@ -33,13 +33,21 @@ impl Dialect {
         }
     }
 
-    /// A string literal (used only for names from configuration).
+    /// A string literal of `text` that reads the same whatever the
+    /// session's settings: MySQL's `NO_BACKSLASH_ESCAPES` and `ANSI_QUOTES`,
+    /// Postgres' `standard_conforming_strings`.
     pub fn literal(self, text: &str) -> String {
-        let text = text.replace('\'', "''");
         match self {
-            // MySQL treats backslash as an escape inside literals.
-            Dialect::MySql => format!("'{}'", text.replace('\\', "\\\\")),
-            Dialect::Postgres | Dialect::Sqlite => format!("'{text}'"),
+            // Hex digits need no escaping at all; the introducer makes the
+            // bytes text rather than a binary string.
+            Dialect::MySql => {
+                let hex: String = text.bytes().map(|b| format!("{b:02X}")).collect();
+                format!("_utf8mb4 X'{hex}'")
+            }
+            // An E'' string takes backslashes as escapes in every mode.
+            Dialect::Postgres => format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''")),
+            // SQLite has no escapes in string literals.
+            Dialect::Sqlite => format!("'{}'", text.replace('\'', "''")),
         }
     }
 
@@ -58,17 +66,21 @@ impl Dialect {
         }
     }
 
-    /// The row as a JSON object of `columns`, or of every column.
+    /// The row of relation `t` as a JSON object of `columns`, or of every
+    /// column. On Postgres the row is named `t.*` and never a bare `t`: a
+    /// bare name is looked up as a column first (of this relation or any
+    /// outer one), a qualified `t.*` only as a relation, so no column name
+    /// can take its place.
     fn json(self, columns: Option<&[String]>, all: &[String]) -> String {
         if let (Dialect::Postgres, None) = (self, columns) {
-            return "row_to_json(t)::text".to_owned();
+            return "row_to_json(t.*)::text".to_owned();
         }
         let columns = columns.unwrap_or(all);
         let col = |c: &String| format!("t.{}", self.quote(c));
         match self {
             // json_build_object takes at most 100 arguments; a sub-select has no limit.
             Dialect::Postgres => format!(
-                "(SELECT row_to_json(r) FROM (SELECT {}) AS r)::text",
+                "(SELECT row_to_json(r.*) FROM (SELECT {}) AS r)::text",
                 columns.iter().map(col).collect::<Vec<_>>().join(", ")
             ),
             Dialect::MySql | Dialect::Sqlite => {

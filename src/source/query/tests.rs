@@ -47,7 +47,7 @@ fn postgres_reads_every_column_as_one_json_value() {
     let q = FeedQuery::new(Dialect::Postgres, &feed(), &t, &t.columns).unwrap();
     assert_eq!(
         q.read_sql,
-        "SELECT (t.\"id\")::text, row_to_json(t)::text, (t.\"room_id\")::text \
+        "SELECT (t.\"id\")::text, row_to_json(t.*)::text, (t.\"room_id\")::text \
          FROM \"messages\" AS t WHERE t.\"id\" >= $1 AND t.\"id\" <= $2 \
          ORDER BY t.\"id\" LIMIT $3"
     );
@@ -69,10 +69,40 @@ fn mysql_condition_keeps_excluded_ids() {
     assert_eq!(
         q.read_sql,
         "SELECT CAST(t.`id` AS CHAR), CASE WHEN (type = 'message') THEN \
-         CAST(JSON_OBJECT('id', t.`id`, 'bo`dy', t.`bo``dy`) AS CHAR) END, \
+         CAST(JSON_OBJECT(_utf8mb4 X'6964', t.`id`, _utf8mb4 X'626F606479', t.`bo``dy`) AS CHAR) END, \
          CAST(t.`room_id` AS CHAR) FROM `app`.`messages` AS t \
          WHERE t.`id` >= ? AND t.`id` <= ? ORDER BY t.`id` LIMIT ?"
     );
+}
+
+#[test]
+fn postgres_names_rows_as_relations_never_as_bare_names() {
+    // A column named `t` or `r` would take the place of a bare `t` or `r`.
+    let mut f = feed();
+    f.columns = Some(vec!["t".into(), "r".into()]);
+    let mut t = table(false);
+    t.columns = vec!["t".into(), "r".into(), "room_id".into()];
+    t.id_column = "t".into();
+    let q = FeedQuery::new(Dialect::Postgres, &f, &t, &t.columns).unwrap();
+    assert_eq!(
+        q.read_sql,
+        "SELECT (t.\"t\")::text, (SELECT row_to_json(r.*) FROM (SELECT t.\"t\", t.\"r\") AS r)::text, \
+         (t.\"room_id\")::text FROM \"messages\" AS t WHERE t.\"t\" >= $1 AND t.\"t\" <= $2 \
+         ORDER BY t.\"t\" LIMIT $3"
+    );
+}
+
+#[test]
+fn literals_need_no_session_setting() {
+    let odd = "it's a \\ \"名前\"";
+    // Hex digits, whatever NO_BACKSLASH_ESCAPES and ANSI_QUOTES say.
+    assert_eq!(
+        Dialect::MySql.literal(odd),
+        "_utf8mb4 X'697427732061205C2022E5908DE5898D22'"
+    );
+    // E'' reads backslashes as escapes whatever standard_conforming_strings says.
+    assert_eq!(Dialect::Postgres.literal(odd), "E'it''s a \\\\ \"名前\"'");
+    assert_eq!(Dialect::Sqlite.literal(odd), "'it''s a \\ \"名前\"'");
 }
 
 #[test]
