@@ -117,7 +117,8 @@ pub struct FeedQuery {
     pub txid_column: Option<String>,
     /// Reads rows in an id range (`$1 <= id <= $2`, `LIMIT $3`).
     pub read_sql: String,
-    /// Reads the greatest id.
+    /// Reads the greatest id of the base table (whatever `from` or
+    /// `select` rows are read through).
     pub max_sql: String,
     /// Reads the feed's watermark as text, when it has one.
     pub watermark_sql: Option<String>,
@@ -225,6 +226,10 @@ impl FeedQuery {
             .iter()
             .map(|c| d.as_text(&format!("t.{}", d.quote(c))));
         let from = relation(d, feed);
+        // The greatest id is read from the base table, where ids are
+        // allocated: gap judging needs no more, and a `select` joining
+        // other tables would scan them all on every new gap.
+        let base = format!("{} AS t", qualified(d, feed, &feed.table));
         let p = |n| d.placeholder(n);
         let (read_sql, max_sql) = match &table.txid_column {
             None => {
@@ -240,7 +245,7 @@ impl FeedQuery {
                         p(2),
                         p(3),
                     ),
-                    format!("SELECT {} FROM {from}", d.as_text(&format!("MAX({id})"))),
+                    format!("SELECT {} FROM {base}", d.as_text(&format!("MAX({id})"))),
                 )
             }
             Some(txid) => {
@@ -266,7 +271,7 @@ impl FeedQuery {
                         p(5),
                     ),
                     format!(
-                        "SELECT (SELECT {packed} FROM {from} WHERE {settled} ORDER BY {txid} DESC, {id} DESC LIMIT 1)"
+                        "SELECT (SELECT {packed} FROM {base} WHERE {settled} ORDER BY {txid} DESC, {id} DESC LIMIT 1)"
                     ),
                 )
             }

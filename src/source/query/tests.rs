@@ -122,6 +122,36 @@ fn select_is_wrapped_as_a_subquery() {
 }
 
 #[test]
+fn the_greatest_id_comes_from_the_base_table() {
+    let mut f = feed();
+    f.read_from = Some(ReadFrom::Select(
+        "SELECT m.*, u.name FROM messages m JOIN users u ON u.id = m.uid".into(),
+    ));
+    let mut t = table(false);
+    let q = FeedQuery::new(Dialect::MySql, &f, &t, &t.columns).unwrap();
+    assert_eq!(
+        q.max_sql,
+        "SELECT CAST(MAX(t.`id`) AS CHAR) FROM `messages` AS t"
+    );
+
+    // Exact mode too: the (txid, id) index is the base table's.
+    f.read_from = Some(ReadFrom::Relation("messages_with_names".into()));
+    t.columns.push("rowcast_txid".into());
+    t.txid_column = Some("rowcast_txid".into());
+    let q = FeedQuery::new(Dialect::Postgres, &f, &t, &t.columns).unwrap();
+    assert_eq!(
+        q.max_sql,
+        "SELECT (SELECT ((t.\"rowcast_txid\")::text::numeric * 18446744073709551616 \
+         + (t.\"id\" + 9223372036854775808))::text FROM \"messages\" AS t \
+         WHERE t.\"rowcast_txid\" < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY t.\"rowcast_txid\" DESC, t.\"id\" DESC LIMIT 1)"
+    );
+    assert!(q
+        .read_sql
+        .contains(" FROM \"messages_with_names\" AS t WHERE "));
+}
+
+#[test]
 fn unknown_columns_are_listed_with_the_existing_ones() {
     let mut f = feed();
     f.filter_columns = vec!["roomid".into()];
