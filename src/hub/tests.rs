@@ -31,12 +31,7 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
     };
     let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
     let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    let gap_setup = crate::source::GapSetup {
-        step: 1,
-        concurrent: false,
-        writers_sql: None,
-        warnings: Vec::new(),
-    };
+    let gap_setup = crate::source::GapSetup::in_order();
     Arc::new(Hub::new(
         feed,
         query,

@@ -53,6 +53,48 @@ pub struct GapSetup {
     pub writers_sql: Option<String>,
     /// What weakens the guarantee, for the start-up log.
     pub warnings: Vec<String>,
+    /// What the operator should know but need not act on, for the log.
+    pub notes: Vec<String>,
+}
+
+impl GapSetup {
+    /// Ids that become visible in id order: one writer at a time (SQLite),
+    /// or rows read in transaction order (exact mode).
+    pub fn in_order() -> GapSetup {
+        GapSetup {
+            step: 1,
+            concurrent: false,
+            writers_sql: None,
+            warnings: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Concurrent writers whose ids step by `step`.
+    fn concurrent(step: i128) -> GapSetup {
+        GapSetup {
+            step,
+            concurrent: true,
+            ..GapSetup::in_order()
+        }
+    }
+
+    /// Records that the application assigns the ids itself (`why` says how
+    /// the catalog shows it): no database state names such a writer in
+    /// advance, so only the grace window or a watermark can settle a gap.
+    fn app_assigns_ids(&mut self, feed: &FeedConfig, why: String) {
+        if feed.watermark.is_some() {
+            self.notes.push(format!(
+                "feed `{}`: {why}; the `watermark` query covers it: gaps below the watermark settle at once",
+                feed.name
+            ));
+        } else {
+            self.warnings.push(format!(
+                "feed `{}`: {why}; gaps settle by gap_grace alone unless a `watermark` query is set",
+                feed.name
+            ));
+        }
+    }
 }
 
 /// What the catalog says about a feed's base table.
@@ -275,12 +317,7 @@ impl Source {
         match self {
             Source::Postgres(pool) => postgres::gap_setup(pool, feed, query).await,
             Source::MySql(pool) => mysql::gap_setup(pool, feed, query).await,
-            Source::Sqlite(_) => Ok(GapSetup {
-                step: 1,
-                concurrent: false,
-                writers_sql: None,
-                warnings: Vec::new(),
-            }),
+            Source::Sqlite(_) => Ok(GapSetup::in_order()),
         }
     }
 

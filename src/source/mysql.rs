@@ -186,7 +186,6 @@ pub(super) async fn gap_setup(
     query: &FeedQuery,
 ) -> Result<GapSetup, Error> {
     let column = &query.id_column;
-    let mut warnings = Vec::new();
     // The server's default, which the application's sessions use.
     let increment: i64 =
         sqlx::query_scalar("SELECT CAST(@@GLOBAL.auto_increment_increment AS SIGNED)")
@@ -201,20 +200,20 @@ pub(super) async fn gap_setup(
     .bind(column)
     .fetch_optional(pool)
     .await?;
+    let mut setup = GapSetup::concurrent(i128::from(increment.max(1)));
     if !extra.is_some_and(|e| e.to_ascii_lowercase().contains("auto_increment")) {
-        warnings.push(format!(
-            "feed `{}`: `{column}` is not AUTO_INCREMENT, so the application assigns ids; \
-             gaps settle by gap_grace alone unless a `watermark` query is set",
-            feed.name
-        ));
+        setup.app_assigns_ids(
+            feed,
+            format!("`{column}` is not AUTO_INCREMENT, so the application assigns ids"),
+        );
     }
-    let writers_sql = match sqlx::query(WRITERS_SQL).fetch_all(pool).await {
+    setup.writers_sql = match sqlx::query(WRITERS_SQL).fetch_all(pool).await {
         Ok(_) => Some(WRITERS_SQL.to_owned()),
         // 1227: access denied, the PROCESS privilege is missing.
         Err(sqlx::Error::Database(e))
             if e.code().as_deref() == Some("42000") || e.message().contains("PROCESS") =>
         {
-            warnings.push(format!(
+            setup.warnings.push(format!(
                 "feed `{}`: without the PROCESS privilege rowcast cannot see open transactions, so gaps in the ids \
                  settle by gap_grace alone; `GRANT PROCESS ON *.* TO <rowcast user>` gives the exact guarantee",
                 feed.name
@@ -224,16 +223,11 @@ pub(super) async fn gap_setup(
         Err(e) => return Err(e.into()),
     };
     if increment > 1 {
-        warnings.push(format!(
+        setup.warnings.push(format!(
             "feed `{}`: auto_increment_increment is {increment}: ids step by {increment}, and a session \
              that sets another increment would make rowcast take a missing id for no gap",
             feed.name
         ));
     }
-    Ok(GapSetup {
-        step: i128::from(increment.max(1)),
-        concurrent: true,
-        writers_sql,
-        warnings,
-    })
+    Ok(setup)
 }

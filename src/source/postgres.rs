@@ -183,17 +183,11 @@ pub(super) async fn gap_setup(
 ) -> Result<GapSetup, Error> {
     if query.txid_column.is_some() {
         // Read in transaction order: nothing can commit below the cursor.
-        return Ok(GapSetup {
-            step: 1,
-            concurrent: false,
-            writers_sql: None,
-            warnings: Vec::new(),
-        });
+        return Ok(GapSetup::in_order());
     }
     let table = &query.table_sql;
     let column = &query.id_column;
-    let mut warnings = Vec::new();
-    let mut step = 1;
+    let mut setup = GapSetup::concurrent(1);
     let sequence: Option<(String, i64, i64)> = sqlx::query_as(
         "SELECT pg_get_serial_sequence($1, $2), seqincrement, seqcache FROM pg_sequence \
          WHERE seqrelid = pg_get_serial_sequence($1, $2)::regclass",
@@ -205,15 +199,15 @@ pub(super) async fn gap_setup(
     match sequence {
         Some((name, increment, cache)) => {
             if increment > 0 {
-                step = i128::from(increment);
+                setup.step = i128::from(increment);
             } else {
-                warnings.push(format!(
+                setup.warnings.push(format!(
                     "feed `{}`: the sequence of `{column}` counts down; rowcast follows increasing ids only",
                     feed.name
                 ));
             }
             if cache > 1 {
-                warnings.push(format!(
+                setup.warnings.push(format!(
                     "feed `{}`: the sequence of `{column}` has CACHE {cache}: each session takes ids {cache} at a time, \
                      so rows appear far out of id order and rows after a gap wait for gap_grace; \
                      ALTER SEQUENCE {name} CACHE 1 avoids it",
@@ -231,11 +225,12 @@ pub(super) async fn gap_setup(
             .fetch_optional(pool)
             .await?;
             if has_default != Some(true) {
-                warnings.push(format!(
-                    "feed `{}`: `{column}` has no default, so the application assigns ids and no lock reveals \
-                     a writer in advance; gaps settle by gap_grace alone unless a `watermark` query is set",
-                    feed.name
-                ));
+                setup.app_assigns_ids(
+                    feed,
+                    format!(
+                        "`{column}` has no default, so the application assigns ids and no lock reveals a writer in advance"
+                    ),
+                );
             }
         }
     }
@@ -248,18 +243,13 @@ pub(super) async fn gap_setup(
     // Writers that take an id from the column default hold this lock
     // before `nextval`; pooled connections keep their pid across
     // transactions, so transactions are told apart by virtual id.
-    let writers_sql = format!(
+    setup.writers_sql = Some(format!(
         "SELECT virtualtransaction FROM pg_locks \
          WHERE locktype = 'relation' AND relation = {} \
            AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()",
         oid.0
-    );
-    Ok(GapSetup {
-        step,
-        concurrent: true,
-        writers_sql: Some(writers_sql),
-        warnings,
-    })
+    ));
+    Ok(setup)
 }
 
 /// The channel the NOTIFY trigger rings; the payload is `schema.table`.
