@@ -59,10 +59,26 @@ impl Catalog {
                 "column `{id}` is `{type_name}`, not an integer; set `id_column` (--id-column) to a unique, increasing integer column"
             )));
         }
-        if !self.unique.contains(&id) && self.primary_key != [id.clone()] {
+        if !self.is_unique(&id) {
+            // An index on an application's table is the application's to
+            // add: point at what already works instead.
+            let join = "set `table` to a table whose unique id orders these rows and `select` them with a join";
+            let candidates: Vec<String> = self
+                .columns
+                .iter()
+                .filter(|c| c.2 && self.is_unique(&c.0))
+                .map(|c| format!("`{}`", c.0))
+                .collect();
+            let fix = if candidates.is_empty() {
+                format!("it has no unique integer column, so {join}")
+            } else {
+                format!(
+                    "set `id_column` (--id-column) to one of its unique integer columns ({}), or {join}",
+                    candidates.join(", ")
+                )
+            };
             return Err(no_cursor(format!(
-                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX {}_{id}_unique ON {} ({id}))",
-                feed.table, self.display
+                "column `{id}` has no unique index, and rows sharing an id could be skipped; {fix}"
             )));
         }
         Ok(Table {
@@ -72,5 +88,11 @@ impl Catalog {
             id_column: id,
             display: self.display,
         })
+    }
+
+    /// Whether `column` alone is unique: a single-column unique index or
+    /// primary key (SQLite's `INTEGER PRIMARY KEY` has no index of its own).
+    fn is_unique(&self, column: &str) -> bool {
+        self.unique.iter().any(|c| c == column) || self.primary_key == [column]
     }
 }
