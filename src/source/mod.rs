@@ -8,14 +8,16 @@
 //! what a client sees: it returns raw rows, in id order.
 
 mod catalog;
+mod error;
 mod mysql;
 mod postgres;
 pub mod query;
 pub(crate) mod sqlite;
 
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, ReadFrom};
 use crate::cursor::Cursor;
 use catalog::Catalog;
+pub use error::Error;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;
 use std::collections::HashSet;
@@ -112,96 +114,6 @@ pub struct Table {
     pub txid_column: Option<String>,
 }
 
-/// Everything that can go wrong talking to a database.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(
-        "unsupported database URL `{0}`: expected postgres://, mysql://, mariadb:// or sqlite://"
-    )]
-    Scheme(String),
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
-    #[error("table `{table}` not found; tables: {}", list(.available))]
-    UnknownTable {
-        table: String,
-        available: Vec<String>,
-    },
-    #[error("feed `{feed}`: `{key}`: column `{column}` not found in `{table}`; columns: {}", list(.available))]
-    UnknownColumn {
-        feed: String,
-        key: &'static str,
-        column: String,
-        table: String,
-        available: Vec<String>,
-    },
-    #[error("feed `{feed}`: `{table}` has no usable cursor: {reason}")]
-    NoCursor {
-        feed: String,
-        table: String,
-        reason: String,
-    },
-    #[error("feed `{feed}`: the configured `from`/`select` cannot be read: {source}")]
-    BadReadFrom { feed: String, source: sqlx::Error },
-    #[error("feed `{feed}`: its query fails (check `where`, `select`, `columns` and `watermark`): {source}")]
-    BadQuery { feed: String, source: sqlx::Error },
-    #[error("feed `{feed}`: `notify` is on but `{table}` has no rowcast_notify trigger (Postgres only); install it with `rowcast sql notify --table … --apply`, or set `notify = false`")]
-    NoTrigger { feed: String, table: String },
-    #[error("database query failed: {0}")]
-    Query(#[from] sqlx::Error),
-    #[error("database returned `{0}` as a row id, which is not an integer")]
-    BadId(String),
-}
-
-impl Error {
-    /// A view named as a feed's `table`.
-    fn view_as_table(feed: &FeedConfig, display: String) -> Error {
-        Error::NoCursor {
-            feed: feed.name.clone(),
-            table: display,
-            reason:
-                "it is a view, not a table; set `table` to its base table and `from` to the view"
-                    .into(),
-        }
-    }
-}
-
-fn list(names: &[String]) -> String {
-    if names.is_empty() {
-        "(none)".to_owned()
-    } else {
-        names.join(", ")
-    }
-}
-
-impl Error {
-    /// Whether retrying later may succeed (the database is down or busy),
-    /// as opposed to a mistake in the configuration or schema.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Connect { .. } => true,
-            Error::Query(e) | Error::BadReadFrom { source: e, .. } => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                        | sqlx::Error::Protocol(_)
-                        | sqlx::Error::WorkerCrashed
-                ) || e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    // Postgres: connection exceptions, operator intervention
-                    // (shutdown), insufficient resources.
-                    .is_some_and(|c| {
-                        c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
-                    })
-            }
-            _ => false,
-        }
-    }
-}
-
 /// How long a query may wait for a pooled connection before the poller
 /// counts the database as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -277,18 +189,50 @@ impl Source {
         }
     }
 
-    /// The columns a feed's `from` view or `select` statement yields.
+    /// The columns a feed's `from` view or `select` statement yields, each
+    /// name once: a name is a JSON key and a filter, which must be one
+    /// column.
     async fn read_columns(&self, feed: &FeedConfig) -> Result<Vec<String>, Error> {
+        let probe = query::probe_sql(self.dialect(), feed);
+        let (key, sql) = match &feed.read_from {
+            // The statement itself: as a subquery, MySQL refuses repeated
+            // names with an error of its own and SQLite renames them.
+            Some(ReadFrom::Select(select)) => ("select", select.as_str()),
+            _ => ("from", probe.as_str()),
+        };
+        let own = self.describe(feed, sql).await?;
+        let mut seen = HashSet::new();
+        let mut repeated: Vec<String> = Vec::new();
+        for name in &own {
+            if !seen.insert(name) && !repeated.contains(name) {
+                repeated.push(name.clone());
+            }
+        }
+        if !repeated.is_empty() {
+            return Err(Error::RepeatedColumns {
+                feed: feed.name.clone(),
+                key,
+                columns: repeated,
+            });
+        }
+        if sql == probe {
+            Ok(own)
+        } else {
+            self.describe(feed, &probe).await
+        }
+    }
+
+    /// The names of the columns `sql` yields.
+    async fn describe(&self, feed: &FeedConfig, sql: &str) -> Result<Vec<String>, Error> {
         use sqlx::Executor;
-        let sql = query::probe_sql(self.dialect(), feed);
         let bad = |source| Error::BadReadFrom {
             feed: feed.name.clone(),
             source,
         };
         Ok(match self {
-            Source::Postgres(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
-            Source::MySql(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
-            Source::Sqlite(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
+            Source::Postgres(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
+            Source::MySql(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
+            Source::Sqlite(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
         })
     }
 
