@@ -288,18 +288,14 @@ impl Source {
 
     /// The transactions that could fill a gap now (from `writers_sql`), or
     /// `None` when the database cannot tell at the moment.
-    pub async fn writers(
-        &self,
-        sql: &str,
-        query: &FeedQuery,
-    ) -> Result<Option<HashSet<String>>, Error> {
+    pub async fn writers(&self, sql: &str) -> Result<Option<HashSet<String>>, Error> {
         match self {
             Source::Postgres(pool) => {
                 let list: Vec<String> = sqlx::query_scalar(sql).fetch_all(pool).await?;
                 Ok(Some(list.into_iter().collect()))
             }
             // The SQL is fixed; `writers_sql` only says that it may be run.
-            Source::MySql(pool) => mysql::writers(pool, &query.max_sql).await,
+            Source::MySql(pool) => mysql::writers(pool).await,
             Source::Sqlite(_) => Ok(None),
         }
     }
