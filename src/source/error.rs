@@ -25,6 +25,13 @@ pub enum Error {
         table: String,
         available: Vec<String>,
     },
+    #[error("feed `{feed}`: `{key}`: column `{column}` is not sent; sent columns: {}; name one of them, or add it to `columns`", list(.sent))]
+    NotSent {
+        feed: String,
+        key: &'static str,
+        column: String,
+        sent: Vec<String>,
+    },
     #[error("feed `{feed}`: `{table}` has no usable cursor: {reason}")]
     NoCursor {
         feed: String,

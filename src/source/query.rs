@@ -276,10 +276,24 @@ impl FeedQuery {
                 )
             }
         };
+        let columns = columns.map_or_else(|| read_columns.to_vec(), <[String]>::to_vec);
+        // The row's time is read out of the JSON that clients get.
+        if let Some(column) = feed
+            .timestamp_column
+            .as_ref()
+            .filter(|c| !columns.contains(c))
+        {
+            return Err(Error::NotSent {
+                feed: feed.name.clone(),
+                key: "timestamp_column",
+                column: column.clone(),
+                sent: columns,
+            });
+        }
         Ok(FeedQuery {
             source,
             id_column: table.id_column.clone(),
-            columns: columns.map_or_else(|| read_columns.to_vec(), <[String]>::to_vec),
+            columns,
             filter_columns: feed.filter_columns.clone(),
             unsigned: table.unsigned,
             txid_column: table.txid_column.clone(),

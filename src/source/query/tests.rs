@@ -165,6 +165,22 @@ fn unknown_columns_are_listed_with_the_existing_ones() {
 }
 
 #[test]
+fn timestamp_column_must_be_sent() {
+    let mut f = feed();
+    f.columns = Some(vec!["id".into(), "body".into()]);
+    f.timestamp_column = Some("room_id".into());
+    let t = table(false);
+    let err = FeedQuery::new(Dialect::Sqlite, &f, &t, &t.columns).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "feed `messages`: `timestamp_column`: column `room_id` is not sent; sent columns: id, body; \
+         name one of them, or add it to `columns`"
+    );
+    f.timestamp_column = Some("body".into());
+    assert!(FeedQuery::new(Dialect::Sqlite, &f, &t, &t.columns).is_ok());
+}
+
+#[test]
 fn exact_cursors_sort_like_their_pairs() {
     let pairs = [
         (3, i64::MIN),
