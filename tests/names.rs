@@ -3,7 +3,7 @@
 //! spaces, quotes of every kind, backslashes and non-ASCII letters, and a
 //! column named like its table. Each is sent, filtered on, used as the
 //! cursor and in `where` exactly as the database holds it, on every
-//! database.
+//! database; a name a `select` yields twice is refused at start-up.
 
 mod common;
 
@@ -177,10 +177,27 @@ fn odd_feed(db: &TestDb, odd: &Odd, extra: &str) -> rowcast::Config {
     )
 }
 
+/// A feed `messages` of `table`, with `extra` TOML keys.
+fn messages_feed(db: &TestDb, table: &str, extra: &str) -> rowcast::Config {
+    config(
+        &db.url,
+        &format!("[[feed]]\nname = \"messages\"\ntable = \"{table}\"\n{extra}\n"),
+    )
+}
+
+/// The error start-up gives for [`messages_feed`], as the user reads it.
+async fn start_up_error(db: &TestDb, table: &str, extra: &str) -> String {
+    match rowcast::prepare(&messages_feed(db, table, extra)).await {
+        Ok(_) => panic!("prepare accepted {extra}"),
+        Err(err) => err.to_string(),
+    }
+}
+
 each_db!(
     every_column_is_sent_and_filtered_under_its_own_name,
     chosen_columns_where_and_filter_take_names_literally,
     view_and_select_yield_odd_names,
+    select_repeating_a_column_name_is_refused,
 );
 
 async fn every_column_is_sent_and_filtered_under_its_own_name(kind: Kind) {
@@ -326,6 +343,39 @@ async fn view_and_select_yield_odd_names(kind: Kind) {
     from_view.expect_quiet(Duration::from_millis(300)).await;
     from_select.expect_quiet(Duration::from_millis(300)).await;
     server.stop().await;
+}
+
+/// A join of two tables that both have `room_id` yields it twice: one
+/// JSON key and one filter cannot stand for both, so start-up says which
+/// name repeats and how to fix it, whether or not it is a filter.
+async fn select_repeating_a_column_name_is_refused(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let m = db.messages("messages").await;
+    let u = db.table("members");
+    db.exec(&format!(
+        "CREATE TABLE {u} (user_id BIGINT PRIMARY KEY, room_id BIGINT NOT NULL)"
+    ))
+    .await;
+    let select = format!(
+        "select = \"SELECT m.*, u.user_id, u.room_id FROM {m} m JOIN {u} u ON u.room_id = m.room_id\""
+    );
+    let expected = "feed `messages`: `select` yields more than one column named `room_id`: \
+                    each name is one JSON key and one filter, so give all but one another name \
+                    with AS (e.g. `… AS room_id_2`), or leave them out";
+    for filters in ["", "filter_columns = [\"room_id\"]"] {
+        let err = start_up_error(&db, &m, &format!("{select}\n{filters}")).await;
+        assert_eq!(err, expected, "{filters}");
+    }
+    // Renamed as the message says, the feed starts.
+    let renamed = select.replace("u.room_id FROM", "u.room_id AS room_id_2 FROM");
+    let config = messages_feed(
+        &db,
+        &m,
+        &format!("{renamed}\nfilter_columns = [\"room_id\"]"),
+    );
+    if let Err(e) = rowcast::prepare(&config).await {
+        panic!("still refused with {renamed}: {e}");
+    }
 }
 
 /// `rowcast sql notify` and `rowcast sql txid` quote the table: applied to

@@ -72,7 +72,6 @@ each_db!(
     nullable_unique_cursor_with_negative_ids,
     view_with_a_join_is_read_through_from,
     select_with_a_join_is_read_as_a_subquery,
-    select_repeating_a_column_name_is_refused,
     where_condition_excludes_rows_across_resumes,
     columns_limit_the_json_keys,
     unknown_table_lists_the_existing_ones,
@@ -275,39 +274,6 @@ async fn select_with_a_join_is_read_as_a_subquery(kind: Kind) {
         ),
     );
     expect_joined_rows(&db, &m, config, "author").await;
-}
-
-/// A join of two tables that both have `room_id` yields it twice: one
-/// JSON key and one filter cannot stand for both, so start-up says which
-/// name repeats and how to fix it, whether or not it is a filter.
-async fn select_repeating_a_column_name_is_refused(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    let m = db.messages("messages").await;
-    let u = db.table("members");
-    db.exec(&format!(
-        "CREATE TABLE {u} (user_id BIGINT PRIMARY KEY, room_id BIGINT NOT NULL)"
-    ))
-    .await;
-    let select = format!(
-        "select = \"SELECT m.*, u.user_id, u.room_id FROM {m} m JOIN {u} u ON u.room_id = m.room_id\""
-    );
-    let expected = "feed `messages`: `select` yields more than one column named `room_id`: \
-                    each name is one JSON key and one filter, so give all but one another name \
-                    with AS (e.g. `… AS room_id_2`), or leave them out";
-    for filters in ["", "filter_columns = [\"room_id\"]"] {
-        let err = start_up_error(feed(&db, &m, &format!("{select}\n{filters}"))).await;
-        assert_eq!(err, expected, "{filters}");
-    }
-    // Renamed as the message says, the feed starts.
-    let renamed = select.replace("u.room_id FROM", "u.room_id AS room_id_2 FROM");
-    let config = feed(
-        &db,
-        &m,
-        &format!("{renamed}\nfilter_columns = [\"room_id\"]"),
-    );
-    if let Err(e) = rowcast::prepare(&config).await {
-        panic!("still refused with {renamed}: {e}");
-    }
 }
 
 async fn where_condition_excludes_rows_across_resumes(kind: Kind) {
