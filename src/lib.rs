@@ -112,6 +112,9 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
         for warning in &gap_setup.warnings {
             tracing::warn!("{warning}");
         }
+        for note in &gap_setup.notes {
+            tracing::info!("{note}");
+        }
         match (feed.notify, source.notify_trigger(&query).await?) {
             (config::Notify::On, Some(false)) | (config::Notify::On, None) => {
                 return Err(source::Error::NoTrigger {

@@ -44,7 +44,7 @@ pub async fn starting_head(
     }
     let started = Instant::now();
     let writers = match &setup.writers_sql {
-        Some(sql) => source.writers(sql, query).await?,
+        Some(sql) => source.writers(sql).await?,
         None => None,
     };
     if writers.as_ref().is_some_and(|w| !w.is_empty()) {
@@ -58,7 +58,7 @@ pub async fn starting_head(
         }
         if waited >= feed.gap_grace {
             match (&writers, &setup.writers_sql) {
-                (Some(before), Some(sql)) => match source.writers(sql, query).await? {
+                (Some(before), Some(sql)) => match source.writers(sql).await? {
                     Some(now) if !before.is_disjoint(&now) => {}
                     _ => break,
                 },
@@ -267,7 +267,7 @@ impl Poller {
     /// The transactions that could fill a gap now, if the database tells.
     async fn writers(&self) -> Result<Option<HashSet<String>>, source::Error> {
         match &self.hub.gap_setup.writers_sql {
-            Some(sql) => self.source.writers(sql, &self.hub.query).await,
+            Some(sql) => self.source.writers(sql).await,
             None => Ok(None),
         }
     }

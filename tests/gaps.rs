@@ -242,10 +242,41 @@ fn spawn_writers(
 /// window covers them.
 const PROMPT_ALLOCATION: (u64, u64) = (20, 150);
 
-async fn torture(kind: Kind, exact: bool) {
+/// How the torture feed reads its rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The table itself.
+    Table,
+    /// Exact mode (Postgres): the table, in transaction order.
+    Exact,
+    /// A `select` joining a second table: gaps are still judged on the
+    /// base table's ids.
+    Join,
+}
+
+/// A `select` of every torture row with its writer's name.
+async fn joined_select(db: &TestDb, t: &str) -> String {
+    let w = db.table("writers");
+    db.exec(&format!(
+        "CREATE TABLE {w} (id INT PRIMARY KEY, name TEXT NOT NULL)"
+    ))
+    .await;
+    let names: Vec<String> = (-1..WRITERS as i32)
+        .map(|i| format!("({i}, 'writer {i}')"))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO {w} (id, name) VALUES {}",
+        names.join(", ")
+    ))
+    .await;
+    format!("select = \"SELECT t.*, w.name FROM {t} t LEFT JOIN {w} w ON w.id = t.writer\"")
+}
+
+async fn torture(kind: Kind, read: Read) {
     logs();
     let db = TestDb::with_connections(kind, WRITERS as u32 + 4).await;
     let t = table(&db).await;
+    let exact = read == Read::Exact;
     // Exact mode reads in transaction order: ids may be used much later
     // than the grace window allows.
     let allocated_delay = if exact {
@@ -259,7 +290,11 @@ async fn torture(kind: Kind, exact: bool) {
     } else {
         PROMPT_ALLOCATION
     };
-    let config = feed_config(&db, &t, "");
+    let extra = match read {
+        Read::Join => joined_select(&db, &t).await,
+        Read::Table | Read::Exact => String::new(),
+    };
+    let config = feed_config(&db, &t, &extra);
     let server = Server::start(config.clone()).await;
     let (url_tx, url) = watch::channel(server.url.clone());
     let target = Arc::new(Target::default());
@@ -340,17 +375,27 @@ async fn torture(kind: Kind, exact: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_torture_delivers_exactly_the_committed_rows() {
-    torture(Kind::Postgres, false).await
+    torture(Kind::Postgres, Read::Table).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_torture_delivers_exactly_the_committed_rows() {
-    torture(Kind::MySql, false).await
+    torture(Kind::MySql, Read::Table).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_exact_mode_delivers_ids_used_long_after_they_were_taken() {
-    torture(Kind::Postgres, true).await
+    torture(Kind::Postgres, Read::Exact).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_join_through_select_delivers_exactly_the_committed_rows() {
+    torture(Kind::Postgres, Read::Join).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_join_through_select_delivers_exactly_the_committed_rows() {
+    torture(Kind::MySql, Read::Join).await
 }
 
 /// The same writers against the naive `id > last` poller lose rows: the

@@ -150,12 +150,15 @@ impl Hub {
         head: Cursor,
         client_buffer: usize,
     ) -> Hub {
-        let timestamp_column = config.timestamp_column.clone().or_else(|| {
-            ["created_at", "inserted_at", "updated_at"]
-                .into_iter()
-                .find(|c| query.columns.iter().any(|q| q == c))
-                .map(str::to_owned)
-        });
+        let timestamp_column = time_column(config.timestamp_column.as_deref(), &query.columns);
+        match &timestamp_column {
+            Some(column) => {
+                tracing::info!(feed = %config.name, %column, "`latest_row_at` in /feeds is the latest row's value of this column")
+            }
+            None => {
+                tracing::info!(feed = %config.name, "no sent column looks like a row's time: `latest_row_at` in /feeds stays null; set `timestamp_column` to name one")
+            }
+        }
         Hub {
             catch_up: catchup::CatchUp::new(),
             config,
@@ -414,6 +417,39 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>, after: Option<Cursor>) -> Subscriber {
         Subscriber::new(self.clone(), after)
     }
+}
+
+/// Name endings of columns that hold a time, as applications spell them
+/// (`created_at`, `received_ts`, `comment_date`, `start_time`).
+const TIME_SUFFIXES: [&str; 4] = ["_at", "_ts", "_date", "_time"];
+
+/// Words of a column name that say when a row came to be.
+const ARRIVAL_WORDS: [&str; 3] = ["created", "inserted", "received"];
+
+/// The sent column reported as the latest row's time: the configured one;
+/// else `created_at`, then `inserted_at`; else the first column named like
+/// a time (see [`TIME_SUFFIXES`], any case) with a word that says when the
+/// row came to be (`received_ts`; see [`ARRIVAL_WORDS`]); else the first
+/// column named like a time but a deletion's, which most rows leave empty
+/// (`comment_date`, `updated_at`).
+pub fn time_column(configured: Option<&str>, columns: &[String]) -> Option<String> {
+    if let Some(column) = configured {
+        return Some(column.to_owned());
+    }
+    let lower: Vec<String> = columns.iter().map(|c| c.to_lowercase()).collect();
+    let timed = |i: &usize| TIME_SUFFIXES.iter().any(|s| lower[*i].ends_with(s));
+    let arrival = |i: &usize| {
+        lower[*i]
+            .split('_')
+            .any(|word| ARRIVAL_WORDS.contains(&word))
+    };
+    let deletion = |i: &usize| lower[*i].starts_with("deleted");
+    let chosen = ["created_at", "inserted_at"]
+        .iter()
+        .find_map(|name| lower.iter().position(|c| c == name))
+        .or_else(|| (0..lower.len()).filter(timed).find(arrival))
+        .or_else(|| (0..lower.len()).filter(timed).find(|i| !deletion(i)))?;
+    columns.get(chosen).cloned()
 }
 
 #[cfg(test)]

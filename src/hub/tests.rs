@@ -31,12 +31,7 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
     };
     let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
     let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    let gap_setup = crate::source::GapSetup {
-        step: 1,
-        concurrent: false,
-        writers_sql: None,
-        warnings: Vec::new(),
-    };
+    let gap_setup = crate::source::GapSetup::in_order();
     Arc::new(Hub::new(
         feed,
         query,
@@ -141,4 +136,33 @@ async fn lagging_subscriber_rejoins_from_the_ring() {
     }
     let expected: Vec<i128> = (1..=(BUFFER as i128 + 10)).collect();
     assert_eq!(seen, expected);
+}
+
+#[test]
+fn time_column_prefers_what_says_when_a_row_came_to_be() {
+    let pick = |configured: Option<&str>, columns: &[&str]| {
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        time_column(configured, &columns)
+    };
+    // A chat server's events: the sender's clock comes first, the server's
+    // reception is the row's own time.
+    let events = [
+        "stream_ordering",
+        "origin_server_ts",
+        "received_ts",
+        "room_id",
+    ];
+    assert_eq!(pick(None, &events).as_deref(), Some("received_ts"));
+    // A blog's comments: the first column named like a time.
+    let comments = ["comment_ID", "comment_date", "comment_date_gmt"];
+    assert_eq!(pick(None, &comments).as_deref(), Some("comment_date"));
+    // The frameworks' names first, wherever they stand; any case.
+    let rails = ["id", "updated_at", "inserted_at", "Created_At"];
+    assert_eq!(pick(None, &rails).as_deref(), Some("Created_At"));
+    // A deletion's time is no row's time.
+    let soft = ["id", "deleted_at", "updated_at"];
+    assert_eq!(pick(None, &soft).as_deref(), Some("updated_at"));
+    assert_eq!(pick(None, &["id", "body", "room_id"]), None);
+    // Configured wins over every guess.
+    assert_eq!(pick(Some("body"), &rails).as_deref(), Some("body"));
 }

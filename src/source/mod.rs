@@ -7,13 +7,17 @@
 //! request values are never part of the SQL text. This module never decides
 //! what a client sees: it returns raw rows, in id order.
 
+mod catalog;
+mod error;
 mod mysql;
 mod postgres;
 pub mod query;
 pub(crate) mod sqlite;
 
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, ReadFrom};
 use crate::cursor::Cursor;
+use catalog::Catalog;
+pub use error::Error;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;
 use std::collections::HashSet;
@@ -51,6 +55,48 @@ pub struct GapSetup {
     pub writers_sql: Option<String>,
     /// What weakens the guarantee, for the start-up log.
     pub warnings: Vec<String>,
+    /// What the operator should know but need not act on, for the log.
+    pub notes: Vec<String>,
+}
+
+impl GapSetup {
+    /// Ids that become visible in id order: one writer at a time (SQLite),
+    /// or rows read in transaction order (exact mode).
+    pub fn in_order() -> GapSetup {
+        GapSetup {
+            step: 1,
+            concurrent: false,
+            writers_sql: None,
+            warnings: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Concurrent writers whose ids step by `step`.
+    fn concurrent(step: i128) -> GapSetup {
+        GapSetup {
+            step,
+            concurrent: true,
+            ..GapSetup::in_order()
+        }
+    }
+
+    /// Records that the application assigns the ids itself (`why` says how
+    /// the catalog shows it): no database state names such a writer in
+    /// advance, so only the grace window or a watermark can settle a gap.
+    fn app_assigns_ids(&mut self, feed: &FeedConfig, why: String) {
+        if feed.watermark.is_some() {
+            self.notes.push(format!(
+                "feed `{}`: {why}; the `watermark` query covers it: gaps below the watermark settle at once",
+                feed.name
+            ));
+        } else {
+            self.warnings.push(format!(
+                "feed `{}`: {why}; gaps settle by gap_grace alone unless a `watermark` query is set",
+                feed.name
+            ));
+        }
+    }
 }
 
 /// What the catalog says about a feed's base table.
@@ -66,96 +112,6 @@ pub struct Table {
     pub unsigned: bool,
     /// The `xid8` column of exact mode (Postgres), when the table has it.
     pub txid_column: Option<String>,
-}
-
-/// Everything that can go wrong talking to a database.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(
-        "unsupported database URL `{0}`: expected postgres://, mysql://, mariadb:// or sqlite://"
-    )]
-    Scheme(String),
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
-    #[error("table `{table}` not found; tables: {}", list(.available))]
-    UnknownTable {
-        table: String,
-        available: Vec<String>,
-    },
-    #[error("feed `{feed}`: `{key}`: column `{column}` not found in `{table}`; columns: {}", list(.available))]
-    UnknownColumn {
-        feed: String,
-        key: &'static str,
-        column: String,
-        table: String,
-        available: Vec<String>,
-    },
-    #[error("feed `{feed}`: `{table}` has no usable cursor: {reason}")]
-    NoCursor {
-        feed: String,
-        table: String,
-        reason: String,
-    },
-    #[error("feed `{feed}`: the configured `from`/`select` cannot be read: {source}")]
-    BadReadFrom { feed: String, source: sqlx::Error },
-    #[error("feed `{feed}`: its query fails (check `where`, `select`, `columns` and `watermark`): {source}")]
-    BadQuery { feed: String, source: sqlx::Error },
-    #[error("feed `{feed}`: `notify` is on but `{table}` has no rowcast_notify trigger (Postgres only); install it with `rowcast sql notify --table … --apply`, or set `notify = false`")]
-    NoTrigger { feed: String, table: String },
-    #[error("database query failed: {0}")]
-    Query(#[from] sqlx::Error),
-    #[error("database returned `{0}` as a row id, which is not an integer")]
-    BadId(String),
-}
-
-impl Error {
-    /// A view named as a feed's `table`.
-    fn view_as_table(feed: &FeedConfig, display: String) -> Error {
-        Error::NoCursor {
-            feed: feed.name.clone(),
-            table: display,
-            reason:
-                "it is a view, not a table; set `table` to its base table and `from` to the view"
-                    .into(),
-        }
-    }
-}
-
-fn list(names: &[String]) -> String {
-    if names.is_empty() {
-        "(none)".to_owned()
-    } else {
-        names.join(", ")
-    }
-}
-
-impl Error {
-    /// Whether retrying later may succeed (the database is down or busy),
-    /// as opposed to a mistake in the configuration or schema.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Connect { .. } => true,
-            Error::Query(e) | Error::BadReadFrom { source: e, .. } => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                        | sqlx::Error::Protocol(_)
-                        | sqlx::Error::WorkerCrashed
-                ) || e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    // Postgres: connection exceptions, operator intervention
-                    // (shutdown), insufficient resources.
-                    .is_some_and(|c| {
-                        c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
-                    })
-            }
-            _ => false,
-        }
-    }
 }
 
 /// How long a query may wait for a pooled connection before the poller
@@ -233,18 +189,50 @@ impl Source {
         }
     }
 
-    /// The columns a feed's `from` view or `select` statement yields.
+    /// The columns a feed's `from` view or `select` statement yields, each
+    /// name once: a name is a JSON key and a filter, which must be one
+    /// column.
     async fn read_columns(&self, feed: &FeedConfig) -> Result<Vec<String>, Error> {
+        let probe = query::probe_sql(self.dialect(), feed);
+        let (key, sql) = match &feed.read_from {
+            // The statement itself: as a subquery, MySQL refuses repeated
+            // names with an error of its own and SQLite renames them.
+            Some(ReadFrom::Select(select)) => ("select", select.as_str()),
+            _ => ("from", probe.as_str()),
+        };
+        let own = self.describe(feed, sql).await?;
+        let mut seen = HashSet::new();
+        let mut repeated: Vec<String> = Vec::new();
+        for name in &own {
+            if !seen.insert(name) && !repeated.contains(name) {
+                repeated.push(name.clone());
+            }
+        }
+        if !repeated.is_empty() {
+            return Err(Error::RepeatedColumns {
+                feed: feed.name.clone(),
+                key,
+                columns: repeated,
+            });
+        }
+        if sql == probe {
+            Ok(own)
+        } else {
+            self.describe(feed, &probe).await
+        }
+    }
+
+    /// The names of the columns `sql` yields.
+    async fn describe(&self, feed: &FeedConfig, sql: &str) -> Result<Vec<String>, Error> {
         use sqlx::Executor;
-        let sql = query::probe_sql(self.dialect(), feed);
         let bad = |source| Error::BadReadFrom {
             feed: feed.name.clone(),
             source,
         };
         Ok(match self {
-            Source::Postgres(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
-            Source::MySql(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
-            Source::Sqlite(pool) => names(pool.describe(&sql).await.map_err(bad)?.columns()),
+            Source::Postgres(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
+            Source::MySql(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
+            Source::Sqlite(pool) => names(pool.describe(sql).await.map_err(bad)?.columns()),
         })
     }
 
@@ -273,12 +261,7 @@ impl Source {
         match self {
             Source::Postgres(pool) => postgres::gap_setup(pool, feed, query).await,
             Source::MySql(pool) => mysql::gap_setup(pool, feed, query).await,
-            Source::Sqlite(_) => Ok(GapSetup {
-                step: 1,
-                concurrent: false,
-                writers_sql: None,
-                warnings: Vec::new(),
-            }),
+            Source::Sqlite(_) => Ok(GapSetup::in_order()),
         }
     }
 
@@ -317,18 +300,14 @@ impl Source {
 
     /// The transactions that could fill a gap now (from `writers_sql`), or
     /// `None` when the database cannot tell at the moment.
-    pub async fn writers(
-        &self,
-        sql: &str,
-        query: &FeedQuery,
-    ) -> Result<Option<HashSet<String>>, Error> {
+    pub async fn writers(&self, sql: &str) -> Result<Option<HashSet<String>>, Error> {
         match self {
             Source::Postgres(pool) => {
                 let list: Vec<String> = sqlx::query_scalar(sql).fetch_all(pool).await?;
                 Ok(Some(list.into_iter().collect()))
             }
             // The SQL is fixed; `writers_sql` only says that it may be run.
-            Source::MySql(pool) => mysql::writers(pool, &query.max_sql).await,
+            Source::MySql(pool) => mysql::writers(pool).await,
             Source::Sqlite(_) => Ok(None),
         }
     }
@@ -445,75 +424,6 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
-}
-
-/// What each database's catalog reports about a base table, before the
-/// cursor column is chosen.
-struct Catalog {
-    display: String,
-    /// `(name, type as the database spells it, integer?, unsigned?)`.
-    columns: Vec<(String, String, bool, bool)>,
-    primary_key: Vec<String>,
-    /// Columns that alone carry a unique index (the primary key included).
-    unique: Vec<String>,
-}
-
-impl Catalog {
-    /// Picks the cursor column: the configured one, else the primary key.
-    /// It must be an integer and unique, or rows sharing an id would be
-    /// skipped by `id > last`.
-    fn into_table(self, feed: &FeedConfig) -> Result<Table, Error> {
-        let no_cursor = |reason: String| Error::NoCursor {
-            feed: feed.name.clone(),
-            table: self.display.clone(),
-            reason,
-        };
-        let id = match &feed.id_column {
-            Some(id) => id.clone(),
-            None => match self.primary_key.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(no_cursor(
-                        "it has no primary key; set `id_column` (--id-column) to a unique, increasing integer column".into(),
-                    ))
-                }
-                many => {
-                    return Err(no_cursor(format!(
-                        "its primary key ({}) spans several columns; set `id_column` (--id-column) to a unique, increasing integer column",
-                        many.join(", ")
-                    )))
-                }
-            },
-        };
-        let Some((_, type_name, integer, unsigned)) = self.columns.iter().find(|c| c.0 == id)
-        else {
-            return Err(Error::UnknownColumn {
-                feed: feed.name.clone(),
-                key: "id_column",
-                column: id,
-                table: self.display.clone(),
-                available: self.columns.iter().map(|c| c.0.clone()).collect(),
-            });
-        };
-        if !integer {
-            return Err(no_cursor(format!(
-                "column `{id}` is `{type_name}`, not an integer; set `id_column` (--id-column) to a unique, increasing integer column"
-            )));
-        }
-        if !self.unique.contains(&id) && self.primary_key != [id.clone()] {
-            return Err(no_cursor(format!(
-                "column `{id}` has no unique index, and rows sharing an id could be skipped; add one (CREATE UNIQUE INDEX {}_{id}_unique ON {} ({id}))",
-                feed.table, self.display
-            )));
-        }
-        Ok(Table {
-            columns: self.columns.iter().map(|c| c.0.clone()).collect(),
-            unsigned: *unsigned,
-            txid_column: None,
-            id_column: id,
-            display: self.display,
-        })
     }
 }
 

@@ -6,7 +6,7 @@ use crate::config::FeedConfig;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
     // sqlx knows only the mysql:// scheme; MariaDB speaks the same protocol.
@@ -135,31 +135,70 @@ const WRITERS_SQL: &str = "SELECT CONCAT(trx_mysql_thread_id, '@', trx_started),
 /// Tells apart the reads of INNODB_TRX made by this process.
 static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How often, at most, InnoDB refreshes its INNODB_TRX cache.
+/// How often, at most, InnoDB refreshes its INNODB_TRX cache: only once
+/// nobody has read it for 100 ms.
 const TRX_CACHE_INTERVAL: Duration = Duration::from_millis(110);
+
+/// How long [`writers`] tries for a fresh list before it gives up.
+const FRESH_WITHIN: Duration = Duration::from_secs(3);
+
+/// When this process last read INNODB_TRX. Its reads take turns, spaced by
+/// at least [`TRX_CACHE_INTERVAL`]: a read by one feed within 100 ms of
+/// another's would keep the cache from refreshing for either.
+static LAST_READ: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
+
+/// Reads INNODB_TRX with `sql` once `spacing` has passed since this process
+/// last read it.
+async fn read_trx<'c, E, T>(
+    executor: E,
+    sql: &str,
+    spacing: Duration,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>,
+{
+    let mut last = LAST_READ.lock().await;
+    if let Some(at) = *last {
+        tokio::time::sleep(spacing.saturating_sub(at.elapsed())).await;
+    }
+    // Each text is used once: do not keep it prepared.
+    let rows = sqlx::query_as(sql)
+        .persistent(false)
+        .fetch_all(executor)
+        .await;
+    *last = Some(Instant::now());
+    rows
+}
+
+/// The spacing before the next try after a stale read: another session
+/// read within 100 ms. Two readers that each wait a fixed interval can keep
+/// the cache stale for both forever (each read lands within 100 ms of the
+/// other's); a random extra wait lets one of them find it idle.
+fn after_stale_read(read: u64) -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(read);
+    TRX_CACHE_INTERVAL + Duration::from_millis(random % 200)
+}
 
 /// The transactions that could fill a gap now, or `None` when no fresh
 /// list could be had. InnoDB serves INNODB_TRX from a cache refreshed only
 /// when nobody read it for 0.1 s, so a list is trusted only once it shows
 /// the reader's own transaction, begun just before.
-pub(super) async fn writers(
-    pool: &MySqlPool,
-    anchor_sql: &str,
-) -> Result<Option<HashSet<String>>, Error> {
-    let mut tx = pool.begin().await?;
-    // A consistent read of the feed's table makes this an InnoDB
-    // transaction, listed in INNODB_TRX once the cache is fresh.
-    sqlx::query(anchor_sql).fetch_optional(&mut *tx).await?;
-    let mut fresh = None;
-    for _ in 0..30 {
+pub(super) async fn writers(pool: &MySqlPool) -> Result<Option<HashSet<String>>, Error> {
+    // Starts an InnoDB transaction at once. A read of the feed's table is
+    // no such start: one of a MyISAM or Aria table, or one the server
+    // answers without reaching InnoDB, starts none, and INNODB_TRX would
+    // never list this reader.
+    let mut tx = pool
+        .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .await?;
+    let (mut fresh, mut spacing, started) = (None, TRX_CACHE_INTERVAL, Instant::now());
+    while fresh.is_none() && started.elapsed() < FRESH_WITHIN {
         let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = format!("rowcast-{}-{read}", std::process::id());
         let sql = WRITERS_SQL.replace("{marker}", &marker);
-        // Each text is used once: do not keep it prepared.
-        let rows: Vec<(String, bool, bool)> = sqlx::query_as(&sql)
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<(String, bool, bool)> = read_trx(&mut *tx, &sql, spacing).await?;
         if rows.iter().any(|(_, own, _)| *own) {
             fresh = Some(
                 rows.into_iter()
@@ -167,14 +206,18 @@ pub(super) async fn writers(
                     .map(|(name, _, _)| name)
                     .collect(),
             );
-            break;
         }
-        tokio::time::sleep(TRX_CACHE_INTERVAL).await;
+        spacing = after_stale_read(read);
     }
     tx.commit().await?;
     if fresh.is_none() {
         tracing::warn!(
-            "INNODB_TRX stayed stale for 3 s (read too often by others?); settling by time alone"
+            waited = ?started.elapsed(),
+            "INNODB_TRX was never refreshed: InnoDB refills it only after 100 ms in which nobody reads it, \
+             so another session reads it more often (a monitoring agent, another rowcast instance); \
+             gaps settle by gap_grace alone meanwhile. Find the reader with \
+             SELECT ID, USER, HOST, INFO FROM information_schema.PROCESSLIST WHERE INFO LIKE '%INNODB_TRX%' \
+             (run it a few times) and have it read less than every 100 ms"
         );
     }
     Ok(fresh)
@@ -186,7 +229,6 @@ pub(super) async fn gap_setup(
     query: &FeedQuery,
 ) -> Result<GapSetup, Error> {
     let column = &query.id_column;
-    let mut warnings = Vec::new();
     // The server's default, which the application's sessions use.
     let increment: i64 =
         sqlx::query_scalar("SELECT CAST(@@GLOBAL.auto_increment_increment AS SIGNED)")
@@ -201,39 +243,78 @@ pub(super) async fn gap_setup(
     .bind(column)
     .fetch_optional(pool)
     .await?;
+    let mut setup = GapSetup::concurrent(i128::from(increment.max(1)));
     if !extra.is_some_and(|e| e.to_ascii_lowercase().contains("auto_increment")) {
-        warnings.push(format!(
-            "feed `{}`: `{column}` is not AUTO_INCREMENT, so the application assigns ids; \
-             gaps settle by gap_grace alone unless a `watermark` query is set",
-            feed.name
-        ));
+        setup.app_assigns_ids(
+            feed,
+            format!("`{column}` is not AUTO_INCREMENT, so the application assigns ids"),
+        );
     }
-    let writers_sql = match sqlx::query(WRITERS_SQL).fetch_all(pool).await {
-        Ok(_) => Some(WRITERS_SQL.to_owned()),
-        // 1227: access denied, the PROCESS privilege is missing.
-        Err(sqlx::Error::Database(e))
-            if e.code().as_deref() == Some("42000") || e.message().contains("PROCESS") =>
-        {
-            warnings.push(format!(
-                "feed `{}`: without the PROCESS privilege rowcast cannot see open transactions, so gaps in the ids \
-                 settle by gap_grace alone; `GRANT PROCESS ON *.* TO <rowcast user>` gives the exact guarantee",
+    // Transactions of another engine are not InnoDB's to list.
+    let engine: Option<(String, String)> = sqlx::query_as(
+        "SELECT CAST(t.ENGINE AS CHAR), CAST(e.TRANSACTIONS AS CHAR) FROM information_schema.TABLES t \
+         JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE \
+         WHERE t.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND t.TABLE_NAME = ?",
+    )
+    .bind(&feed.schema)
+    .bind(&feed.table)
+    .fetch_optional(pool)
+    .await?;
+    let table = &query.table;
+    setup.writers_sql = match engine {
+        Some((engine, _)) if engine.eq_ignore_ascii_case("InnoDB") => {
+            innodb_writers(pool, feed, &mut setup).await?
+        }
+        Some((engine, transactions)) if transactions.eq_ignore_ascii_case("NO") => {
+            setup.notes.push(format!(
+                "feed `{}`: `{table}` is a {engine} table, without transactions: a row is visible as soon as its \
+                 INSERT ends, so there are no writers to wait for and gaps settle by gap_grace alone",
                 feed.name
             ));
             None
         }
-        Err(e) => return Err(e.into()),
+        other => {
+            let engine = other.map_or_else(|| "(unknown)".to_owned(), |(engine, _)| engine);
+            setup.warnings.push(format!(
+                "feed `{}`: `{table}` is a {engine} table, whose transactions INNODB_TRX does not list, \
+                 so gaps in the ids settle by gap_grace alone",
+                feed.name
+            ));
+            None
+        }
     };
     if increment > 1 {
-        warnings.push(format!(
+        setup.warnings.push(format!(
             "feed `{}`: auto_increment_increment is {increment}: ids step by {increment}, and a session \
              that sets another increment would make rowcast take a missing id for no gap",
             feed.name
         ));
     }
-    Ok(GapSetup {
-        step: i128::from(increment.max(1)),
-        concurrent: true,
-        writers_sql,
-        warnings,
-    })
+    Ok(setup)
+}
+
+/// The SQL that lists an InnoDB table's writers, or `None` (with a
+/// warning) when rowcast may not read INNODB_TRX.
+async fn innodb_writers(
+    pool: &MySqlPool,
+    feed: &FeedConfig,
+    setup: &mut GapSetup,
+) -> Result<Option<String>, Error> {
+    Ok(
+        match read_trx::<_, (String, bool, bool)>(pool, WRITERS_SQL, TRX_CACHE_INTERVAL).await {
+            Ok(_) => Some(WRITERS_SQL.to_owned()),
+            // 1227: access denied, the PROCESS privilege is missing.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42000") || e.message().contains("PROCESS") =>
+            {
+                setup.warnings.push(format!(
+                "feed `{}`: without the PROCESS privilege rowcast cannot see open transactions, so gaps in the ids \
+                 settle by gap_grace alone; `GRANT PROCESS ON *.* TO <rowcast user>` gives the exact guarantee",
+                feed.name
+            ));
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+    )
 }

@@ -137,16 +137,17 @@ pub fn txid_sql(table: &str, schema: Option<&str>, id_column: &str) -> String {
     let qualified = qualified_name(table, schema);
     let column = d.quote(TXID_COLUMN);
     let index = d.quote(&format!("{table}_{TXID_COLUMN}"));
+    let (shown, shown_index) = (one_line(&qualified), one_line(&index));
     format!(
-        "-- rowcast exact mode for {qualified}: rows are read in transaction order, so\n\
+        "-- rowcast exact mode for {shown}: rows are read in transaction order, so\n\
          -- rows are delivered exactly once whatever allocates their ids and whenever\n\
          -- they commit. rowcast uses the column when it finds it; it never adds it.\n\
          -- Adding the column rewrites the table (existing rows share one transaction id).\n\
          ALTER TABLE {qualified} ADD COLUMN {column} xid8 NOT NULL DEFAULT pg_current_xact_id();\n\
          CREATE INDEX CONCURRENTLY {index} ON {qualified} ({column}, {});\n\
          -- To undo:\n\
-         -- DROP INDEX CONCURRENTLY {index};\n\
-         -- ALTER TABLE {qualified} DROP COLUMN {column};\n",
+         -- DROP INDEX CONCURRENTLY {shown_index};\n\
+         -- ALTER TABLE {shown} DROP COLUMN {column};\n",
         d.quote(id_column)
     )
 }
@@ -182,17 +183,11 @@ pub(super) async fn gap_setup(
 ) -> Result<GapSetup, Error> {
     if query.txid_column.is_some() {
         // Read in transaction order: nothing can commit below the cursor.
-        return Ok(GapSetup {
-            step: 1,
-            concurrent: false,
-            writers_sql: None,
-            warnings: Vec::new(),
-        });
+        return Ok(GapSetup::in_order());
     }
     let table = &query.table_sql;
     let column = &query.id_column;
-    let mut warnings = Vec::new();
-    let mut step = 1;
+    let mut setup = GapSetup::concurrent(1);
     let sequence: Option<(String, i64, i64)> = sqlx::query_as(
         "SELECT pg_get_serial_sequence($1, $2), seqincrement, seqcache FROM pg_sequence \
          WHERE seqrelid = pg_get_serial_sequence($1, $2)::regclass",
@@ -204,15 +199,15 @@ pub(super) async fn gap_setup(
     match sequence {
         Some((name, increment, cache)) => {
             if increment > 0 {
-                step = i128::from(increment);
+                setup.step = i128::from(increment);
             } else {
-                warnings.push(format!(
+                setup.warnings.push(format!(
                     "feed `{}`: the sequence of `{column}` counts down; rowcast follows increasing ids only",
                     feed.name
                 ));
             }
             if cache > 1 {
-                warnings.push(format!(
+                setup.warnings.push(format!(
                     "feed `{}`: the sequence of `{column}` has CACHE {cache}: each session takes ids {cache} at a time, \
                      so rows appear far out of id order and rows after a gap wait for gap_grace; \
                      ALTER SEQUENCE {name} CACHE 1 avoids it",
@@ -230,29 +225,31 @@ pub(super) async fn gap_setup(
             .fetch_optional(pool)
             .await?;
             if has_default != Some(true) {
-                warnings.push(format!(
-                    "feed `{}`: `{column}` has no default, so the application assigns ids and no lock reveals \
-                     a writer in advance; gaps settle by gap_grace alone unless a `watermark` query is set",
-                    feed.name
-                ));
+                setup.app_assigns_ids(
+                    feed,
+                    format!(
+                        "`{column}` has no default, so the application assigns ids and no lock reveals a writer in advance"
+                    ),
+                );
             }
         }
     }
+    // The table by number: its name, written into the SQL as a literal,
+    // would depend on the session's string settings.
+    let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT $1::regclass::oid")
+        .bind(table)
+        .fetch_one(pool)
+        .await?;
     // Writers that take an id from the column default hold this lock
     // before `nextval`; pooled connections keep their pid across
     // transactions, so transactions are told apart by virtual id.
-    let writers_sql = format!(
+    setup.writers_sql = Some(format!(
         "SELECT virtualtransaction FROM pg_locks \
-         WHERE locktype = 'relation' AND relation = {}::regclass \
+         WHERE locktype = 'relation' AND relation = {} \
            AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()",
-        super::query::Dialect::Postgres.literal(table)
-    );
-    Ok(GapSetup {
-        step,
-        concurrent: true,
-        writers_sql: Some(writers_sql),
-        warnings,
-    })
+        oid.0
+    ));
+    Ok(setup)
 }
 
 /// The channel the NOTIFY trigger rings; the payload is `schema.table`.
@@ -265,8 +262,9 @@ pub const NOTIFY_TRIGGER: &str = "rowcast_notify";
 /// transaction are folded into one by Postgres.
 pub fn notify_sql(table: &str, schema: Option<&str>) -> String {
     let qualified = qualified_name(table, schema);
+    let shown = one_line(&qualified);
     format!(
-        "-- rowcast NOTIFY doorbell for {qualified}: rows are still read by rowcast's\n\
+        "-- rowcast NOTIFY doorbell for {shown}: rows are still read by rowcast's\n\
          -- normal query, so a lost or folded notification never loses a row.\n\
          CREATE OR REPLACE FUNCTION {NOTIFY_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$\n\
          BEGIN\n    \
@@ -287,6 +285,12 @@ pub fn unnotify_sql(table: &str, schema: Option<&str>) -> String {
         "DROP TRIGGER IF EXISTS {NOTIFY_TRIGGER} ON {qualified};\n\
          -- Once no table uses it: DROP FUNCTION IF EXISTS {NOTIFY_TRIGGER}();\n"
     )
+}
+
+/// `name` for a `--` comment, which a line break in a quoted name would
+/// end, turning the rest of the name into SQL.
+fn one_line(name: &str) -> String {
+    name.replace(|c: char| c.is_control(), " ")
 }
 
 fn qualified_name(table: &str, schema: Option<&str>) -> String {

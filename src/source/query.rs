@@ -33,13 +33,21 @@ impl Dialect {
         }
     }
 
-    /// A string literal (used only for names from configuration).
+    /// A string literal of `text` that reads the same whatever the
+    /// session's settings: MySQL's `NO_BACKSLASH_ESCAPES` and `ANSI_QUOTES`,
+    /// Postgres' `standard_conforming_strings`.
     pub fn literal(self, text: &str) -> String {
-        let text = text.replace('\'', "''");
         match self {
-            // MySQL treats backslash as an escape inside literals.
-            Dialect::MySql => format!("'{}'", text.replace('\\', "\\\\")),
-            Dialect::Postgres | Dialect::Sqlite => format!("'{text}'"),
+            // Hex digits need no escaping at all; the introducer makes the
+            // bytes text rather than a binary string.
+            Dialect::MySql => {
+                let hex: String = text.bytes().map(|b| format!("{b:02X}")).collect();
+                format!("_utf8mb4 X'{hex}'")
+            }
+            // An E'' string takes backslashes as escapes in every mode.
+            Dialect::Postgres => format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''")),
+            // SQLite has no escapes in string literals.
+            Dialect::Sqlite => format!("'{}'", text.replace('\'', "''")),
         }
     }
 
@@ -58,17 +66,21 @@ impl Dialect {
         }
     }
 
-    /// The row as a JSON object of `columns`, or of every column.
+    /// The row of relation `t` as a JSON object of `columns`, or of every
+    /// column. On Postgres the row is named `t.*` and never a bare `t`: a
+    /// bare name is looked up as a column first (of this relation or any
+    /// outer one), a qualified `t.*` only as a relation, so no column name
+    /// can take its place.
     fn json(self, columns: Option<&[String]>, all: &[String]) -> String {
         if let (Dialect::Postgres, None) = (self, columns) {
-            return "row_to_json(t)::text".to_owned();
+            return "row_to_json(t.*)::text".to_owned();
         }
         let columns = columns.unwrap_or(all);
         let col = |c: &String| format!("t.{}", self.quote(c));
         match self {
             // json_build_object takes at most 100 arguments; a sub-select has no limit.
             Dialect::Postgres => format!(
-                "(SELECT row_to_json(r) FROM (SELECT {}) AS r)::text",
+                "(SELECT row_to_json(r.*) FROM (SELECT {}) AS r)::text",
                 columns.iter().map(col).collect::<Vec<_>>().join(", ")
             ),
             Dialect::MySql | Dialect::Sqlite => {
@@ -105,7 +117,8 @@ pub struct FeedQuery {
     pub txid_column: Option<String>,
     /// Reads rows in an id range (`$1 <= id <= $2`, `LIMIT $3`).
     pub read_sql: String,
-    /// Reads the greatest id.
+    /// Reads the greatest id of the base table (whatever `from` or
+    /// `select` rows are read through).
     pub max_sql: String,
     /// Reads the feed's watermark as text, when it has one.
     pub watermark_sql: Option<String>,
@@ -213,6 +226,10 @@ impl FeedQuery {
             .iter()
             .map(|c| d.as_text(&format!("t.{}", d.quote(c))));
         let from = relation(d, feed);
+        // The greatest id is read from the base table, where ids are
+        // allocated: gap judging needs no more, and a `select` joining
+        // other tables would scan them all on every new gap.
+        let base = format!("{} AS t", qualified(d, feed, &feed.table));
         let p = |n| d.placeholder(n);
         let (read_sql, max_sql) = match &table.txid_column {
             None => {
@@ -228,7 +245,7 @@ impl FeedQuery {
                         p(2),
                         p(3),
                     ),
-                    format!("SELECT {} FROM {from}", d.as_text(&format!("MAX({id})"))),
+                    format!("SELECT {} FROM {base}", d.as_text(&format!("MAX({id})"))),
                 )
             }
             Some(txid) => {
@@ -254,15 +271,29 @@ impl FeedQuery {
                         p(5),
                     ),
                     format!(
-                        "SELECT (SELECT {packed} FROM {from} WHERE {settled} ORDER BY {txid} DESC, {id} DESC LIMIT 1)"
+                        "SELECT (SELECT {packed} FROM {base} WHERE {settled} ORDER BY {txid} DESC, {id} DESC LIMIT 1)"
                     ),
                 )
             }
         };
+        let columns = columns.map_or_else(|| read_columns.to_vec(), <[String]>::to_vec);
+        // The row's time is read out of the JSON that clients get.
+        if let Some(column) = feed
+            .timestamp_column
+            .as_ref()
+            .filter(|c| !columns.contains(c))
+        {
+            return Err(Error::NotSent {
+                feed: feed.name.clone(),
+                key: "timestamp_column",
+                column: column.clone(),
+                sent: columns,
+            });
+        }
         Ok(FeedQuery {
             source,
             id_column: table.id_column.clone(),
-            columns: columns.map_or_else(|| read_columns.to_vec(), <[String]>::to_vec),
+            columns,
             filter_columns: feed.filter_columns.clone(),
             unsigned: table.unsigned,
             txid_column: table.txid_column.clone(),
@@ -326,183 +357,4 @@ impl FeedQuery {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn feed() -> FeedConfig {
-        FeedConfig {
-            name: "messages".into(),
-            schema: None,
-            table: "messages".into(),
-            id_column: None,
-            columns: None,
-            filter_columns: vec!["room_id".into()],
-            condition: None,
-            read_from: None,
-            event: None,
-            poll_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(1),
-            batch_size: 100,
-            ring_size: 100,
-            gaps: crate::gap::GapMode::Hold,
-            gap_grace: Duration::from_secs(1),
-            hold_cap: Duration::from_secs(30),
-            late_check_interval: Duration::from_secs(15),
-            watermark: None,
-            txid_column: None,
-            notify: crate::config::Notify::Auto,
-            notify_interval: Duration::from_secs(30),
-            notify_window: Duration::from_millis(25),
-            timestamp_column: None,
-            rules: Default::default(),
-        }
-    }
-
-    fn table(unsigned: bool) -> Table {
-        Table {
-            display: "messages".into(),
-            columns: vec!["id".into(), "room_id".into(), "body".into()],
-            id_column: "id".into(),
-            unsigned,
-            txid_column: None,
-        }
-    }
-
-    #[test]
-    fn postgres_reads_every_column_as_one_json_value() {
-        let t = table(false);
-        let q = FeedQuery::new(Dialect::Postgres, &feed(), &t, &t.columns).unwrap();
-        assert_eq!(
-            q.read_sql,
-            "SELECT (t.\"id\")::text, row_to_json(t)::text, (t.\"room_id\")::text \
-             FROM \"messages\" AS t WHERE t.\"id\" >= $1 AND t.\"id\" <= $2 \
-             ORDER BY t.\"id\" LIMIT $3"
-        );
-        assert_eq!(
-            q.max_sql,
-            "SELECT (MAX(t.\"id\"))::text FROM \"messages\" AS t"
-        );
-    }
-
-    #[test]
-    fn mysql_condition_keeps_excluded_ids() {
-        let mut f = feed();
-        f.columns = Some(vec!["id".into(), "bo`dy".into()]);
-        f.condition = Some("type = 'message'".into());
-        f.schema = Some("app".into());
-        let mut t = table(false);
-        t.columns.push("bo`dy".into());
-        let q = FeedQuery::new(Dialect::MySql, &f, &t, &t.columns).unwrap();
-        assert_eq!(
-            q.read_sql,
-            "SELECT CAST(t.`id` AS CHAR), CASE WHEN (type = 'message') THEN \
-             CAST(JSON_OBJECT('id', t.`id`, 'bo`dy', t.`bo``dy`) AS CHAR) END, \
-             CAST(t.`room_id` AS CHAR) FROM `app`.`messages` AS t \
-             WHERE t.`id` >= ? AND t.`id` <= ? ORDER BY t.`id` LIMIT ?"
-        );
-    }
-
-    #[test]
-    fn select_is_wrapped_as_a_subquery() {
-        let mut f = feed();
-        f.read_from = Some(ReadFrom::Select(
-            "SELECT m.*, u.name FROM m JOIN u ON u.id = m.uid".into(),
-        ));
-        let t = table(false);
-        let q = FeedQuery::new(Dialect::Sqlite, &f, &t, &t.columns).unwrap();
-        assert!(q
-            .read_sql
-            .contains("FROM (SELECT m.*, u.name FROM m JOIN u ON u.id = m.uid) AS t WHERE"));
-        assert!(q
-            .read_sql
-            .starts_with("SELECT CAST(t.\"id\" AS TEXT), json_object('id', t.\"id\", "));
-    }
-
-    #[test]
-    fn unknown_columns_are_listed_with_the_existing_ones() {
-        let mut f = feed();
-        f.filter_columns = vec!["roomid".into()];
-        let t = table(false);
-        let err = FeedQuery::new(Dialect::Postgres, &f, &t, &t.columns).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "feed `messages`: `filter_columns`: column `roomid` not found in `messages`; \
-             columns: id, room_id, body"
-        );
-    }
-
-    #[test]
-    fn exact_cursors_sort_like_their_pairs() {
-        let pairs = [
-            (3, i64::MIN),
-            (3, -1),
-            (3, 0),
-            (3, i64::MAX),
-            (4, i64::MIN),
-            (900, 7),
-        ];
-        let packed: Vec<i128> = pairs.iter().map(|&(t, i)| pack(t, i)).collect();
-        assert!(packed.windows(2).all(|w| w[0] < w[1]));
-        for (&pair, &p) in pairs.iter().zip(&packed) {
-            assert_eq!(unpack(p), pair);
-        }
-        // In SQL: txid * 2^64 + (id + 2^63).
-        assert_eq!(pack(5, 2), 5 * (1i128 << 64) + 2 + (1i128 << 63));
-    }
-
-    #[test]
-    fn exact_mode_reads_in_transaction_order() {
-        let mut t = table(false);
-        t.columns.push("rowcast_txid".into());
-        t.txid_column = Some("rowcast_txid".into());
-        let q = FeedQuery::new(Dialect::Postgres, &feed(), &t, &t.columns).unwrap();
-        assert_eq!(
-            q.columns,
-            ["id", "room_id", "body"],
-            "the txid column is not sent"
-        );
-        assert!(q.read_sql.contains(
-            "WHERE (t.\"rowcast_txid\", t.\"id\") > ($1::xid8, $2) AND (t.\"rowcast_txid\", t.\"id\") <= ($3::xid8, $4) \
-             AND t.\"rowcast_txid\" < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY t.\"rowcast_txid\", t.\"id\" LIMIT $5"
-        ), "{}", q.read_sql);
-        let after = pack(7, 10);
-        assert_eq!(
-            q.bounds(Cursor::At(after), Cursor::At(pack(9, 1))),
-            Some((Bound::Txid(7, 10), Bound::Txid(9, 1)))
-        );
-        assert_eq!(
-            q.bounds(Cursor::Start, Cursor::At(pack(9, 1))),
-            Some((Bound::Txid(0, i64::MIN), Bound::Txid(9, 1)))
-        );
-    }
-
-    #[test]
-    fn bounds_fit_the_column_type() {
-        let t = table(false);
-        let q = FeedQuery::new(Dialect::Sqlite, &feed(), &t, &t.columns).unwrap();
-        let top = Cursor::At(i128::MAX);
-        assert_eq!(
-            q.bounds(Cursor::Start, top),
-            Some((Bound::Signed(i64::MIN), Bound::Signed(i64::MAX)))
-        );
-        assert_eq!(
-            q.bounds(Cursor::At(-5), Cursor::At(10)),
-            Some((Bound::Signed(-4), Bound::Signed(10)))
-        );
-        assert_eq!(q.bounds(Cursor::At(10), Cursor::At(10)), None);
-        assert_eq!(q.bounds(Cursor::At(i64::MAX.into()), top), None);
-        assert_eq!(q.bounds(Cursor::At(1), Cursor::Start), None);
-
-        let t = table(true);
-        let q = FeedQuery::new(Dialect::MySql, &feed(), &t, &t.columns).unwrap();
-        assert_eq!(
-            q.bounds(Cursor::At(-7), top),
-            Some((Bound::Unsigned(0), Bound::Unsigned(u64::MAX)))
-        );
-        assert_eq!(
-            q.bounds(Cursor::At(u64::MAX as i128 - 1), top),
-            Some((Bound::Unsigned(u64::MAX), Bound::Unsigned(u64::MAX)))
-        );
-    }
-}
+mod tests;

@@ -64,6 +64,7 @@ pub struct TestDb {
     pub url: String,
     pub pool: AnyPool,
     prefix: String,
+    /// Tables and views to drop, as SQL names them (quoted where needed).
     tables: std::sync::Mutex<Vec<String>>,
     /// Statements run after the tables are dropped (e.g. DROP USER).
     cleanup: std::sync::Mutex<Vec<String>>,
@@ -110,11 +111,29 @@ impl TestDb {
         }
     }
 
-    /// A table name unique to this test, dropped at the end.
+    /// A table name unique to this test, dropped at the end; `name` must be
+    /// a plain identifier, as the result is used in SQL unquoted.
     pub fn table(&self, name: &str) -> String {
         let table = format!("{}_{name}", self.prefix);
         self.tables.lock().unwrap().push(table.clone());
         table
+    }
+
+    /// A table or view name unique to this test that may hold any
+    /// character (`name` is appended to the unique prefix); it is dropped
+    /// at the end, quoted. Use it in SQL through [`TestDb::quote`].
+    pub fn odd_table(&self, name: &str) -> String {
+        let table = format!("{}_{name}", self.prefix);
+        self.tables.lock().unwrap().push(self.quote(&table));
+        table
+    }
+
+    /// `ident` quoted so that the database takes it literally.
+    pub fn quote(&self, ident: &str) -> String {
+        match self.kind {
+            Kind::MySql => format!("`{}`", ident.replace('`', "``")),
+            Kind::Postgres | Kind::Sqlite => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -205,16 +224,27 @@ impl Drop for TestDb {
         let kind = self.kind;
         // Drop runs outside async context rules: use a runtime of our own.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                let Ok(pool) = AnyPoolOptions::new().max_connections(1).connect(&url).await else { return };
+                let Ok(pool) = AnyPoolOptions::new().max_connections(1).connect(&url).await else {
+                    return;
+                };
                 for table in tables.iter().rev() {
-                    let sql = match kind {
-                        Kind::Postgres => format!("DROP TABLE IF EXISTS {table} CASCADE; DROP VIEW IF EXISTS {table} CASCADE"),
-                        _ => format!("DROP VIEW IF EXISTS {table}; DROP TABLE IF EXISTS {table}"),
+                    let statements = match kind {
+                        Kind::Postgres => [
+                            format!("DROP TABLE IF EXISTS {table} CASCADE"),
+                            format!("DROP VIEW IF EXISTS {table} CASCADE"),
+                        ],
+                        _ => [
+                            format!("DROP VIEW IF EXISTS {table}"),
+                            format!("DROP TABLE IF EXISTS {table}"),
+                        ],
                     };
                     // A view and a table cannot share a name; one of the two drops is a no-op.
-                    for statement in sql.split("; ") {
+                    for statement in &statements {
                         let _ = sqlx::raw_sql(statement).execute(&pool).await;
                     }
                 }
