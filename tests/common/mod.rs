@@ -1,5 +1,6 @@
 //! Test helpers: a uniquely named table on a real database, a real rowcast
-//! server on 127.0.0.1:0, and a real SSE client.
+//! server on 127.0.0.1:0 (or on a given address, to restart one), and a real
+//! SSE client.
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
 pub mod proxy;
@@ -11,6 +12,7 @@ use rowcast::config::{Config, FileConfig, ServeArgs};
 use rowcast::hub::Hub;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,6 +246,8 @@ pub fn config(url: &str, toml: &str) -> Config {
 /// A rowcast server running in this process on an ephemeral port.
 pub struct Server {
     pub url: String,
+    /// Where it listens: start another here to restart it.
+    pub address: SocketAddr,
     pub hubs: Vec<Arc<Hub>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), rowcast::Error>>>,
@@ -251,13 +255,24 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Server {
+        Server::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `address`: given the address of one that was
+    /// stopped, it is a restart, and clients reconnect to it by themselves.
+    pub async fn start_at(config: Config, address: SocketAddr) -> Server {
         let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
-        Server::serve(config, feeds).await
+        Server::serve_on(bind(address).await, config, feeds).await
     }
 
     pub async fn serve(config: Config, feeds: rowcast::Feeds) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        Server::serve_on(listener, config, feeds).await
+    }
+
+    async fn serve_on(listener: TcpListener, config: Config, feeds: rowcast::Feeds) -> Server {
+        let address = listener.local_addr().unwrap();
+        let url = format!("http://{address}");
         let hubs = feeds.hubs.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -268,6 +283,7 @@ impl Server {
         });
         Server {
             url,
+            address,
             hubs,
             stop: Some(stop),
             task: Some(task),
@@ -297,6 +313,23 @@ impl Server {
                 .expect("server stops within 10 s")
                 .unwrap()
                 .unwrap();
+        }
+    }
+}
+
+/// Binds `address`, waiting a little while something else still holds it.
+async fn bind(address: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot listen on {address}: {e}"),
         }
     }
 }
