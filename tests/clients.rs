@@ -1,8 +1,9 @@
 //! The strictest SSE clients users have, against the real server and real
 //! databases: Node's `eventsource` package (on fetch, i.e. undici), the
-//! browser's own EventSource in headless Chromium and Python's httpx-sse.
-//! Our own test client is lenient; these are not (undici refused a stream
-//! head with two framing headers that reqwest took).
+//! browser's own EventSource in headless Chromium, Python's httpx-sse, and
+//! each again through nginx configured as README says. Our own test client
+//! is lenient; these are not (undici refused a stream head with two framing
+//! headers that reqwest took).
 //!
 //! Every client follows a single-feed and a multi-feed stream while rows
 //! come, rowcast restarts on the same port and rows come while it is down:
@@ -15,44 +16,64 @@
 mod common;
 #[path = "clients/driver.rs"]
 mod driver;
+#[path = "clients/nginx.rs"]
+mod nginx;
 
 use common::*;
 use driver::{Client, Driver, Saw, Stream};
 use jsonwebtoken::{encode, EncodingKey, Header};
+use nginx::Nginx;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "the secret the app signs its tokens with";
 
-/// One test per client and database: `name: client, database;`.
+/// How a client reaches rowcast.
+#[derive(Clone, Copy)]
+enum Via {
+    Direct,
+    Nginx,
+}
+
+/// One test per client, database and way to rowcast:
+/// `name: client, database, via;`.
 macro_rules! client_tests {
-    ($($name:ident: $client:ident, $kind:ident;)*) => {$(
+    ($($name:ident: $client:ident, $kind:ident, $via:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            follow_rows_across_a_restart(Client::$client, Kind::$kind).await
+            follow_rows_across_a_restart(Client::$client, Kind::$kind, Via::$via).await
         }
     )*};
 }
 
 client_tests! {
-    node_eventsource_postgres: NodeEventSource, Postgres;
-    node_eventsource_mysql: NodeEventSource, MySql;
-    node_eventsource_sqlite: NodeEventSource, Sqlite;
-    chromium_eventsource_postgres: Chromium, Postgres;
-    httpx_sse_mysql: HttpxSse, MySql;
+    node_eventsource_postgres: NodeEventSource, Postgres, Direct;
+    node_eventsource_mysql: NodeEventSource, MySql, Direct;
+    node_eventsource_sqlite: NodeEventSource, Sqlite, Direct;
+    chromium_eventsource_postgres: Chromium, Postgres, Direct;
+    httpx_sse_mysql: HttpxSse, MySql, Direct;
+    node_eventsource_behind_nginx_sqlite: NodeEventSource, Sqlite, Nginx;
+    chromium_eventsource_behind_nginx_mysql: Chromium, MySql, Nginx;
+    httpx_sse_behind_nginx_postgres: HttpxSse, Postgres, Nginx;
 }
 
-/// README quotes the Python loop the tests run, so they cannot drift
-/// apart.
+/// README quotes the nginx files and the Python loop the tests run, so
+/// they cannot drift apart.
 #[test]
 fn readme_quotes_the_tested_files_verbatim() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let text = std::fs::read_to_string(format!("{root}/tests/clients/python/follow.py")).unwrap();
-    assert!(
-        readme.contains(&format!("```python\n{text}```\n")),
-        "README.md does not quote tests/clients/python/follow.py as it is"
-    );
+    for (file, language) in [
+        ("examples/nginx/rowcast-upstream.conf", "nginx"),
+        ("examples/nginx/rowcast-locations.conf", "nginx"),
+        ("tests/clients/python/follow.py", "python"),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        assert!(
+            readme.contains(&format!("```{language}\n{text}```\n")),
+            "README.md does not quote {file} as it is"
+        );
+    }
 }
 
 /// A row the test wrote, as a client must receive it.
@@ -70,8 +91,11 @@ async fn insert(db: &TestDb, table: &str, body: &str) -> Row {
     }
 }
 
-async fn follow_rows_across_a_restart(client: Client, kind: Kind) {
+async fn follow_rows_across_a_restart(client: Client, kind: Kind, via: Via) {
     client.require();
+    if let Via::Nginx = via {
+        Nginx::require();
+    }
     let db = TestDb::new(kind).await;
     let alpha_table = db.messages("alpha").await;
     let beta_table = db.messages("beta").await;
@@ -86,8 +110,16 @@ async fn follow_rows_across_a_restart(client: Client, kind: Kind) {
         ),
     );
     let mut server = Server::start(config.clone()).await;
-    // A browser opens a page of the same origin first, one of rowcast's own.
-    let (base, page) = (server.url.clone(), "/healthz");
+    let nginx = match via {
+        Via::Nginx => Some(Nginx::start(server.address).await),
+        Via::Direct => None,
+    };
+    // A browser opens a page of the same origin first: the app's behind
+    // nginx, one of rowcast's own otherwise.
+    let (base, page) = match &nginx {
+        Some(nginx) => (nginx.url.clone(), "/"),
+        None => (server.url.clone(), "/healthz"),
+    };
     let token = token();
     let mut client = Driver::start(
         client,
