@@ -1,5 +1,6 @@
 //! Test helpers: a uniquely named table on a real database, a real rowcast
-//! server on 127.0.0.1:0, and a real SSE client.
+//! server on 127.0.0.1:0 (or on a given address, to restart one), and a real
+//! SSE client.
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
 pub mod auth;
@@ -12,6 +13,7 @@ use rowcast::config::{Config, FileConfig, ServeArgs};
 use rowcast::hub::Hub;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,6 +277,8 @@ pub fn config(url: &str, toml: &str) -> Config {
 /// A rowcast server running in this process on an ephemeral port.
 pub struct Server {
     pub url: String,
+    /// Where it listens: start another here to restart it.
+    pub address: SocketAddr,
     /// The operators' listener (`/metrics`, full `/healthz`), when it has one.
     pub metrics_url: Option<String>,
     pub hubs: Vec<Arc<Hub>>,
@@ -284,8 +288,14 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Server {
+        Server::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `address`: given the address of one that was
+    /// stopped, it is a restart, and clients reconnect to it by themselves.
+    pub async fn start_at(config: Config, address: SocketAddr) -> Server {
         let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
-        Server::serve(config, feeds).await
+        Server::serve_on(bind(address).await, config, feeds, None).await
     }
 
     /// A server whose `/metrics` and full `/healthz` are on a listener of
@@ -293,20 +303,23 @@ impl Server {
     pub async fn start_with_metrics_listener(config: Config) -> Server {
         let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Server::serve_on(config, feeds, Some(metrics)).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::serve_on(listener, config, feeds, Some(metrics)).await
     }
 
     pub async fn serve(config: Config, feeds: rowcast::Feeds) -> Server {
-        Server::serve_on(config, feeds, None).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::serve_on(listener, config, feeds, None).await
     }
 
     async fn serve_on(
+        listener: TcpListener,
         config: Config,
         feeds: rowcast::Feeds,
         metrics: Option<TcpListener>,
     ) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let address = listener.local_addr().unwrap();
+        let url = format!("http://{address}");
         let metrics_url = metrics
             .as_ref()
             .map(|m| format!("http://{}", m.local_addr().unwrap()));
@@ -324,6 +337,7 @@ impl Server {
         });
         Server {
             url,
+            address,
             metrics_url,
             hubs,
             stop: Some(stop),
@@ -354,6 +368,23 @@ impl Server {
                 .expect("server stops within 10 s")
                 .unwrap()
                 .unwrap();
+        }
+    }
+}
+
+/// Binds `address`, waiting a little while something else still holds it.
+async fn bind(address: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot listen on {address}: {e}"),
         }
     }
 }
