@@ -20,6 +20,10 @@
 //! - `clients`: rowcast's database queries/s with 1, 1000 and 10000 clients
 //!   at the same rate — equal within noise when the database load does not
 //!   depend on the clients (nchan has no database: n/a).
+//! - `start`: a server just started, rows going in at R rows/s from the
+//!   start, and C clients coming back meanwhile, each resuming from the row
+//!   before the start (as after a deploy, when users watch): the first
+//!   window's latency beside the next ones', back to back.
 //! - `storm` ([`storm`], rowcast only): C clients, rows flowing; all of them
 //!   drop and reconnect at once, each with its own Last-Event-ID among the
 //!   last `--storm-spread` rows (inside the replay ring): the queries the
@@ -101,6 +105,15 @@ pub struct FanoutArgs {
     /// `clients`: rows per second.
     #[arg(long, default_value_t = 10.0)]
     check_rate: f64,
+    /// `start`: clients.
+    #[arg(long, default_value_t = 10_000)]
+    start_clients: usize,
+    /// `start`: rows per second.
+    #[arg(long, default_value_t = 10.0)]
+    start_rate: f64,
+    /// `start`: measured windows, back to back, from the first row on.
+    #[arg(long, default_value_t = 3)]
+    start_windows: usize,
     /// `storm`: clients.
     #[arg(long, default_value_t = 10_000)]
     storm_clients: usize,
@@ -152,6 +165,7 @@ enum Scenario {
     Sweep,
     Fixed,
     Clients,
+    Start,
     Storm,
     All,
 }
@@ -176,10 +190,16 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<bool> {
             Scenario::Sweep,
             Scenario::Fixed,
             Scenario::Clients,
+            Scenario::Start,
             Scenario::Storm,
         ];
     }
-    let rates = [args.fixed_rate, args.check_rate, args.storm_rate];
+    let rates = [
+        args.fixed_rate,
+        args.check_rate,
+        args.start_rate,
+        args.storm_rate,
+    ];
     if rates.iter().any(|r| r.is_nan() || *r <= 0.0) || args.sweep_max_rate < 1.0 {
         bail!("rates must be greater than zero");
     }
@@ -188,6 +208,7 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<bool> {
         args.idle_clients,
         args.sweep_clients,
         args.fixed_clients,
+        args.start_clients,
         args.storm_clients,
     ]
     .into_iter()
@@ -228,6 +249,7 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<bool> {
             Scenario::Sweep => sweep::sweep(&args, &setup).await?,
             Scenario::Fixed => fixed(&args, &setup).await?,
             Scenario::Clients => clients(&args, &setup).await?,
+            Scenario::Start => start(&args, &setup).await?,
             Scenario::Storm => storm::storm(&args, &setup).await?,
             Scenario::All => continue,
         };
@@ -334,6 +356,62 @@ async fn fixed(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)
     block.connected(results.each_ref().map(|r| r.as_ref().map(|r| &r.0)));
     block.window(results.each_ref().map(|r| r.as_ref().map(|r| &r.1)), true);
     Ok((block, close(results).await))
+}
+
+async fn start(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)> {
+    let doing = format!(
+        "start: {} clients on a fresh server, {} rows/s",
+        args.start_clients, args.start_rate
+    );
+    let results = each_side(args, setup, &doing, async |target| {
+        // No warm-up: the first rows after a start are what is measured,
+        // while the clients come back.
+        let (connected, first) = window::measure_arriving(
+            target,
+            args.start_clients,
+            args.parallel,
+            args.start_rate,
+            args.duration,
+            args.settle,
+        )
+        .await?;
+        let mut windows = vec![first];
+        for _ in 1..args.start_windows {
+            let crowd = &connected.crowd;
+            windows.push(
+                window::measure(target, crowd, args.start_rate, args.duration, args.settle).await?,
+            );
+        }
+        Ok((connected, windows))
+    })
+    .await?;
+    let mut block = Block::new(format!(
+        "start: {} clients on a fresh server, {} rows/s, windows of {}",
+        args.start_clients,
+        args.start_rate,
+        humantime::format_duration(args.duration)
+    ));
+    block.connected(results.each_ref().map(|r| r.as_ref().map(|r| &r.0)));
+    for n in 0..args.start_windows {
+        let windows = results.each_ref().map(|r| r.as_ref().and_then(|r| r.1.get(n)));
+        block.line(
+            &format!("window {}: latency p50 / p99 / max, ms", n + 1),
+            windows,
+            report::latency,
+        );
+        block.line(
+            &format!("window {}: every row once, in order", n + 1),
+            windows,
+            report::verdict,
+        );
+    }
+    let ok = results.iter().flatten().all(|(c, windows)| {
+        c.connect_errors == 0 && windows.iter().all(|w| w.check.ok())
+    });
+    for (mut connected, _) in results.into_iter().flatten() {
+        connected.crowd.close().await;
+    }
+    Ok((block, ok))
 }
 
 /// Whether every side connected every client and every client got every

@@ -86,15 +86,7 @@ impl Block {
             format!("{:.0}", w.delivered_per_s())
         });
         if latency {
-            self.line("insert→client latency p50 / p99 / max, ms", sides, |w| {
-                let ms = |us: u64| us as f64 / 1000.0;
-                format!(
-                    "{:.1} / {:.1} / {:.1}",
-                    ms(w.latency.p50),
-                    ms(w.latency.p99),
-                    ms(w.latency.max)
-                )
-            });
+            self.line("insert→client latency p50 / p99 / max, ms", sides, self::latency);
         }
         self.line("every row once, in order", sides, verdict);
         self.line("server CPU in window, s (% of a core)", sides, |w| {
@@ -127,6 +119,17 @@ impl Block {
             format!("{:.1}", q.1)
         });
     }
+}
+
+/// A window's insert→client latency: p50 / p99 / max in ms.
+pub fn latency(w: &Window) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        ms(w.latency.p50),
+        ms(w.latency.p99),
+        ms(w.latency.max)
+    )
 }
 
 /// Whether every client got every row once, in order, or what went wrong.

@@ -2,7 +2,7 @@
 //! written at a steady rate for a while, then a short wait for the last
 //! deliveries; what the clients got, how late, and what it cost the server.
 
-use super::crowd::{Check, Crowd};
+use super::crowd::{Check, Counts, Crowd};
 use super::histogram::Percentiles;
 use super::stream::State;
 use super::target::{Queries, Target, Written};
@@ -134,11 +134,7 @@ pub async fn measure(
 ) -> anyhow::Result<Window> {
     let before = crowd.counts();
     crowd.clear_latencies();
-    let queries_before = target.server.queries().await?;
-    let server_before = target.server.cpu();
-    let bench_before = cpu_time(std::process::id());
-    let started = Instant::now();
-
+    let meter = Meter::start(target).await?;
     let written = target
         .writer
         .run(rate, duration, &CancellationToken::new())
@@ -146,23 +142,95 @@ pub async fn measure(
     crowd
         .wait_caught_up(written.last, Instant::now() + settle)
         .await;
+    meter.window(target, crowd, &before, rate, written).await
+}
 
-    let elapsed = started.elapsed();
-    let server_cpu = server_before
-        .zip(target.server.cpu())
-        .map(|(b, a)| a.saturating_sub(b));
-    let bench_cpu = bench_before
-        .zip(cpu_time(std::process::id()))
-        .map(|(b, a)| a.saturating_sub(b));
-    let queries_after = target.server.queries().await?;
-    Ok(Window {
-        rate,
-        written,
-        elapsed,
-        latency: crowd.histogram().percentiles(),
-        check: crowd.check(&before, written.last),
-        server_cpu,
-        bench_cpu,
-        queries: queries_before.zip(queries_after),
-    })
+/// Writes rows at `rate` for `duration` while `count` clients connect,
+/// `parallel` at a time, as they come back after a deploy: each resumes
+/// after the last row written before, so it must get every row of the
+/// window; then waits up to `settle` for every client to have the last one.
+pub async fn measure_arriving(
+    target: &mut Target,
+    count: usize,
+    parallel: usize,
+    rate: f64,
+    duration: Duration,
+    settle: Duration,
+) -> anyhow::Result<(Connected, Window)> {
+    let rss_before = target.server.rss_kib();
+    let meter = Meter::start(target).await?;
+    let sub = target.server.sub.clone();
+    let after = target.writer.last();
+    let connecting = async {
+        let crowd = Crowd::connect(&sub, count, parallel, |_| (after, Some(after))).await;
+        (crowd, meter.started.elapsed())
+    };
+    let stop = CancellationToken::new();
+    let (written, (crowd, took)) =
+        tokio::join!(target.writer.run(rate, duration, &stop), connecting);
+    let written = written?;
+    crowd
+        .wait_caught_up(written.last, Instant::now() + settle)
+        .await;
+    let before = vec![Counts::default(); crowd.len()];
+    let window = meter.window(target, &crowd, &before, rate, written).await?;
+    let connected = Connected {
+        connect_errors: crowd.count(State::ConnectFailed),
+        connect_error: crowd.connect_error(),
+        rss: (rss_before, target.server.rss_kib()),
+        took,
+        crowd,
+    };
+    Ok((connected, window))
+}
+
+/// The server's and the benchmark's counters at the start of a window.
+struct Meter {
+    queries: Option<Queries>,
+    server_cpu: Option<Duration>,
+    bench_cpu: Option<Duration>,
+    started: Instant,
+}
+
+impl Meter {
+    async fn start(target: &Target) -> anyhow::Result<Meter> {
+        Ok(Meter {
+            queries: target.server.queries().await?,
+            server_cpu: target.server.cpu(),
+            bench_cpu: cpu_time(std::process::id()),
+            started: Instant::now(),
+        })
+    }
+
+    /// The window from the start until now, for `crowd`, whose counters
+    /// were `before` at the start.
+    async fn window(
+        self,
+        target: &Target,
+        crowd: &Crowd,
+        before: &[Counts],
+        rate: f64,
+        written: Written,
+    ) -> anyhow::Result<Window> {
+        let elapsed = self.started.elapsed();
+        let server_cpu = self
+            .server_cpu
+            .zip(target.server.cpu())
+            .map(|(b, a)| a.saturating_sub(b));
+        let bench_cpu = self
+            .bench_cpu
+            .zip(cpu_time(std::process::id()))
+            .map(|(b, a)| a.saturating_sub(b));
+        let queries_after = target.server.queries().await?;
+        Ok(Window {
+            rate,
+            written,
+            elapsed,
+            latency: crowd.histogram().percentiles(),
+            check: crowd.check(before, written.last),
+            server_cpu,
+            bench_cpu,
+            queries: self.queries.zip(queries_after),
+        })
+    }
 }
