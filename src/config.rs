@@ -168,7 +168,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROWCAST_NOTIFY_INTERVAL", value_parser = humantime::parse_duration)]
     pub notify_interval: Option<Duration>,
     /// Shortest time between two polls the NOTIFY doorbell starts: rings
-    /// within it are served by one poll [default: 25ms].
+    /// within it are served by one poll [default: 10ms].
     #[arg(long, env = "ROWCAST_NOTIFY_WINDOW", value_parser = humantime::parse_duration)]
     pub notify_window: Option<Duration>,
     /// Postgres NOTIFY doorbell of the `--table` feed: `auto` (use the trigger
@@ -977,7 +977,7 @@ fn validate_feed(
         flags.notify_window,
         tuning.notify_window,
         defaults.notify_window,
-        Duration::from_millis(25),
+        Duration::from_millis(10),
     );
     let notify = match file.notify {
         None => Notify::Auto,
@@ -1216,7 +1216,7 @@ mod tests {
         let file = file(include_str!("../rowcast.example.toml")).unwrap();
         let config = Config::merge(&args(None), file).unwrap();
         assert_eq!(config.header_timeout, Duration::from_secs(10));
-        assert_eq!(config.feeds[0].notify_window, Duration::from_millis(25));
+        assert_eq!(config.feeds[0].notify_window, Duration::from_millis(10));
     }
 
     #[test]

@@ -168,9 +168,9 @@ async fn a_burst_of_commits_is_read_by_a_few_polls() {
     let burst = started.elapsed();
     assert_eq!(ids(&client.take(60).await), written);
     let polls = server.queries("messages") - before;
-    // Rings within notify_window (25 ms) of the last poll share one poll;
+    // Rings within notify_window (10 ms) of the last poll share one poll;
     // with no window each commit costs a poll.
-    let most = burst.as_millis() as u64 / 25 + 2;
+    let most = burst.as_millis() as u64 / 10 + 2;
     assert!(
         polls <= most,
         "{polls} polls for 60 commits in {burst:?}, not at most {most}"

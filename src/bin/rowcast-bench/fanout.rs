@@ -393,7 +393,9 @@ async fn start(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)
     ));
     block.connected(results.each_ref().map(|r| r.as_ref().map(|r| &r.0)));
     for n in 0..args.start_windows {
-        let windows = results.each_ref().map(|r| r.as_ref().and_then(|r| r.1.get(n)));
+        let windows = results
+            .each_ref()
+            .map(|r| r.as_ref().and_then(|r| r.1.get(n)));
         block.line(
             &format!("window {}: latency p50 / p99 / max, ms", n + 1),
             windows,
@@ -405,9 +407,10 @@ async fn start(args: &FanoutArgs, setup: &Setup) -> anyhow::Result<(Block, bool)
             report::verdict,
         );
     }
-    let ok = results.iter().flatten().all(|(c, windows)| {
-        c.connect_errors == 0 && windows.iter().all(|w| w.check.ok())
-    });
+    let ok = results
+        .iter()
+        .flatten()
+        .all(|(c, windows)| c.connect_errors == 0 && windows.iter().all(|w| w.check.ok()));
     for (mut connected, _) in results.into_iter().flatten() {
         connected.crowd.close().await;
     }

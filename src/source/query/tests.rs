@@ -26,7 +26,7 @@ fn feed() -> FeedConfig {
         txid_column: None,
         notify: crate::config::Notify::Auto,
         notify_interval: Duration::from_secs(30),
-        notify_window: Duration::from_millis(25),
+        notify_window: Duration::from_millis(10),
         timestamp_column: None,
         rules: Default::default(),
     }

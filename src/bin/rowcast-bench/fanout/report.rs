@@ -86,7 +86,11 @@ impl Block {
             format!("{:.0}", w.delivered_per_s())
         });
         if latency {
-            self.line("insert→client latency p50 / p99 / max, ms", sides, self::latency);
+            self.line(
+                "insert→client latency p50 / p99 / max, ms",
+                sides,
+                self::latency,
+            );
         }
         self.line("every row once, in order", sides, verdict);
         self.line("server CPU in window, s (% of a core)", sides, |w| {
