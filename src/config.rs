@@ -769,8 +769,10 @@ fn flag_feed(args: &ServeArgs) -> Result<FeedFile, Error> {
         table: args.table.clone(),
         schema: args.schema.clone(),
         id_column: args.id_column.clone(),
-        columns: args.columns.clone(),
-        filter_columns: args.filter_columns.clone(),
+        // `--columns "a, b"`: spaces around commas are the command line's,
+        // not the names' (a file's array takes names as written).
+        columns: args.columns.as_deref().map(trimmed),
+        filter_columns: args.filter_columns.as_deref().map(trimmed),
         condition: args.condition.clone(),
         from: args.from.clone(),
         select: args.select.clone(),
@@ -790,6 +792,10 @@ fn flag_feed(args: &ServeArgs) -> Result<FeedFile, Error> {
         },
         ..FeedFile::default()
     })
+}
+
+fn trimmed(names: &[String]) -> Vec<String> {
+    names.iter().map(|n| n.trim().to_owned()).collect()
 }
 
 impl FeedFile {
@@ -860,10 +866,7 @@ fn validate_feed(
         }
     };
     let identifiers = |field: &str, values: Vec<String>| -> Result<Vec<String>, Error> {
-        values
-            .into_iter()
-            .map(|v| identifier(field, v.trim().to_owned()))
-            .collect()
+        values.into_iter().map(|v| identifier(field, v)).collect()
     };
 
     let read_from = match (file.from, file.select) {
@@ -992,12 +995,7 @@ fn validate_feed(
         rules.require.insert(claim, value);
     }
     for (column, claim) in file.auth_filters.unwrap_or_default() {
-        if !file
-            .filter_columns
-            .iter()
-            .flatten()
-            .any(|c| c.trim() == column)
-        {
+        if !file.filter_columns.iter().flatten().any(|c| *c == column) {
             return Err(invalid(
                 key("auth_filters"),
                 format!("`{column}` must also be one of `filter_columns`"),

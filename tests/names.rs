@@ -20,8 +20,10 @@ const CURSOR: &str = "t";
 /// The filter column.
 const ROOM: &str = "Room Id";
 
-/// Text columns, besides one named like the table.
-const TEXT: [&str; 10] = [
+/// Text columns, besides one named like the table. (MySQL allows no
+/// space at the end of a name, only at the start.)
+const TEXT: [&str; 11] = [
+    " leading space",
     "r",
     "select",
     "order",
@@ -233,6 +235,7 @@ async fn chosen_columns_where_and_filter_take_names_literally(kind: Kind) {
     let odd = Odd::create(&db).await;
     let sent = [
         CURSOR,
+        " leading space",
         "r",
         "select",
         "it's",
@@ -253,7 +256,7 @@ async fn chosen_columns_where_and_filter_take_names_literally(kind: Kind) {
         &format!(
             "columns = {}\nfilter_columns = {}\nwhere = {}\n",
             toml_list(&sent),
-            toml_list(&["名前", ROOM]),
+            toml_list(&["名前", ROOM, " leading space"]),
             toml_str(&condition)
         ),
     ))
