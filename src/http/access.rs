@@ -86,14 +86,18 @@ pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<
         let Some(allowed) = rules.allowed(column, claims) else {
             continue;
         };
-        let allowed = allowed?;
+        let mut allowed = allowed?;
+        allowed.sort_unstable();
         // Checked at start-up: every rule column is a filter column.
         let Some(index) = filter_index(hub, column) else {
             continue;
         };
         match filter.values(index) {
             Some(asked) => {
-                if let Some(outside) = asked.iter().find(|v| !allowed.contains(v)) {
+                if let Some(outside) = asked
+                    .iter()
+                    .find(|v| !crate::hub::filter::contains(&allowed, v))
+                {
                     return Err(Refusal::Forbidden(format!(
                         "{} is outside what the token allows",
                         Echo(&format!("{column}={outside}"))

@@ -8,7 +8,7 @@
 
 mod catchup;
 mod fanout;
-mod filter;
+pub(crate) mod filter;
 mod subscriber;
 
 pub use fanout::{Back, Direct};
