@@ -167,10 +167,8 @@ async fn serve_and_measure(
     table: &str,
     args: &Args,
 ) -> anyhow::Result<()> {
-    let serve_args = ServeArgs {
-        database_url: Some(url.to_owned()),
-        ..Default::default()
-    };
+    let mut serve_args = ServeArgs::default();
+    serve_args.server.database_url = Some(url.to_owned());
     let file: FileConfig = toml::from_str(&format!(
         "[[feed]]\nname = \"{FEED}\"\ntable = \"{table}\"\n"
     ))?;
@@ -201,11 +199,11 @@ async fn serve_and_measure(
         "{} — rowcast {}: poll_interval {:?}, max_poll_interval {:?}, gap_grace {:?}, hold_cap {:?}, batch_size {}",
         db.name(),
         env!("CARGO_PKG_VERSION"),
-        feed.poll_interval,
-        feed.max_poll_interval,
-        feed.gap_grace,
-        feed.hold_cap,
-        feed.batch_size,
+        feed.tuning.poll_interval,
+        feed.tuning.max_poll_interval,
+        feed.tuning.gap_grace,
+        feed.tuning.hold_cap,
+        feed.tuning.batch_size,
     );
     println!(
         "writer: {} tx/s, {} tx per phase, one transaction per row; rollbacks phase: every {}th rolled back",

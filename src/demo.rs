@@ -5,7 +5,8 @@
 //! The writer is the demo's stand-in for an application: it only INSERTs, as
 //! any app would, and knows nothing of rowcast.
 
-use crate::config::{Config, DemoArgs, ServeArgs};
+use crate::cli::DemoArgs;
+use crate::config::{Config, FeedFile, FileConfig, Interval, ServeArgs};
 use crate::source::sqlite;
 use sqlx::SqlitePool;
 use std::future::Future;
@@ -57,11 +58,17 @@ pub async fn run(
 
     let config = Config::merge(
         &ServeArgs {
-            database_url: Some(url),
-            listen: Some(args.listen),
-            table: Some("messages".into()),
-            filter_columns: Some(vec!["room_id".into(), "author".into()]),
-            max_poll_interval: Some(Duration::from_millis(500)),
+            server: FileConfig {
+                database_url: Some(url),
+                listen: Some(args.listen),
+                max_poll_interval: Some(Interval(Duration::from_millis(500))),
+                ..FileConfig::default()
+            },
+            feed: FeedFile {
+                table: Some("messages".into()),
+                filter_columns: Some(vec!["room_id".into(), "author".into()]),
+                ..FeedFile::default()
+            },
             ..ServeArgs::default()
         },
         Default::default(),

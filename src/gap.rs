@@ -9,27 +9,19 @@
 //! in an earlier transaction, which no database state reveals); the next
 //! read then passes over what is still missing. A hard cap bounds holding.
 //!
-//! Pure logic with the clock passed in: the poller does the database work.
+//! Pure logic over ids, with the clock passed in: the poller does the
+//! database work. Imports nothing above it.
 
 use crate::cursor::Cursor;
-use crate::source::Row;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
-
-/// How gaps are treated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GapMode {
-    /// Hold rows after a gap until it settles (the default).
-    Hold,
-    /// Pass over gaps at once: the naive `id > last` poller, which loses
-    /// rows that commit out of order. For measurement only.
-    Ignore,
-}
 
 /// Settings of the gap judgement.
 #[derive(Clone, Debug)]
 pub struct GapPolicy {
-    pub mode: GapMode,
+    /// Hold rows after a gap until it settles; `false`: pass over gaps at
+    /// once, the naive `id > last` poller (for measurement only).
+    pub hold: bool,
     /// Difference between consecutive ids (the sequence's increment).
     pub step: i128,
     /// Whether the database can have concurrent writers (not SQLite).
@@ -111,55 +103,51 @@ impl Gaps {
         }
     }
 
-    pub fn policy(&self) -> &GapPolicy {
-        &self.policy
-    }
-
     /// When the oldest open gap was first seen.
     pub fn oldest(&self) -> Option<Instant> {
         self.records.iter().map(|r| r.seen_at).min()
     }
 
-    /// Judges `rows` (read in id order after `cursor`) at `now`. Rows above
-    /// `watermark`, when there is one, are never published; gaps below it
-    /// settle at once.
+    /// Judges the `ids` of the rows read (in order, after `cursor`) at
+    /// `now`. Rows above `watermark`, when there is one, are never
+    /// published; gaps below it settle at once.
     pub fn judge(
         &mut self,
         cursor: Cursor,
-        rows: &[Row],
+        ids: &[i128],
         watermark: Option<i128>,
         now: Instant,
     ) -> Verdict {
         let mut verdict = Verdict::default();
         let mut prev = cursor;
-        for (i, row) in rows.iter().enumerate() {
-            if watermark.is_some_and(|w| row.id > w) {
+        for (i, &id) in ids.iter().enumerate() {
+            if watermark.is_some_and(|w| id > w) {
                 verdict.holding = true;
                 break;
             }
-            if !self.contiguous(prev, row.id) {
+            if !self.contiguous(prev, id) {
                 let missing = match prev {
                     // Below the first row ever seen: no lower end to track.
                     Cursor::Start => None,
-                    Cursor::At(p) => Some((p + 1, row.id - 1)),
+                    Cursor::At(p) => Some((p + 1, id - 1)),
                 };
-                let below_watermark = watermark.is_some_and(|w| row.id <= w);
+                let below_watermark = watermark.is_some_and(|w| id <= w);
                 let decision = if below_watermark {
                     Decision::Pass
                 } else {
-                    self.decide(row.id, rows, now, &mut verdict)
+                    self.decide(id, ids, now, &mut verdict)
                 };
                 match decision {
                     Decision::Hold => {
                         verdict.holding = true;
                         break;
                     }
-                    Decision::PassCapped => verdict.capped.push((prev, row.id)),
+                    Decision::PassCapped => verdict.capped.push((prev, id)),
                     Decision::Pass => {}
                 }
                 verdict.passed.extend(missing);
             }
-            prev = Cursor::At(row.id);
+            prev = Cursor::At(id);
             verdict.emit = i + 1;
         }
         if verdict.emit > 0 {
@@ -170,7 +158,7 @@ impl Gaps {
     }
 
     fn contiguous(&self, prev: Cursor, id: i128) -> bool {
-        if self.policy.mode == GapMode::Ignore || !self.policy.concurrent {
+        if !self.policy.hold || !self.policy.concurrent {
             return true;
         }
         match prev {
@@ -181,11 +169,11 @@ impl Gaps {
 
     /// Whether the gap just before `id` may be passed over now; if not,
     /// notes what to ask the database.
-    fn decide(&mut self, id: i128, rows: &[Row], now: Instant, verdict: &mut Verdict) -> Decision {
+    fn decide(&mut self, id: i128, ids: &[i128], now: Instant, verdict: &mut Verdict) -> Decision {
         let policy = &self.policy;
         let Some(record) = self.records.iter_mut().find(|r| id <= r.below) else {
             self.records.push(Record {
-                below: rows.last().map_or(id, |r| r.id),
+                below: ids.last().copied().unwrap_or(id),
                 seen_at: now,
                 writers: Writers::Pending,
                 settled: false,

@@ -30,6 +30,7 @@
 //! [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod cursor;
 pub mod demo;

@@ -3,7 +3,8 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use rowcast::config::{Cli, Command, Config, LogFormat, SqlCommand};
+use rowcast::cli::{Cli, Command, LogFormat, SqlCommand};
+use rowcast::config::Config;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 

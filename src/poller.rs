@@ -10,8 +10,9 @@
 //! loses them, and never stops the process.
 
 use crate::config::FeedConfig;
+use crate::config::GapHandling;
 use crate::cursor::Cursor;
-use crate::gap::{GapMode, GapPolicy, Gaps, PassedOver, Probe};
+use crate::gap::{GapPolicy, Gaps, PassedOver, Probe};
 use crate::hub::Hub;
 use crate::source::{self, FeedQuery, GapSetup, Row, Source};
 use std::collections::HashSet;
@@ -39,7 +40,7 @@ pub async fn starting_head(
     setup: &GapSetup,
 ) -> Result<Cursor, source::Error> {
     let head = source.max_id(query).await?;
-    if !setup.concurrent || feed.gaps == GapMode::Ignore || head == Cursor::Start {
+    if !setup.concurrent || feed.gaps == GapHandling::Ignore || head == Cursor::Start {
         return Ok(head);
     }
     let started = Instant::now();
@@ -52,11 +53,11 @@ pub async fn starting_head(
     }
     loop {
         let waited = started.elapsed();
-        if waited >= feed.hold_cap {
+        if waited >= feed.tuning.hold_cap {
             tracing::warn!(feed = %feed.name, waited = ?waited, "write transactions still open at start-up after hold_cap; starting anyway");
             break;
         }
-        if waited >= feed.gap_grace {
+        if waited >= feed.tuning.gap_grace {
             match (&writers, &setup.writers_sql) {
                 (Some(before), Some(sql)) => match source.writers(sql).await? {
                     Some(now) if !before.is_disjoint(&now) => {}
@@ -65,7 +66,7 @@ pub async fn starting_head(
                 _ => break,
             }
         }
-        tokio::time::sleep(Duration::from_millis(50).min(feed.gap_grace)).await;
+        tokio::time::sleep(Duration::from_millis(50).min(feed.tuning.gap_grace)).await;
     }
     Ok(head)
 }
@@ -74,7 +75,7 @@ pub async fn starting_head(
 pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
     let feed = hub.config.clone();
     let mut poller = Poller::new(hub.clone(), source);
-    let mut retry = feed.poll_interval;
+    let mut retry = feed.tuning.poll_interval;
     loop {
         let started = Instant::now();
         let wait = match poller.poll().await {
@@ -83,7 +84,7 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
                     tracing::info!(feed = %feed.name, cursor = %hub.head().0, "database answers again; resuming");
                     hub.set_failure(None);
                 }
-                retry = feed.poll_interval;
+                retry = feed.tuning.poll_interval;
                 wait
             }
             Err(err) => {
@@ -121,7 +122,7 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
                 // On a busy table every commit rings: rings that come
                 // within the window of the last poll wait for its end and
                 // are served by one poll.
-                let window_end = started + feed.notify_window;
+                let window_end = started + feed.tuning.notify_window;
                 if Instant::now() < window_end {
                     tokio::select! {
                         _ = tokio::time::sleep_until(window_end.into()) => {}
@@ -152,15 +153,15 @@ impl Poller {
     fn new(hub: Arc<Hub>, source: Source) -> Poller {
         let feed = &hub.config;
         let gaps = Gaps::new(GapPolicy {
-            mode: feed.gaps,
+            hold: feed.gaps == GapHandling::Hold,
             step: hub.gap_setup.step,
             concurrent: hub.gap_setup.concurrent,
-            grace: feed.gap_grace,
-            hold_cap: feed.hold_cap,
+            grace: feed.tuning.gap_grace,
+            hold_cap: feed.tuning.hold_cap,
         });
         Poller {
-            interval: feed.poll_interval,
-            next_late_check: Instant::now() + feed.late_check_interval,
+            interval: feed.tuning.poll_interval,
+            next_late_check: Instant::now() + feed.tuning.late_check_interval,
             gaps,
             passed: PassedOver::default(),
             source,
@@ -182,14 +183,15 @@ impl Poller {
         };
         let (cursor, _) = hub.head();
         let rows = self
-            .read(cursor, Cursor::At(i128::MAX), feed.batch_size)
+            .read(cursor, Cursor::At(i128::MAX), feed.tuning.batch_size)
             .await?;
         let now = Instant::now();
-        let full = rows.len() == feed.batch_size as usize;
-        let verdict = self.gaps.judge(cursor, &rows, watermark, now);
+        let full = rows.len() == feed.tuning.batch_size as usize;
+        let ids: Vec<i128> = rows.iter().map(|r| r.id).collect();
+        let verdict = self.gaps.judge(cursor, &ids, watermark, now);
         for (before, next) in &verdict.capped {
             hub.counters.gaps_capped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(feed = %feed.name, after = %before, next_row = %next, hold_cap = ?feed.hold_cap,
+            tracing::warn!(feed = %feed.name, after = %before, next_row = %next, hold_cap = ?feed.tuning.hold_cap,
                 "a gap in the ids stayed open past hold_cap (a transaction left open?); passing over it");
         }
         hub.counters
@@ -236,17 +238,17 @@ impl Poller {
             Duration::ZERO
         } else if verdict.holding {
             // The gap may fill at any moment; no notification says when.
-            self.interval = feed.poll_interval;
+            self.interval = feed.tuning.poll_interval;
             self.interval.min(HOLD_RECHECK)
         } else if published {
-            self.interval = feed.poll_interval;
+            self.interval = feed.tuning.poll_interval;
             self.interval
         } else {
             // With a working doorbell, idle polls are only a fallback.
             let longest = if hub.doorbell.is_live() {
-                feed.notify_interval
+                feed.tuning.notify_interval
             } else {
-                feed.max_poll_interval
+                feed.tuning.max_poll_interval
             };
             self.interval = (self.interval * 2).min(longest);
             self.interval
@@ -280,7 +282,7 @@ impl Poller {
         if now < self.next_late_check {
             return Ok(());
         }
-        self.next_late_check = now + self.hub.config.late_check_interval;
+        self.next_late_check = now + self.hub.config.tuning.late_check_interval;
         let mut ranges = self.passed.current(LATE_WINDOW, now);
         // Sorted, so that each row read is checked by a binary search.
         ranges.sort_unstable();

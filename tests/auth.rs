@@ -336,10 +336,8 @@ async fn cors_preflight_is_answered_for_configured_origins_only() {
         "cors_origins = [\"*\"]\n[auth]\nsecret = \"x\"\n[[feed]]\ntable = \"{t}\"\n"
     ))
     .unwrap();
-    let args = rowcast::config::ServeArgs {
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    };
+    let mut args = rowcast::config::ServeArgs::default();
+    args.server.database_url = Some(db.url.clone());
     let err = rowcast::config::Config::merge(&args, file)
         .unwrap_err()
         .to_string();

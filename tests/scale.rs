@@ -42,9 +42,10 @@ async fn database_count(
         Kind::Postgres => {
             let sql = "SELECT (COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0))::bigint \
                        FROM pg_stat_user_tables WHERE relname = $1";
-            // Backends publish their statistics when they exit; wait for it.
+            // Backends publish their statistics when they exit; wait for it
+            // (on a loaded machine that takes seconds).
             let mut last = -1;
-            for _ in 0..50 {
+            for _ in 0..150 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let now: i64 = sqlx::query_scalar(sql)
                     .bind(table)

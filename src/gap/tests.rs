@@ -2,7 +2,7 @@ use super::*;
 
 fn policy() -> GapPolicy {
     GapPolicy {
-        mode: GapMode::Hold,
+        hold: true,
         step: 1,
         concurrent: true,
         grace: Duration::from_secs(1),
@@ -10,14 +10,8 @@ fn policy() -> GapPolicy {
     }
 }
 
-fn rows(ids: &[i128]) -> Vec<Row> {
-    ids.iter()
-        .map(|&id| Row {
-            id,
-            json: Some(String::new()),
-            filters: Vec::new(),
-        })
-        .collect()
+fn rows(ids: &[i128]) -> Vec<i128> {
+    ids.to_vec()
 }
 
 fn writers(ids: &[&str]) -> HashSet<String> {
@@ -204,7 +198,7 @@ fn sqlite_and_ignore_mode_never_hold() {
             ..policy()
         },
         GapPolicy {
-            mode: GapMode::Ignore,
+            hold: false,
             ..policy()
         },
     ] {

@@ -51,7 +51,7 @@ impl Hub {
             .pages
             .try_get_with(after, async {
                 let (upto, _) = self.head();
-                let limit = self.config.batch_size;
+                let limit = self.config.tuning.batch_size;
                 let rows = self.source.read(&self.query, after, upto, limit).await;
                 self.counters.query(&rows);
                 self.counters

@@ -110,7 +110,7 @@ impl Counters {
 }
 
 struct State {
-    /// Recent events in id order, at most `config.ring_size`.
+    /// Recent events in id order, at most `config.tuning.ring_size`.
     ring: VecDeque<Arc<Event>>,
     /// Every event after this cursor is in the ring.
     floor: Cursor,
@@ -287,7 +287,7 @@ impl Hub {
         }
         state.head = head;
         state.ring.extend(events.iter().cloned());
-        while state.ring.len() > self.config.ring_size {
+        while state.ring.len() > self.config.tuning.ring_size {
             if let Some(evicted) = state.ring.pop_front() {
                 state.floor = Cursor::At(evicted.id);
             }

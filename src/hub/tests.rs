@@ -8,20 +8,15 @@ use crate::source::{query::Dialect, Table};
 const BUFFER: usize = 16;
 
 fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
-    let mut feed = Config::merge(
-        &ServeArgs {
-            database_url: Some("sqlite::memory:".into()),
-            table: Some("messages".into()),
-            filter_columns: Some(vec!["room_id".into()]),
-            ring_size: Some(ring_size),
-            ..ServeArgs::default()
-        },
-        Default::default(),
-    )
-    .unwrap()
-    .feeds
-    .remove(0);
-    feed.ring_size = ring_size;
+    let mut args = ServeArgs::default();
+    args.server.database_url = Some("sqlite::memory:".into());
+    args.feed.table = Some("messages".into());
+    args.feed.filter_columns = Some(vec!["room_id".into()]);
+    let mut feed = Config::merge(&args, Default::default())
+        .unwrap()
+        .feeds
+        .remove(0);
+    feed.tuning.ring_size = ring_size;
     let table = Table {
         display: "messages".into(),
         columns: vec!["id".into(), "room_id".into()],

@@ -267,10 +267,8 @@ pub fn config(url: &str, toml: &str) -> Config {
         "poll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\ngap_grace = \"50ms\"\n{toml}"
     ))
     .unwrap();
-    let args = ServeArgs {
-        database_url: Some(url.to_owned()),
-        ..ServeArgs::default()
-    };
+    let mut args = ServeArgs::default();
+    args.server.database_url = Some(url.to_owned());
     Config::merge(&args, file).unwrap()
 }
 

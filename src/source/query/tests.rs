@@ -1,7 +1,6 @@
 //! The SQL text of feeds, as each database is sent it.
 
 use super::*;
-use std::time::Duration;
 
 fn feed() -> FeedConfig {
     FeedConfig {
@@ -14,19 +13,11 @@ fn feed() -> FeedConfig {
         condition: None,
         read_from: None,
         event: None,
-        poll_interval: Duration::from_millis(100),
-        max_poll_interval: Duration::from_secs(1),
-        batch_size: 100,
-        ring_size: 100,
-        gaps: crate::gap::GapMode::Hold,
-        gap_grace: Duration::from_secs(1),
-        hold_cap: Duration::from_secs(30),
-        late_check_interval: Duration::from_secs(15),
+        tuning: crate::config::Tuning::resolve(&[]),
+        gaps: crate::config::GapHandling::Hold,
         watermark: None,
         txid_column: None,
         notify: crate::config::Notify::Auto,
-        notify_interval: Duration::from_secs(30),
-        notify_window: Duration::from_millis(10),
         timestamp_column: None,
         rules: Default::default(),
     }
