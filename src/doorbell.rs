@@ -1,18 +1,18 @@
 //! The Postgres LISTEN/NOTIFY doorbell: a trigger on a feed's table rings
-//! the `rowcast` channel once per statement, and the feed's poller polls at
-//! once instead of waiting out its interval.
+//! the `rowcast` channel once per statement, and the bell of every feed of
+//! that table rings, so that its poller polls at once instead of waiting
+//! out its interval.
 //!
 //! A notification is only a doorbell. Rows are always read by the normal
 //! cursor query, so a lost, folded or late notification can never lose a
 //! row; polling goes on at a slow fallback interval. One task holds one
-//! dedicated connection for every feed, reconnects by itself after a
-//! database restart, and rings every feed once on reconnect.
+//! dedicated connection for every bell, reconnects by itself after a
+//! database restart, and rings every bell once on reconnect. It knows
+//! tables and bells, nothing of feeds.
 
-use crate::config::Notify as NotifyMode;
-use crate::hub::Hub;
 use crate::source::{Source, NOTIFY_CHANNEL};
 use sqlx::postgres::PgListener;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +29,16 @@ const TRIGGER_CHECK_ABSENT: Duration = Duration::from_secs(60);
 /// The longest wait between attempts to reconnect the listener.
 const MAX_RECONNECT: Duration = Duration::from_secs(10);
 
-/// One feed's doorbell.
+/// One poller's doorbell.
 #[derive(Debug, Default)]
-pub struct Doorbell {
+pub struct Bell {
     bell: Notify,
     /// Whether rings can be relied on: the listener is connected and the
     /// table has the trigger. The poller then backs off further when idle.
     live: AtomicBool,
 }
 
-impl Doorbell {
+impl Bell {
     /// Asks the poller to poll now. A ring while it is polling is kept, so
     /// a row committed during that poll is read by the next.
     pub fn ring(&self) {
@@ -65,24 +65,30 @@ impl Doorbell {
     }
 }
 
-/// Whether any feed may use the doorbell: Postgres, and not turned off.
-pub fn wanted(source: &Source, hubs: &[Arc<Hub>]) -> bool {
-    matches!(source, Source::Postgres(_)) && hubs.iter().any(|h| h.config.notify != NotifyMode::Off)
+/// A table whose changes ring bells.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The table as the catalog names it (`schema.table`): the
+    /// notification's payload.
+    pub name: String,
+    /// The table, quoted for SQL: what the trigger check asks about.
+    pub sql: String,
+    /// The bell of each feed of the table, with the feed's name for logs.
+    pub bells: Vec<(String, Arc<Bell>)>,
 }
 
-/// Listens for the doorbell of every feed that wants it until `shutdown`.
-pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: CancellationToken) {
-    let mut by_table: HashMap<String, Vec<Arc<Hub>>> = HashMap::new();
-    for hub in hubs
-        .into_iter()
-        .filter(|h| h.config.notify != NotifyMode::Off)
-    {
-        by_table
-            .entry(hub.query.table.clone())
-            .or_default()
-            .push(hub);
-    }
-    let all: Vec<Arc<Hub>> = by_table.values().flatten().cloned().collect();
+/// Listens for the doorbell of every table until `shutdown`.
+pub async fn listen(url: String, source: Source, tables: Vec<Table>, shutdown: CancellationToken) {
+    let by_name: HashMap<String, Vec<Arc<Bell>>> = tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.bells.iter().map(|(_, b)| b.clone()).collect(),
+            )
+        })
+        .collect();
+    let all: Vec<Arc<Bell>> = by_name.values().flatten().cloned().collect();
     let mut retry = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
@@ -104,14 +110,14 @@ pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: 
         };
         retry = Duration::from_millis(100);
         // Rings may have been missed while disconnected: poll once.
-        let mut next_check = check_triggers(&source, &all).await;
+        let mut next_check = check_triggers(&source, &tables).await;
         ring(&all);
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) => {
-                        if let Some(hubs) = by_table.get(notification.payload()) {
-                            ring(hubs);
+                        if let Some(bells) = by_name.get(notification.payload()) {
+                            ring(bells);
                         }
                     }
                     // The connection dropped; the next call reconnects.
@@ -128,7 +134,7 @@ pub async fn listen(url: String, source: Source, hubs: Vec<Arc<Hub>>, shutdown: 
                     }
                 },
                 _ = tokio::time::sleep_until(next_check) => {
-                    next_check = check_triggers(&source, &all).await;
+                    next_check = check_triggers(&source, &tables).await;
                 }
                 _ = shutdown.cancelled() => return,
             }
@@ -142,36 +148,38 @@ async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-fn ring(hubs: &[Arc<Hub>]) {
-    for hub in hubs {
-        hub.doorbell.ring();
+fn ring(bells: &[Arc<Bell>]) {
+    for bell in bells {
+        bell.ring();
     }
 }
 
-fn set_live(hubs: &[Arc<Hub>], live: bool) {
-    for hub in hubs {
-        hub.doorbell.set_live(live);
+fn set_live(bells: &[Arc<Bell>], live: bool) {
+    for bell in bells {
+        bell.set_live(live);
     }
 }
 
-/// Marks each feed live when its table has the trigger, logging changes;
+/// Marks each bell live when its table has the trigger, logging changes;
 /// returns when to check again.
-async fn check_triggers(source: &Source, hubs: &[Arc<Hub>]) -> tokio::time::Instant {
-    let tables: Vec<String> = hubs.iter().map(|h| h.query.table_sql.clone()).collect();
+async fn check_triggers(source: &Source, tables: &[Table]) -> tokio::time::Instant {
+    let names: Vec<String> = tables.iter().map(|t| t.sql.clone()).collect();
     // The database is away: the poller reports it.
-    let with_trigger = source.notify_triggers(&tables).await.unwrap_or_default();
-    for hub in hubs {
-        let installed = with_trigger.contains(&hub.query.table_sql);
-        if installed != hub.doorbell.is_live() {
-            if installed {
-                tracing::info!(feed = %hub.name(), table = %hub.query.table, "NOTIFY doorbell on: polling at once on each notification");
-            } else {
-                tracing::info!(feed = %hub.name(), table = %hub.query.table, "NOTIFY doorbell off: polling only");
-                // Wake the poller from its long fallback wait.
-                hub.doorbell.ring();
+    let with_trigger: HashSet<String> = source.notify_triggers(&names).await.unwrap_or_default();
+    for table in tables {
+        let installed = with_trigger.contains(&table.sql);
+        for (feed, bell) in &table.bells {
+            if installed != bell.is_live() {
+                if installed {
+                    tracing::info!(%feed, table = %table.name, "NOTIFY doorbell on: polling at once on each notification");
+                } else {
+                    tracing::info!(%feed, table = %table.name, "NOTIFY doorbell off: polling only");
+                    // Wake the poller from its long fallback wait.
+                    bell.ring();
+                }
             }
+            bell.set_live(installed);
         }
-        hub.doorbell.set_live(installed);
     }
     let wait = match with_trigger.is_empty() {
         true => TRIGGER_CHECK_ABSENT,

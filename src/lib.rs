@@ -9,26 +9,31 @@
 //!
 //! The modules follow the data, in flow order:
 //!
-//! - [`config`]: flags, environment and TOML, validated into a [`Config`].
+//! - [`config`]: flags, environment and TOML, validated into a [`Config`]
+//!   ([`cli`] is the command line around it).
 //! - [`source`]: one file per database; checks feeds against the catalog and
-//!   reads rows after a cursor, rendered as JSON by the database.
-//! - [`poller`]: one task per feed; one query per poll, whatever the number of
-//!   clients. [`gap`] decides which rows it may publish when ids commit out
-//!   of order; [`doorbell`] makes it poll at once on a Postgres NOTIFY.
-//! - [`hub`]: per feed, frames each row once, keeps a replay ring and the
-//!   latest cursor, writes each batch straight to the sockets of caught-up
-//!   streams from one fan-out task per core, broadcasts to the other
-//!   subscribers, and catches up clients that are behind the ring with
-//!   coalesced reads.
-//! - [`http`]: the listener, which answers event stream requests on the
-//!   socket itself, and the axum router: `/events` (SSE), `/feeds`,
-//!   `/healthz`, `/metrics`, `/`.
+//!   reads rows after a cursor, rendered as JSON by the database. Knows no
+//!   clients.
+//! - [`poller`]: one task per feed; one query per poll, whatever the number
+//!   of clients; owns its gaps, its health and its doorbell. [`gap`] judges
+//!   which ids it may publish when they commit out of order; [`doorbell`]
+//!   rings its bell on a Postgres NOTIFY.
+//! - [`feed`]: per feed, frames each row once, keeps a replay ring and the
+//!   latest cursor, broadcasts batches, and catches up clients behind the
+//!   ring with coalesced reads through a reader it is handed.
+//! - [`fanout`]: writes each batch straight to the sockets of caught-up
+//!   streams, from one task per core, and writes a stream on its own socket
+//!   otherwise: the one owner of a stream's socket.
+//! - [`http`]: the listener (reads request heads, answers event stream
+//!   requests on the socket and hands them to the fan-out) and the axum
+//!   router: `/events` (SSE), `/feeds`, `/healthz`, `/metrics`, `/`.
 //!
-//! Beside the flow: [`sse`] (pure event framing), [`wire`] (chunked writes
-//! to a socket the fan-out shares), [`cursor`] (event ids as text),
-//! [`echo`] (client values quoted back in errors, cut short),
-//! [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
+//! [`app`] wires them together and stops them. Beside the flow: [`sse`]
+//! (pure event framing), [`cursor`] (event ids as text), [`auth`] (tokens
+//! and per-feed rules), [`echo`] (client values quoted back in errors, cut
+//! short), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -36,289 +41,14 @@ pub mod cursor;
 pub mod demo;
 pub mod doorbell;
 pub mod echo;
+pub mod fanout;
+pub mod feed;
 pub mod gap;
 pub mod http;
-pub mod hub;
 pub mod poller;
 pub mod shutdown;
 pub mod source;
 pub mod sse;
-pub mod wire;
 
+pub use app::{prepare, run, serve, Error, Feeds, Listeners};
 pub use config::Config;
-
-use hub::Hub;
-use source::Source;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// How long open streams and pollers get to finish once shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] config::Error),
-    #[error(transparent)]
-    Source(#[from] source::Error),
-    #[error("server error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("cannot listen on {address} (`metrics_listen`): {source}")]
-    MetricsListen {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-/// The sockets a server answers on.
-pub struct Listeners {
-    /// Clients: streams, feeds, the page.
-    pub main: TcpListener,
-    /// Operators: `/metrics` and the full `/healthz`, kept apart from
-    /// clients. `None`: bound from `metrics_listen` when it is set.
-    pub metrics: Option<TcpListener>,
-}
-
-impl From<TcpListener> for Listeners {
-    fn from(main: TcpListener) -> Listeners {
-        Listeners {
-            main,
-            metrics: None,
-        }
-    }
-}
-
-/// The checked feeds of a configuration, ready to serve.
-pub struct Feeds {
-    /// The database.
-    pub source: Source,
-    /// One hub per feed, in configuration order.
-    pub hubs: Vec<Arc<Hub>>,
-}
-
-/// Connects to the database and checks every feed against its catalog.
-/// Each feed starts at its table's current greatest id.
-pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
-    let source = Source::connect(&config.database_url, config.max_connections).await?;
-    let mut plans = Vec::with_capacity(config.feeds.len());
-    for feed in &config.feeds {
-        let query = source.plan(feed).await?;
-        source.validate(feed, &query).await?;
-        let gap_setup = source.gap_setup(feed, &query).await?;
-        for warning in &gap_setup.warnings {
-            tracing::warn!("{warning}");
-        }
-        for note in &gap_setup.notes {
-            tracing::info!("{note}");
-        }
-        match (feed.notify, source.notify_trigger(&query).await?) {
-            (config::Notify::On, Some(false)) | (config::Notify::On, None) => {
-                return Err(source::Error::NoTrigger {
-                    feed: feed.name.clone(),
-                    table: query.table.clone(),
-                }
-                .into())
-            }
-            (config::Notify::Off, _) | (_, Some(false)) | (_, None) => {}
-            (_, Some(true)) => {
-                tracing::info!(feed = %feed.name, table = %query.table, "NOTIFY trigger found: the doorbell will be used")
-            }
-        }
-        if let Some(column) = &query.txid_column {
-            tracing::info!(feed = %feed.name, %column, "exact mode: reading rows in transaction order");
-        }
-        plans.push((feed, query, gap_setup));
-    }
-    // Feeds wait for in-flight writers side by side, not one after another.
-    let heads = futures::future::try_join_all(
-        plans
-            .iter()
-            .map(|(feed, query, gaps)| poller::starting_head(&source, feed, query, gaps)),
-    )
-    .await?;
-    let hubs = plans
-        .into_iter()
-        .zip(heads)
-        .map(|((feed, query, gap_setup), head)| {
-            Arc::new(Hub::new(
-                feed.clone(),
-                query,
-                gap_setup,
-                source.clone(),
-                head,
-                config.client_buffer,
-            ))
-        })
-        .collect();
-    Ok(Feeds { source, hubs })
-}
-
-/// Connections the operators' listener (`metrics_listen`) holds at most:
-/// scrapers and probes.
-const METRICS_CLIENTS: usize = 64;
-
-/// Open files that are not client connections, besides the database pool:
-/// standard streams, the listener, the runtime's own, the NOTIFY listener.
-const RESERVED_FILES: u64 = 16;
-
-/// Raises this process's soft limit of open files to its hard limit, and
-/// returns the limit: about how many connections one process can hold.
-fn open_files_limit() -> u64 {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => limit,
-        Err(err) => {
-            tracing::warn!(cause = %err, "cannot raise the open files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
-        }
-    }
-}
-
-/// Prepares the feeds and serves them on `listeners` (a bound
-/// [`TcpListener`] will do) until `shutdown` completes.
-pub async fn run(
-    listeners: impl Into<Listeners>,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let feeds = prepare(&config).await?;
-    serve(listeners, &config, feeds, shutdown).await
-}
-
-/// Serves prepared feeds: starts a poller per feed and the HTTP server, and
-/// stops both, within a bounded time, when `shutdown` completes.
-pub async fn serve(
-    listeners: impl Into<Listeners>,
-    config: &Config,
-    feeds: Feeds,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let Listeners {
-        main: listener,
-        metrics,
-    } = listeners.into();
-    let metrics = match (metrics, config.metrics_listen) {
-        (None, Some(address)) => Some(
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| Error::MetricsListen { address, source })?,
-        ),
-        (metrics, _) => metrics,
-    };
-    let token = CancellationToken::new();
-    let pollers = TaskTracker::new();
-    for hub in &feeds.hubs {
-        pollers.spawn(poller::run(
-            hub.clone(),
-            feeds.source.clone(),
-            token.clone(),
-        ));
-    }
-    for hub in &feeds.hubs {
-        pollers.spawn(hub.clone().run_fanout(config.keep_alive, token.clone()));
-    }
-    if doorbell::wanted(&feeds.source, &feeds.hubs) {
-        pollers.spawn(doorbell::listen(
-            config.database_url.clone(),
-            feeds.source.clone(),
-            feeds.hubs.clone(),
-            token.clone(),
-        ));
-    }
-
-    let names: Vec<&str> = feeds.hubs.iter().map(|h| h.name()).collect();
-    let files = open_files_limit();
-    let capacity =
-        usize::try_from(files.saturating_sub(u64::from(config.max_connections) + RESERVED_FILES))
-            .unwrap_or(usize::MAX);
-    let max_clients = match config.max_clients {
-        Some(max) if max > capacity => {
-            tracing::warn!(max_clients = max, open_files_limit = files, "max_clients is more than the open-files limit allows; raise the limit (LimitNOFILE) or expect `too many open files`");
-            max
-        }
-        Some(max) => max,
-        None => capacity,
-    };
-    let connections = Arc::new(http::connections::Connections::new(max_clients));
-    tracing::info!(
-        address = %listener.local_addr()?,
-        database = feeds.source.kind(),
-        feeds = %names.join(","),
-        open_files_limit = files,
-        max_clients,
-        "rowcast listening"
-    );
-    let timeouts = http::server::Timeouts {
-        header: config.header_timeout,
-        idle: config.idle_timeout,
-        send: config.send_timeout,
-    };
-    let ctx = http::ApiContext {
-        hubs: Arc::new(feeds.hubs),
-        settings: Arc::new(http::StreamSettings {
-            keep_alive: config.keep_alive,
-            retry: config.retry,
-            max_limit: config.max_limit,
-            max_wait: config.max_wait,
-            cors_origins: config.cors_origins.clone(),
-            send_timeout: config.send_timeout,
-        }),
-        shutdown: token.clone(),
-        auth: config.auth.clone().map(Arc::new),
-        limits: Arc::new(http::limits::Limits::new(
-            config.max_streams_per_subject,
-            config.max_streams_per_ip,
-            http::limits::Limits::streams_within(max_clients),
-        )),
-        connections: connections.clone(),
-        metrics_apart: metrics.is_some(),
-    };
-    if let Some(metrics) = metrics {
-        tracing::info!(address = %metrics.local_addr()?, "metrics and health listening");
-        let app = http::metrics_app(ctx.clone());
-        // Stops with the pollers: at the token, within the same bounded wait.
-        pollers.spawn(http::server::serve(
-            metrics,
-            app,
-            Arc::new(http::connections::Connections::new(METRICS_CLIENTS)),
-            timeouts,
-            token.clone(),
-        ));
-    }
-    pollers.close();
-    if ctx.auth.is_none() && !config.listen.ip().is_loopback() {
-        tracing::warn!(address = %config.listen, "listening beyond this machine with auth off: anyone who can reach it reads every feed");
-    }
-    let stop = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stop.cancel();
-    });
-    let server = http::server::serve(
-        listener,
-        http::app(ctx),
-        connections,
-        timeouts,
-        token.clone(),
-    );
-    tokio::select! {
-        _ = server => {},
-        _ = async { token.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
-        }
-    }
-    token.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, pollers.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("pollers did not stop in time");
-    }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, feeds.source.close()).await;
-    tracing::info!("rowcast stopped");
-    Ok(())
-}

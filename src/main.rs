@@ -39,7 +39,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = Config::load(&args)?;
-            let (listener, backlog) = rowcast::http::server::bind(config.listen)
+            let (listener, backlog) = rowcast::http::listener::bind(config.listen)
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
             if backlog < 1024 {
                 tracing::warn!(backlog, "net.core.somaxconn is low: connections arriving faster than they are accepted (a reconnect storm) are dropped; raise it (and net.ipv4.tcp_max_syn_backlog)");
@@ -51,11 +51,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => {
             let config = Config::load(&args)?;
             let feeds = rowcast::prepare(&config).await?;
-            for hub in &feeds.hubs {
-                let q = &hub.query;
-                println!("feed {}", hub.name());
+            for served in &feeds.served {
+                let feed = &served.feed;
+                let q = &feed.query;
+                println!("feed {}", feed.name());
                 println!("  reads      {}", q.source);
-                println!("  cursor     {} (now at {})", q.id_column, hub.head().0);
+                println!("  cursor     {} (now at {})", q.id_column, feed.head().0);
                 if let Some(txid) = &q.txid_column {
                     println!("  exact      rows read in transaction order by `{txid}`");
                 }
@@ -65,7 +66,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             println!(
                 "ok: {} feed(s) on {}",
-                feeds.hubs.len(),
+                feeds.served.len(),
                 feeds.source.kind()
             );
         }

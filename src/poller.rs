@@ -1,5 +1,7 @@
-//! Pollers: one task per feed that reads new rows in cursor order and hands
-//! them to the feed's hub.
+//! Pollers: one task per feed that reads new rows in cursor order and
+//! publishes them on the feed. A poller owns what only it knows — the gaps
+//! it holds rows behind, its doorbell, whether the database answers, its
+//! counters — and shows them to the rest as a read-only [`Health`].
 //!
 //! One query per poll, whatever the number of clients. While rows flow the
 //! poller reads again at once (a full batch) or after the shortest interval;
@@ -9,15 +11,16 @@
 //! with backoff, forever, from the same cursor: an outage delays rows, never
 //! loses them, and never stops the process.
 
-use crate::config::FeedConfig;
-use crate::config::GapHandling;
+use crate::config::{FeedConfig, GapHandling};
 use crate::cursor::Cursor;
+use crate::doorbell::Bell;
+use crate::feed::{Feed, Reader};
 use crate::gap::{GapPolicy, Gaps, PassedOver, Probe};
-use crate::hub::Hub;
 use crate::source::{self, FeedQuery, GapSetup, Row, Source};
+use futures::future::BoxFuture;
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -71,37 +74,139 @@ pub async fn starting_head(
     Ok(head)
 }
 
+/// What a feed has done since start-up.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Queries of the feed's table: polls, catch-up reads and gap checks.
+    pub queries: AtomicU64,
+    /// Of those, catch-up reads for clients behind the ring.
+    pub catch_up_queries: AtomicU64,
+    /// Queries that failed.
+    pub errors: AtomicU64,
+    /// Events published (rows that passed the feed's condition).
+    pub events: AtomicU64,
+    /// Gaps in the ids passed over after they settled.
+    pub gaps_passed: AtomicU64,
+    /// Gaps passed over because they were held past the hold cap.
+    pub gaps_capped: AtomicU64,
+    /// Rows that committed after their gap was passed over.
+    pub late_rows: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one query and its outcome.
+    pub fn query<T, E>(&self, result: &Result<T, E>) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a feed's poller is doing, for `/healthz`, `/metrics` and `/feeds`:
+/// written by the poller only.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Why the poller is failing, if it is.
+    failure: Mutex<Option<String>>,
+    /// Since when rows are held back behind a gap, if they are.
+    holding_since: Mutex<Option<Instant>>,
+    /// What the feed has done since start-up.
+    pub counters: Counters,
+    /// Rung by the Postgres NOTIFY listener when the table changes.
+    pub bell: Arc<Bell>,
+}
+
+impl Health {
+    /// Why the poller is failing, or `None` when its last poll succeeded.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Since when rows are held back behind a gap, if they are.
+    pub fn holding_since(&self) -> Option<Instant> {
+        *lock(&self.holding_since)
+    }
+
+    /// Whether the NOTIFY doorbell works for the feed.
+    pub fn doorbell_live(&self) -> bool {
+        self.bell.is_live()
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *lock(&self.failure) = failure;
+    }
+
+    fn set_holding_since(&self, since: Option<Instant>) {
+        *lock(&self.holding_since) = since;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A feed's catch-up reads from its table, counted with the poller's.
+pub struct TableReader {
+    pub source: Source,
+    pub query: FeedQuery,
+    pub health: Arc<Health>,
+}
+
+impl Reader for TableReader {
+    fn read(
+        &self,
+        after: Cursor,
+        upto: Cursor,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
+        Box::pin(async move {
+            let rows = self.source.read(&self.query, after, upto, limit).await;
+            let counters = &self.health.counters;
+            counters.query(&rows);
+            counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
+            rows
+        })
+    }
+}
+
 /// Reads one feed until `shutdown` fires.
-pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
-    let feed = hub.config.clone();
-    let mut poller = Poller::new(hub.clone(), source);
-    let mut retry = feed.tuning.poll_interval;
+pub async fn run(
+    feed: Arc<Feed>,
+    source: Source,
+    setup: GapSetup,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    let config = feed.config.clone();
+    let mut poller = Poller::new(feed.clone(), source, setup, health.clone());
+    let mut retry = config.tuning.poll_interval;
     loop {
         let started = Instant::now();
         let wait = match poller.poll().await {
             Ok(wait) => {
-                if hub.failure().is_some() {
-                    tracing::info!(feed = %feed.name, cursor = %hub.head().0, "database answers again; resuming");
-                    hub.set_failure(None);
+                if health.failure().is_some() {
+                    tracing::info!(feed = %config.name, cursor = %feed.head().0, "database answers again; resuming");
+                    health.set_failure(None);
                 }
-                retry = feed.tuning.poll_interval;
+                retry = config.tuning.poll_interval;
                 wait
             }
             Err(err) => {
-                let first = hub.failure().is_none();
+                let first = health.failure().is_none();
                 match (first, err.is_transient()) {
                     (true, true) => {
-                        tracing::warn!(feed = %feed.name, cursor = %hub.head().0, cause = %err, "database unavailable; retrying with backoff")
+                        tracing::warn!(feed = %config.name, cursor = %feed.head().0, cause = %err, "database unavailable; retrying with backoff")
                     }
                     (true, false) => {
-                        tracing::error!(feed = %feed.name, cause = %err, "poll failed; retrying with backoff")
+                        tracing::error!(feed = %config.name, cause = %err, "poll failed; retrying with backoff")
                     }
                     (false, _) => {
-                        tracing::debug!(feed = %feed.name, cause = %err, "poll failed again")
+                        tracing::debug!(feed = %config.name, cause = %err, "poll failed again")
                     }
                 }
                 // /healthz shows this: the class of failure, not the detail.
-                hub.set_failure(Some(
+                health.set_failure(Some(
                     if err.is_transient() {
                         "database unavailable"
                     } else {
@@ -118,11 +223,11 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = hub.doorbell.rung() => {
+            _ = health.bell.rung() => {
                 // On a busy table every commit rings: rings that come
                 // within the window of the last poll wait for its end and
                 // are served by one poll.
-                let window_end = started + feed.tuning.notify_window;
+                let window_end = started + config.tuning.notify_window;
                 if Instant::now() < window_end {
                     tokio::select! {
                         _ = tokio::time::sleep_until(window_end.into()) => {}
@@ -130,7 +235,7 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
                     }
                     // Rings of the window are all answered by this poll;
                     // one during the poll makes another.
-                    hub.doorbell.forget();
+                    health.bell.forget();
                 }
             }
             _ = shutdown.cancelled() => return,
@@ -140,8 +245,10 @@ pub async fn run(hub: Arc<Hub>, source: Source, shutdown: CancellationToken) {
 
 /// One feed's polling state.
 struct Poller {
-    hub: Arc<Hub>,
+    feed: Arc<Feed>,
     source: Source,
+    setup: GapSetup,
+    health: Arc<Health>,
     gaps: Gaps,
     passed: PassedOver,
     /// The current wait between polls, between the configured bounds.
@@ -150,51 +257,54 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(hub: Arc<Hub>, source: Source) -> Poller {
-        let feed = &hub.config;
+    fn new(feed: Arc<Feed>, source: Source, setup: GapSetup, health: Arc<Health>) -> Poller {
+        let config = &feed.config;
         let gaps = Gaps::new(GapPolicy {
-            hold: feed.gaps == GapHandling::Hold,
-            step: hub.gap_setup.step,
-            concurrent: hub.gap_setup.concurrent,
-            grace: feed.tuning.gap_grace,
-            hold_cap: feed.tuning.hold_cap,
+            hold: config.gaps == GapHandling::Hold,
+            step: setup.step,
+            concurrent: setup.concurrent,
+            grace: config.tuning.gap_grace,
+            hold_cap: config.tuning.hold_cap,
         });
         Poller {
-            interval: feed.tuning.poll_interval,
-            next_late_check: Instant::now() + feed.tuning.late_check_interval,
+            interval: config.tuning.poll_interval,
+            next_late_check: Instant::now() + config.tuning.late_check_interval,
             gaps,
             passed: PassedOver::default(),
             source,
-            hub,
+            setup,
+            health,
+            feed,
         }
     }
 
     /// Reads and publishes what it may; returns how long to wait before the
     /// next poll.
     async fn poll(&mut self) -> Result<Duration, source::Error> {
-        let hub = self.hub.clone();
-        let feed = &hub.config;
+        let (feed, health) = (self.feed.clone(), self.health.clone());
+        let config = &feed.config;
+        let counters = &health.counters;
         // Read the watermark first: rows at or below it are committed, so
         // the read that follows sees them.
-        let watermark = match &hub.query.watermark_sql {
+        let watermark = match &feed.query.watermark_sql {
             // No watermark yet means nothing is declared complete.
             Some(sql) => Some(self.source.watermark(sql).await?.unwrap_or(i128::MIN)),
             None => None,
         };
-        let (cursor, _) = hub.head();
+        let (cursor, _) = feed.head();
         let rows = self
-            .read(cursor, Cursor::At(i128::MAX), feed.tuning.batch_size)
+            .read(cursor, Cursor::At(i128::MAX), config.tuning.batch_size)
             .await?;
         let now = Instant::now();
-        let full = rows.len() == feed.tuning.batch_size as usize;
+        let full = rows.len() == config.tuning.batch_size as usize;
         let ids: Vec<i128> = rows.iter().map(|r| r.id).collect();
         let verdict = self.gaps.judge(cursor, &ids, watermark, now);
         for (before, next) in &verdict.capped {
-            hub.counters.gaps_capped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(feed = %feed.name, after = %before, next_row = %next, hold_cap = ?feed.tuning.hold_cap,
+            counters.gaps_capped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(feed = %config.name, after = %before, next_row = %next, hold_cap = ?config.tuning.hold_cap,
                 "a gap in the ids stayed open past hold_cap (a transaction left open?); passing over it");
         }
-        hub.counters
+        counters
             .gaps_passed
             .fetch_add(verdict.passed.len() as u64, Ordering::Relaxed);
         self.passed.add(&verdict.passed, now);
@@ -203,11 +313,12 @@ impl Poller {
         if let Some(head) = verdict.head {
             let mut rows = rows;
             rows.truncate(verdict.emit);
-            hub.publish(rows, head);
+            let events = feed.publish(rows, head);
+            counters.events.fetch_add(events as u64, Ordering::Relaxed);
         }
-        match (verdict.holding, hub.holding_since()) {
-            (true, None) => hub.set_holding_since(Some(self.gaps.oldest().unwrap_or(now))),
-            (false, Some(_)) => hub.set_holding_since(None),
+        match (verdict.holding, health.holding_since()) {
+            (true, None) => health.set_holding_since(Some(self.gaps.oldest().unwrap_or(now))),
+            (false, Some(_)) => health.set_holding_since(None),
             _ => {}
         }
 
@@ -215,18 +326,18 @@ impl Poller {
             Some(Probe::Record) => {
                 // The greatest id first, then the writers: every id below
                 // it was allocated before the writers were listed.
-                let top = self.source.max_id(&hub.query).await;
-                hub.counters.query(&top);
+                let top = self.source.max_id(&feed.query).await;
+                counters.query(&top);
                 let top = top?;
                 let writers = self.writers().await?;
-                tracing::debug!(feed = %feed.name, %cursor, %top, writers = ?writers, "gap in the ids; holding the rows after it");
+                tracing::debug!(feed = %config.name, %cursor, %top, writers = ?writers, "gap in the ids; holding the rows after it");
                 self.gaps.record_writers(writers.as_ref(), top);
                 false
             }
             Some(Probe::Settle) => {
                 let writers = self.writers().await?;
                 let settled = self.gaps.settle(writers.as_ref(), Instant::now());
-                tracing::debug!(feed = %feed.name, %cursor, writers = ?writers, settled, "gap past its grace window");
+                tracing::debug!(feed = %config.name, %cursor, writers = ?writers, settled, "gap past its grace window");
                 settled
             }
             None => false,
@@ -238,17 +349,17 @@ impl Poller {
             Duration::ZERO
         } else if verdict.holding {
             // The gap may fill at any moment; no notification says when.
-            self.interval = feed.tuning.poll_interval;
+            self.interval = config.tuning.poll_interval;
             self.interval.min(HOLD_RECHECK)
         } else if published {
-            self.interval = feed.tuning.poll_interval;
+            self.interval = config.tuning.poll_interval;
             self.interval
         } else {
             // With a working doorbell, idle polls are only a fallback.
-            let longest = if hub.doorbell.is_live() {
-                feed.tuning.notify_interval
+            let longest = if health.doorbell_live() {
+                config.tuning.notify_interval
             } else {
-                feed.tuning.max_poll_interval
+                config.tuning.max_poll_interval
             };
             self.interval = (self.interval * 2).min(longest);
             self.interval
@@ -261,14 +372,14 @@ impl Poller {
         upto: Cursor,
         limit: u32,
     ) -> Result<Vec<Row>, source::Error> {
-        let result = self.source.read(&self.hub.query, after, upto, limit).await;
-        self.hub.counters.query(&result);
+        let result = self.source.read(&self.feed.query, after, upto, limit).await;
+        self.health.counters.query(&result);
         result
     }
 
     /// The transactions that could fill a gap now, if the database tells.
     async fn writers(&self) -> Result<Option<HashSet<String>>, source::Error> {
-        match &self.hub.gap_setup.writers_sql {
+        match &self.setup.writers_sql {
             Some(sql) => self.source.writers(sql).await,
             None => Ok(None),
         }
@@ -282,7 +393,7 @@ impl Poller {
         if now < self.next_late_check {
             return Ok(());
         }
-        self.next_late_check = now + self.hub.config.tuning.late_check_interval;
+        self.next_late_check = now + self.feed.config.tuning.late_check_interval;
         let mut ranges = self.passed.current(LATE_WINDOW, now);
         // Sorted, so that each row read is checked by a binary search.
         ranges.sort_unstable();
@@ -304,10 +415,11 @@ impl Poller {
                 continue;
             }
             let ids: Vec<i128> = late.iter().map(|r| r.id).collect();
-            tracing::warn!(feed = %self.hub.config.name, ids = ?ids,
+            tracing::warn!(feed = %self.feed.name(), ids = ?ids,
                 "rows committed after their gap was passed over; delivering them late (raise gap_grace or set a watermark query)");
             self.passed.found(&ids);
-            self.hub.publish_late(late);
+            let events = self.feed.publish_late(late);
+            (self.health.counters.late_rows).fetch_add(events as u64, Ordering::Relaxed);
         }
         Ok(())
     }

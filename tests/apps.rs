@@ -101,7 +101,7 @@ async fn chat_events_on_postgres() {
         ),
     );
     let server = Server::start(config).await;
-    let gaps = &server.hubs[0].gap_setup;
+    let gaps = &server.setups[0];
     assert_eq!(gaps.warnings, Vec::<String>::new());
     assert_eq!(
         gaps.notes,
@@ -173,7 +173,7 @@ async fn blog_comments_on_mariadb() {
         ),
     );
     let server = Server::start(config).await;
-    let gaps = &server.hubs[0].gap_setup;
+    let gaps = &server.setups[0];
     assert_eq!(
         (gaps.warnings.clone(), gaps.notes.clone()),
         (Vec::new(), Vec::new())

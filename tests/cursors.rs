@@ -145,7 +145,10 @@ async fn postgres_exact_mode_cursors_above_u64_resume_everywhere() {
         &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
     ))
     .await;
-    assert!(server.hubs[0].query.txid_column.is_some(), "exact mode");
+    assert!(
+        server.feeds[0].feed.query.txid_column.is_some(),
+        "exact mode"
+    );
     for body in ["one", "two", "three"] {
         db.insert(&t, 1, body).await;
     }

@@ -101,7 +101,8 @@ async fn a_reconnect_storm_inside_the_ring_reads_nothing_and_loses_nothing() {
     let _open = futures::future::join_all(checks).await;
     // The watcher and the 200: all written by the fan-out.
     wait_for_direct(&server, 201).await;
-    let catch_up = server.hubs[0]
+    let catch_up = server.feeds[0]
+        .health
         .counters
         .catch_up_queries
         .load(std::sync::atomic::Ordering::SeqCst);
@@ -121,11 +122,11 @@ async fn messages(kind: Kind, extra: &str) -> (TestDb, String, rowcast::Config) 
 /// Waits until the feed's fan-out writes exactly `n` streams.
 async fn wait_for_direct(server: &Server, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.hubs[0].direct_streams() != n {
+    while server.feeds[0].fanout.streams() != n {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} direct streams, not {n}",
-            server.hubs[0].direct_streams()
+            server.feeds[0].fanout.streams()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -191,7 +192,7 @@ async fn streams_opened_other_ways_get_every_row() {
         rows.push(db.insert(&t, 1, &format!("row {i}")).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(server.hubs[0].direct_streams(), 0);
+    assert_eq!(server.feeds[0].fanout.streams(), 0);
     let expect = |body: &str| {
         let got: Vec<i64> = body
             .lines()

@@ -140,7 +140,7 @@ async fn gap_setup(t: &str, url: &str, extra: &str) -> rowcast::source::GapSetup
     ))
     .await
     .unwrap();
-    let setup = feeds.hubs[0].gap_setup.clone();
+    let setup = feeds.setups[0].clone();
     feeds.source.close().await;
     setup
 }

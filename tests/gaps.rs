@@ -306,8 +306,16 @@ async fn torture(kind: Kind, read: Read) {
 
     // Restart rowcast in the middle of it all.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let late_before = server.hubs[0].counters.late_rows.load(Ordering::SeqCst);
-    let gaps_before = server.hubs[0].counters.gaps_passed.load(Ordering::SeqCst);
+    let late_before = server.feeds[0]
+        .health
+        .counters
+        .late_rows
+        .load(Ordering::SeqCst);
+    let gaps_before = server.feeds[0]
+        .health
+        .counters
+        .gaps_passed
+        .load(Ordering::SeqCst);
     server.stop().await;
     let server = Server::start(config).await;
     url_tx.send(server.url.clone()).unwrap();
@@ -358,14 +366,17 @@ async fn torture(kind: Kind, read: Read) {
             "every client resumed at least once (restart)"
         );
     }
-    let hub = &server.hubs[0];
+    let served = &server.feeds[0];
     assert_eq!(
-        late_before + hub.counters.late_rows.load(Ordering::SeqCst),
+        late_before + served.health.counters.late_rows.load(Ordering::SeqCst),
         0
     );
-    let gaps = gaps_before + hub.counters.gaps_passed.load(Ordering::SeqCst);
+    let gaps = gaps_before + served.health.counters.gaps_passed.load(Ordering::SeqCst);
     if exact {
-        assert_eq!(hub.query.txid_column.as_deref(), Some("rowcast_txid"));
+        assert_eq!(
+            served.feed.query.txid_column.as_deref(),
+            Some("rowcast_txid")
+        );
         assert_eq!(gaps, 0, "exact mode never passes over an id");
     } else {
         assert!(gaps > 0, "rollbacks and burnt ids left gaps to settle");

@@ -99,8 +99,8 @@ async fn a_live_client_learns_its_position_before_any_row() {
 
     // A multi-feed stream announces every feed's position at once (once
     // both feeds' pollers have seen the row).
-    for hub in &server.hubs {
-        while hub.head().0 < rowcast::cursor::Cursor::At(missed.into()) {
+    for served in &server.feeds {
+        while served.feed.head().0 < rowcast::cursor::Cursor::At(missed.into()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -283,7 +283,7 @@ async fn a_stream_whose_client_reads_nothing_is_closed_after_send_timeout(kind: 
         );
     }
     let quiet = Instant::now();
-    while server.hubs[0].clients() != 0 {
+    while server.feeds[0].feed.clients() != 0 {
         assert!(quiet.elapsed() < WAIT, "the server let go of both streams");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -401,7 +401,7 @@ async fn postgres_scripts_work_on_an_odd_table() {
     ))
     .await;
     assert_eq!(
-        server.hubs[0].query.txid_column.as_deref(),
+        server.feeds[0].feed.query.txid_column.as_deref(),
         Some("rowcast_txid")
     );
     let mut client = Client::connect(
@@ -429,7 +429,7 @@ async fn mysql_keys_do_not_depend_on_sql_mode() {
     let odd = Odd::create(&db).await;
     let row = odd.insert(&db, 5, 1).await;
     let feeds = rowcast::prepare(&odd_feed(&db, &odd, "")).await.unwrap();
-    let sql = feeds.hubs[0].query.read_sql.clone();
+    let sql = feeds.served[0].feed.query.read_sql.clone();
     feeds.source.close().await;
     for mode in [
         "NO_BACKSLASH_ESCAPES",

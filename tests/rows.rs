@@ -49,7 +49,7 @@ fn row_ids(body: &serde_json::Value) -> Vec<i64> {
 /// Waits until the feed has published `id`.
 async fn wait_head(server: &Server, id: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.hubs[0].head().0 < rowcast::cursor::Cursor::At(id.into()) {
+    while server.feeds[0].feed.head().0 < rowcast::cursor::Cursor::At(id.into()) {
         assert!(Instant::now() < deadline, "the feed never reached {id}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -272,8 +272,14 @@ async fn many_pollers_cost_nothing_or_a_few_reads(kind: Kind) {
     let ids = db.insert_many(&t, 1, 40).await;
     let last = *ids.last().unwrap();
     wait_head(&server, last).await;
-    let hub = server.hubs[0].clone();
-    let catch_up = || hub.counters.catch_up_queries.load(Ordering::SeqCst);
+    let served = server.feeds[0].clone();
+    let catch_up = || {
+        served
+            .health
+            .counters
+            .catch_up_queries
+            .load(Ordering::SeqCst)
+    };
 
     let client = reqwest::Client::new();
     let base = format!("{}/feeds/messages/rows", server.url);

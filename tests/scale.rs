@@ -95,10 +95,10 @@ async fn two_hundred_clients_cost_one_query_per_poll(kind: Kind) {
         assert_eq!(ids(events), expected);
     }
     // Counted once the server has stopped: no poll can slip in after.
-    let hub = server.hubs[0].clone();
+    let health = server.feeds[0].health.clone();
     drop(clients);
     server.stop().await;
-    let server_total = hub
+    let server_total = health
         .counters
         .queries
         .load(std::sync::atomic::Ordering::SeqCst);
@@ -152,9 +152,10 @@ async fn clients_behind_the_ring_share_catch_up_reads(kind: Kind) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let hub = server.hubs[0].clone();
+    let health = server.feeds[0].health.clone();
     let catch_up = || {
-        hub.counters
+        health
+            .counters
             .catch_up_queries
             .load(std::sync::atomic::Ordering::SeqCst)
     };

@@ -48,7 +48,8 @@ async fn stalled_client_catches_up_without_a_gap(kind: Kind) {
     assert!(got
         .iter()
         .all(|e| e.json()["body"].as_str().unwrap().len() == body.len()));
-    let catch_up = server.hubs[0]
+    let catch_up = server.feeds[0]
+        .health
         .counters
         .catch_up_queries
         .load(Ordering::SeqCst);

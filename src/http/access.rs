@@ -5,11 +5,11 @@
 use super::error::Error;
 use super::filter::{filter_index, Filter};
 use super::ApiContext;
+use super::Served;
 use crate::auth::{Claims, Refusal};
 use crate::echo::Echo;
-use crate::hub::Hub;
+use crate::feed::Feed;
 use axum::http::{header, HeaderMap};
-use std::sync::Arc;
 
 impl ApiContext {
     /// The caller's verified claims, `None` when auth is off.
@@ -35,14 +35,14 @@ impl ApiContext {
     pub(super) fn readable<'a>(
         &'a self,
         claims: Option<&'a Claims>,
-    ) -> impl Iterator<Item = &'a Arc<Hub>> + 'a {
-        self.hubs.iter().filter(move |h| may_read(h, claims))
+    ) -> impl Iterator<Item = &'a Served> + 'a {
+        self.feeds.iter().filter(move |s| may_read(&s.feed, claims))
     }
 }
 
-/// Whether `claims` may read `hub` at all (always, with auth off: `None`).
-pub fn may_read(hub: &Hub, claims: Option<&Claims>) -> bool {
-    claims.is_none_or(|c| hub.config.rules.check(c).is_ok())
+/// Whether `claims` may read `feed` at all (always, with auth off: `None`).
+pub fn may_read(feed: &Feed, claims: Option<&Claims>) -> bool {
+    claims.is_none_or(|c| feed.config.rules.check(c).is_ok())
 }
 
 /// The token from `Authorization: Bearer`, `?access_token=` or the cookie,
@@ -78,9 +78,9 @@ fn token(headers: &HeaderMap, params: &[(String, String)], cookie: &str) -> Opti
 /// Checks that `claims` may read `hub` and bounds `filter` by its rules: a
 /// client may ask for a subset of what its token allows, never more, and
 /// asking for nothing means everything it is allowed.
-pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<(), Error> {
+pub fn admit(feed: &Feed, claims: Option<&Claims>, filter: &mut Filter) -> Result<(), Error> {
     let Some(claims) = claims else { return Ok(()) };
-    let rules = &hub.config.rules;
+    let rules = &feed.config.rules;
     rules.check(claims)?;
     for column in rules.filters.keys() {
         let Some(allowed) = rules.allowed(column, claims) else {
@@ -89,14 +89,14 @@ pub fn admit(hub: &Hub, claims: Option<&Claims>, filter: &mut Filter) -> Result<
         let mut allowed = allowed?;
         allowed.sort_unstable();
         // Checked at start-up: every rule column is a filter column.
-        let Some(index) = filter_index(hub, column) else {
+        let Some(index) = filter_index(feed, column) else {
             continue;
         };
         match filter.values(index) {
             Some(asked) => {
                 if let Some(outside) = asked
                     .iter()
-                    .find(|v| !crate::hub::filter::contains(&allowed, v))
+                    .find(|v| !crate::feed::filter::contains(&allowed, v))
                 {
                     return Err(Refusal::Forbidden(format!(
                         "{} is outside what the token allows",

@@ -2,16 +2,16 @@
 //!
 //! A request's token is verified first (401), then the request is parsed
 //! into feeds, filters and cursors (bad input → 400/404 before any stream
-//! starts). The stream then writes frames that the hub built once; per
+//! starts). The stream then writes frames that the feed built once; per
 //! client there is only a filter check and a write.
 
 use super::access::admit;
 use super::error::Error;
 use super::filter::{self, filter_index, unknown_filter, Filter};
 use super::resume::{self, resume_text};
-use super::stream::{EventStream, Opening, Wanted};
 use super::ApiContext;
 use crate::auth::Claims;
+use crate::fanout::stream::{EventStream, Opening, Pace, Wanted};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -34,26 +34,23 @@ pub async fn one_feed(
     // The token first: a client that may not read a feed learns nothing
     // of it, not even from a 404 or a 400.
     let claims = ctx.claims(&headers, &params)?;
-    let hub = ctx.hub(&feed, claims.as_ref())?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "access_token"])?;
-    admit(&hub, claims.as_ref(), &mut filter)?;
+    let served = ctx.feed(&feed, claims.as_ref())?;
+    let mut filter = filter::for_feed(&served.feed, &params, &["after", "access_token"])?;
+    admit(&served.feed, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
-        Some((source_name, text)) => Some(resume::one(&hub, source_name, &text)?),
+        Some((source_name, text)) => Some(resume::one(&served.feed, source_name, &text)?),
         None => None,
     };
     let announce = after.is_none();
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
-    let state = EventStream::new(
-        &ctx,
-        vec![Wanted { hub, filter, after }],
-        Opening {
-            multi: false,
-            announce,
-            expires,
-            slot,
-        },
-    );
+    let wanted = Wanted {
+        feed: served.feed,
+        fanout: served.fanout,
+        filter,
+        after,
+    };
+    let state = EventStream::new(vec![wanted], opening(&ctx, false, announce, expires, slot));
     Ok(respond(state, own_socket.is_some()))
 }
 
@@ -67,11 +64,13 @@ pub async fn many_feeds(
     let claims = ctx.claims(&headers, &params)?;
     let mut wanted: Vec<Wanted> = Vec::new();
     for (_, name) in params.iter().filter(|(k, _)| k == "feed") {
-        if wanted.iter().any(|w| w.hub.name() == name) {
+        if wanted.iter().any(|w| w.feed.name() == name) {
             return Err(Error::RepeatedFeed(name.clone()));
         }
+        let served = ctx.feed(name, claims.as_ref())?;
         wanted.push(Wanted {
-            hub: ctx.hub(name, claims.as_ref())?,
+            feed: served.feed,
+            fanout: served.fanout,
             filter: Filter::default(),
             after: None,
         });
@@ -87,7 +86,7 @@ pub async fn many_feeds(
         }
         // `feed.column` filters one feed; a bare `column` every feed that has it.
         let (only, column) = match name.split_once('.') {
-            Some((feed, column)) if wanted.iter().any(|w| w.hub.name() == feed) => {
+            Some((feed, column)) if wanted.iter().any(|w| w.feed.name() == feed) => {
                 (Some(feed), column)
             }
             _ => (None, name.as_str()),
@@ -95,37 +94,50 @@ pub async fn many_feeds(
         let mut used = false;
         for w in wanted
             .iter_mut()
-            .filter(|w| only.is_none_or(|f| f == w.hub.name()))
+            .filter(|w| only.is_none_or(|f| f == w.feed.name()))
         {
-            if let Some(index) = filter_index(&w.hub, column) {
+            if let Some(index) = filter_index(&w.feed, column) {
                 w.filter.add(index, value.clone());
                 used = true;
             }
         }
         if !used {
-            let hubs: Vec<_> = wanted.iter().map(|w| w.hub.clone()).collect();
-            return Err(unknown_filter(name, &hubs));
+            let feeds: Vec<_> = wanted.iter().map(|w| w.feed.clone()).collect();
+            return Err(unknown_filter(name, &feeds));
         }
     }
     for w in &mut wanted {
-        admit(&w.hub, claims.as_ref(), &mut w.filter)?;
+        admit(&w.feed, claims.as_ref(), &mut w.filter)?;
     }
     if let Some((source_name, text)) = resume_text(&params, &headers) {
-        resume::many(&mut wanted, ctx.hubs.len(), source_name, &text)?;
+        resume::many(&mut wanted, ctx.feeds.len(), source_name, &text)?;
     }
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
-    let state = EventStream::new(
-        &ctx,
-        wanted,
-        Opening {
-            multi: true,
-            announce: true,
-            expires,
-            slot,
-        },
-    );
+    let state = EventStream::new(wanted, opening(&ctx, true, true, expires, slot));
     Ok(respond(state, own_socket.is_some()))
+}
+
+/// How a stream starts and ends, and how it writes.
+fn opening(
+    ctx: &ApiContext,
+    multi: bool,
+    announce: bool,
+    expires: Option<std::time::Duration>,
+    slot: super::limits::Slot,
+) -> Opening {
+    Opening {
+        multi,
+        announce,
+        expires,
+        held: Box::new(slot),
+        pace: Pace {
+            keep_alive: ctx.settings.keep_alive,
+            retry: ctx.settings.retry,
+            send_timeout: ctx.settings.send_timeout,
+        },
+        stopping: ctx.shutdown.clone(),
+    }
 }
 
 /// The token's subject, which stream limits count by.

@@ -3,15 +3,15 @@
 //! are never part of any SQL.
 
 use super::error::Error;
-use crate::hub::Hub;
+use crate::feed::Feed;
 use std::sync::Arc;
 
-pub use crate::hub::Filter;
+pub use crate::feed::Filter;
 
 /// The filter that `params` give for `hub`; any parameter that is
 /// neither in `reserved` nor a filter column is an error.
 pub fn for_feed(
-    hub: &Arc<Hub>,
+    feed: &Arc<Feed>,
     params: &[(String, String)],
     reserved: &[&str],
 ) -> Result<Filter, Error> {
@@ -20,28 +20,28 @@ pub fn for_feed(
         if reserved.contains(&name.as_str()) {
             continue;
         }
-        let column = filter_index(hub, name)
-            .ok_or_else(|| unknown_filter(name, std::slice::from_ref(hub)))?;
+        let column = filter_index(feed, name)
+            .ok_or_else(|| unknown_filter(name, std::slice::from_ref(feed)))?;
         filter.add(column, value.clone());
     }
     Ok(filter)
 }
 
 /// The position of `column` among the feed's filter columns.
-pub fn filter_index(hub: &Hub, column: &str) -> Option<usize> {
-    hub.query.filter_columns.iter().position(|c| c == column)
+pub fn filter_index(feed: &Feed, column: &str) -> Option<usize> {
+    feed.query.filter_columns.iter().position(|c| c == column)
 }
 
-/// The error for a parameter that is not a filter of `hubs`.
-pub fn unknown_filter(param: &str, hubs: &[Arc<Hub>]) -> Error {
-    let feeds = hubs
+/// The error for a parameter that is not a filter of `feeds`.
+pub fn unknown_filter(param: &str, feeds: &[Arc<Feed>]) -> Error {
+    let names = feeds
         .iter()
-        .map(|h| format!("feed `{}`", h.name()))
+        .map(|f| format!("feed `{}`", f.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut valid: Vec<String> = hubs
+    let mut valid: Vec<String> = feeds
         .iter()
-        .flat_map(|h| h.query.filter_columns.iter().cloned())
+        .flat_map(|f| f.query.filter_columns.iter().cloned())
         .collect();
     valid.sort();
     valid.dedup();
@@ -50,7 +50,7 @@ pub fn unknown_filter(param: &str, hubs: &[Arc<Hub>]) -> Error {
     }
     Error::UnknownFilter {
         param: param.to_owned(),
-        feeds,
+        feeds: names,
         valid: valid.join(", "),
     }
 }

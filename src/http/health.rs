@@ -7,14 +7,13 @@
 //! Read from memory; never queries the database.
 
 use super::access::may_read;
-use super::ApiContext;
-use crate::hub::Hub;
+use super::{ApiContext, Served};
+use crate::feed::Feed;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
-use std::sync::Arc;
 
 /// `/healthz` on the main listener.
 pub async fn healthz(
@@ -23,38 +22,38 @@ pub async fn healthz(
     headers: HeaderMap,
 ) -> impl IntoResponse {
     if ctx.metrics_apart {
-        return answer(&ctx.hubs, None);
+        return answer(&ctx.feeds, None);
     }
     match ctx.claims(&headers, &params) {
-        Ok(claims) => answer(&ctx.hubs, Some(&|hub| may_read(hub, claims.as_ref()))),
+        Ok(claims) => answer(&ctx.feeds, Some(&|feed| may_read(feed, claims.as_ref()))),
         // Not a 401: a probe without a token still learns the status.
-        Err(_) => answer(&ctx.hubs, None),
+        Err(_) => answer(&ctx.feeds, None),
     }
 }
 
 /// `/healthz` on the operators' listener: every feed.
 pub async fn full(State(ctx): State<ApiContext>) -> impl IntoResponse {
-    answer(&ctx.hubs, Some(&|_| true))
+    answer(&ctx.feeds, Some(&|_| true))
 }
 
 /// 200 `ok` when every feed's last poll succeeded, else 503 `degraded`;
 /// with `shown`, the state of each feed it picks under `feeds`.
 fn answer(
-    hubs: &[Arc<Hub>],
-    shown: Option<&dyn Fn(&Hub) -> bool>,
+    served: &[Served],
+    shown: Option<&dyn Fn(&Feed) -> bool>,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let mut healthy = true;
     let mut feeds = serde_json::Map::new();
-    for hub in hubs {
+    for Served { feed, health, .. } in served {
         // Read once: the status and the feed's entry must agree.
-        let failure = hub.failure();
+        let failure = health.failure();
         healthy &= failure.is_none();
-        if shown.is_some_and(|shown| shown(hub)) {
+        if shown.is_some_and(|shown| shown(feed)) {
             let state = match failure {
-                None => json!({ "status": "ok", "cursor": hub.head().0.to_string() }),
+                None => json!({ "status": "ok", "cursor": feed.head().0.to_string() }),
                 Some(error) => json!({ "status": "failing", "error": error }),
             };
-            feeds.insert(hub.name().to_owned(), state);
+            feeds.insert(feed.name().to_owned(), state);
         }
     }
     let (code, status) = if healthy {

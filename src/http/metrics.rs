@@ -6,16 +6,15 @@
 use super::connections::Connections;
 use super::error::Error;
 use super::ApiContext;
-use crate::hub::Hub;
+use super::Served;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-/// A metric family: name, type, help, and how to read it off a hub.
-type Family = (&'static str, &'static str, &'static str, fn(&Hub) -> f64);
+/// A metric family: name, type, help, and how to read it off a feed.
+type Family = (&'static str, &'static str, &'static str, fn(&Served) -> f64);
 
 fn count(counter: &std::sync::atomic::AtomicU64) -> f64 {
     counter.load(Ordering::Relaxed) as f64
@@ -29,19 +28,19 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, Error> {
     let claims = ctx.claims(&headers, &params)?;
-    let shown: Vec<&Arc<Hub>> = ctx.readable(claims.as_ref()).collect();
+    let shown: Vec<&Served> = ctx.readable(claims.as_ref()).collect();
     Ok(exposition(&shown, &ctx.connections))
 }
 
 /// `/metrics` on the operators' listener: every feed.
 pub async fn all(State(ctx): State<ApiContext>) -> impl IntoResponse {
-    let shown: Vec<&Arc<Hub>> = ctx.hubs.iter().collect();
+    let shown: Vec<&Served> = ctx.feeds.iter().collect();
     exposition(&shown, &ctx.connections)
 }
 
-/// The text exposition of the series of `hubs`, and of the listener's
+/// The text exposition of the series of `feeds`, and of the listener's
 /// connections.
-fn exposition(hubs: &[&Arc<Hub>], connections: &Connections) -> impl IntoResponse {
+fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse {
     let mut out = String::new();
     let server: [(&str, &str, &str, f64); 4] = [
         (
@@ -80,76 +79,77 @@ fn exposition(hubs: &[&Arc<Hub>], connections: &Connections) -> impl IntoRespons
             "rowcast_queries_total",
             "counter",
             "Queries of the feed's table (polls, catch-up reads and gap checks).",
-            |h| count(&h.counters.queries),
+            |s| count(&s.health.counters.queries),
         ),
         (
             "rowcast_catch_up_queries_total",
             "counter",
             "Of those, catch-up reads for clients behind the replay ring.",
-            |h| count(&h.counters.catch_up_queries),
+            |s| count(&s.health.counters.catch_up_queries),
         ),
         (
             "rowcast_query_errors_total",
             "counter",
             "Row queries that failed.",
-            |h| count(&h.counters.errors),
+            |s| count(&s.health.counters.errors),
         ),
         (
             "rowcast_events_total",
             "counter",
             "Rows published to subscribers.",
-            |h| count(&h.counters.events),
+            |s| count(&s.health.counters.events),
         ),
-        ("rowcast_clients", "gauge", "Connected subscribers.", |h| {
-            h.clients() as f64
+        ("rowcast_clients", "gauge", "Connected subscribers.", |s| {
+            s.feed.clients() as f64
         }),
         (
             "rowcast_direct_streams",
             "gauge",
             "Of the streams, those caught up and written by the feed's fan-out task.",
-            |h| h.direct_streams() as f64,
+            |s| s.fanout.streams() as f64,
         ),
         (
             "rowcast_feed_up",
             "gauge",
             "1 when the feed's last poll succeeded.",
-            |h| f64::from(u8::from(h.failure().is_none())),
+            |s| f64::from(u8::from(s.health.failure().is_none())),
         ),
         (
             "rowcast_gaps_passed_total",
             "counter",
             "Gaps in the ids passed over after they settled.",
-            |h| count(&h.counters.gaps_passed),
+            |s| count(&s.health.counters.gaps_passed),
         ),
         (
             "rowcast_gaps_capped_total",
             "counter",
             "Gaps passed over because rows were held past hold_cap.",
-            |h| count(&h.counters.gaps_capped),
+            |s| count(&s.health.counters.gaps_capped),
         ),
         (
             "rowcast_late_rows_total",
             "counter",
             "Rows that committed after their gap was passed over, delivered late.",
-            |h| count(&h.counters.late_rows),
+            |s| count(&s.health.counters.late_rows),
         ),
         (
             "rowcast_gap_hold_seconds",
             "gauge",
             "How long rows have been held back behind a gap (0 when none are).",
-            |h| h.holding_since().map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            |s| (s.health.holding_since()).map_or(0.0, |t| t.elapsed().as_secs_f64()),
         ),
         (
             "rowcast_doorbell_up",
             "gauge",
             "1 when the Postgres NOTIFY doorbell works for the feed.",
-            |h| f64::from(u8::from(h.doorbell.is_live())),
+            |s| f64::from(u8::from(s.health.doorbell_live())),
         ),
     ];
     for (name, kind, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for hub in hubs {
-            let _ = writeln!(out, "{name}{{feed=\"{}\"}} {}", hub.name(), value(hub));
+        for served in feeds {
+            let name_of = served.feed.name();
+            let _ = writeln!(out, "{name}{{feed=\"{name_of}\"}} {}", value(served));
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -16,16 +16,17 @@ mod filter;
 mod head;
 mod health;
 pub mod limits;
+pub mod listener;
 mod metrics;
 mod resume;
 mod rows;
-pub mod server;
-mod stream;
 
 pub use error::Error;
 
 use crate::auth::Claims;
-use crate::hub::Hub;
+use crate::fanout::Fanout;
+use crate::feed::Feed;
+use crate::poller::Health;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
@@ -54,11 +55,20 @@ pub struct StreamSettings {
     pub send_timeout: Duration,
 }
 
+/// A feed as the server runs it: the feed, how its poller is doing, and
+/// the fan-out that writes its caught-up streams.
+#[derive(Clone)]
+pub struct Served {
+    pub feed: Arc<Feed>,
+    pub health: Arc<Health>,
+    pub fanout: Arc<Fanout>,
+}
+
 /// The state every handler sees.
 #[derive(Clone)]
 pub struct ApiContext {
-    /// One hub per feed, in configuration order.
-    pub hubs: Arc<Vec<Arc<Hub>>>,
+    /// Every feed, in configuration order.
+    pub feeds: Arc<Vec<Served>>,
     /// Stream settings.
     pub settings: Arc<StreamSettings>,
     /// Fires when the server stops: open streams end.
@@ -79,9 +89,9 @@ impl ApiContext {
     /// The feed `name`, when `claims` may read it. A feed the token may not
     /// read is answered exactly like one that does not exist, so that a
     /// client learns nothing of it.
-    fn hub(&self, name: &str, claims: Option<&Claims>) -> Result<Arc<Hub>, Error> {
+    fn feed(&self, name: &str, claims: Option<&Claims>) -> Result<Served, Error> {
         self.readable(claims)
-            .find(|h| h.name() == name)
+            .find(|s| s.feed.name() == name)
             .cloned()
             .ok_or_else(|| Error::UnknownFeed {
                 name: name.to_owned(),
@@ -92,7 +102,7 @@ impl ApiContext {
     /// The names of the feeds `claims` may read, for error messages.
     fn feed_names(&self, claims: Option<&Claims>) -> String {
         self.readable(claims)
-            .map(|h| h.name())
+            .map(|s| s.feed.name())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -168,16 +178,16 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("index.html"))
 }
 
-fn feed_summary(hub: &Hub) -> serde_json::Value {
-    let (cursor, at) = hub.head();
+fn feed_summary(feed: &Feed) -> serde_json::Value {
+    let (cursor, at) = feed.head();
     json!({
-        "name": hub.name(),
-        "table": hub.query.source,
+        "name": feed.name(),
+        "table": feed.query.source,
         "cursor": cursor.to_string(),
         "latest_at": at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
-        "latest_row_at": hub.head_row_time(),
-        "clients": hub.clients(),
-        "filter_columns": hub.query.filter_columns,
+        "latest_row_at": feed.head_row_time(),
+        "clients": feed.clients(),
+        "filter_columns": feed.query.filter_columns,
     })
 }
 
@@ -191,7 +201,7 @@ async fn feeds(
     let claims = ctx.claims(&headers, &params)?;
     let readable = ctx
         .readable(claims.as_ref())
-        .map(|h| feed_summary(h))
+        .map(|s| feed_summary(&s.feed))
         .collect::<Vec<_>>();
     Ok(Json(json!({ "feeds": readable })))
 }
@@ -204,15 +214,15 @@ async fn feed(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, Error> {
     let claims = ctx.claims(&headers, &params)?;
-    let hub = ctx.hub(&name, claims.as_ref())?;
-    let mut summary = feed_summary(&hub);
-    let q = &hub.query;
+    let served = ctx.feed(&name, claims.as_ref())?;
+    let mut summary = feed_summary(&served.feed);
+    let q = &served.feed.query;
     let extra = json!({
         "id_column": q.id_column,
         "columns": q.columns,
         "cursor_type": if q.txid_column.is_some() { "transaction order (opaque integer)" } else { "row id (integer)" },
-        "event": hub.config.event,
-        "doorbell": hub.doorbell.is_live(),
+        "event": served.feed.config.event,
+        "doorbell": served.health.doorbell_live(),
     });
     if let (Some(summary), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
         summary.extend(extra.clone());

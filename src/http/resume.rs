@@ -3,15 +3,15 @@
 //! starts, so that a cursor no row can have is a 400, not a silent clamp.
 
 use super::error::Error;
-use super::stream::Wanted;
 use crate::cursor::{self, Cursor, IdRange};
-use crate::hub::Hub;
+use crate::fanout::stream::Wanted;
+use crate::feed::Feed;
 use axum::http::HeaderMap;
 
-/// The ids `hub`'s cursor can take: exact mode packs `(txid, id)` far
+/// The ids `feed`'s cursor can take: exact mode packs `(txid, id)` far
 /// above any row id; otherwise the cursor column's integer type.
-pub fn id_range(hub: &Hub) -> IdRange {
-    match (&hub.query.txid_column, hub.query.unsigned) {
+pub fn id_range(feed: &Feed) -> IdRange {
+    match (&feed.query.txid_column, feed.query.unsigned) {
         (Some(_), _) => IdRange::Packed,
         (None, true) => IdRange::Unsigned,
         (None, false) => IdRange::Signed,
@@ -38,10 +38,10 @@ pub fn resume_text(
     }
 }
 
-/// `hub`'s cursor from `text`, which came from `source_name`.
-pub fn one(hub: &Hub, source_name: &'static str, text: &str) -> Result<Cursor, Error> {
+/// `feed`'s cursor from `text`, which came from `source_name`.
+pub fn one(feed: &Feed, source_name: &'static str, text: &str) -> Result<Cursor, Error> {
     Cursor::parse(text)
-        .and_then(|cursor| id_range(hub).check(cursor, None))
+        .and_then(|cursor| id_range(feed).check(cursor, None))
         .map_err(|problem| Error::BadCursor {
             source_name,
             problem,
@@ -63,8 +63,10 @@ pub fn many(
         problem,
     };
     for (feed, position) in cursor::parse_composite(text, feeds).map_err(bad)? {
-        if let Some(w) = wanted.iter_mut().find(|w| w.hub.name() == feed) {
-            let position = id_range(&w.hub).check(position, Some(&feed)).map_err(bad)?;
+        if let Some(w) = wanted.iter_mut().find(|w| w.feed.name() == feed) {
+            let position = id_range(&w.feed)
+                .check(position, Some(&feed))
+                .map_err(bad)?;
             w.after = Some(position);
         }
     }

@@ -4,7 +4,7 @@
 //! Answers come from memory whenever they can: nothing new (`after` at or
 //! past the feed's head) costs nothing, rows in the replay ring cost a copy,
 //! and only a cursor older than the ring reaches the database, through the
-//! hub's coalesced and briefly cached catch-up reads. `wait` long-polls on
+//! feed's coalesced and briefly cached catch-up reads. `wait` long-polls on
 //! the live broadcast. The body is assembled from the JSON the database
 //! rendered, never re-serialized.
 
@@ -13,7 +13,7 @@ use super::filter::{self, Filter};
 use super::ApiContext;
 use crate::cursor::Cursor;
 use crate::echo::Echo;
-use crate::hub::{Event, Hub};
+use crate::feed::{Event, Feed};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,15 +37,16 @@ struct Answer {
 
 pub async fn rows(
     State(ctx): State<ApiContext>,
-    Path(feed): Path<String>,
+    Path(name): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     // The token first, as for a stream: see `events::one_feed`.
     let claims = ctx.claims(&headers, &params)?;
-    let hub = ctx.hub(&feed, claims.as_ref())?;
-    let mut filter = filter::for_feed(&hub, &params, &["after", "limit", "wait", "access_token"])?;
-    super::access::admit(&hub, claims.as_ref(), &mut filter)?;
+    let served = ctx.feed(&name, claims.as_ref())?;
+    let feed = &served.feed;
+    let mut filter = filter::for_feed(feed, &params, &["after", "limit", "wait", "access_token"])?;
+    super::access::admit(feed, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {
         params
             .iter()
@@ -54,9 +55,9 @@ pub async fn rows(
             .map(|(_, v)| v.as_str())
     };
     let after = match param("after") {
-        Some(text) => super::resume::one(&hub, "after", text)?,
+        Some(text) => super::resume::one(feed, "after", text)?,
         // No cursor: start from now, like a live stream.
-        None => hub.head().0,
+        None => feed.head().0,
     };
     let limits = &ctx.settings;
     let limit = match param("limit") {
@@ -92,18 +93,18 @@ pub async fn rows(
     };
 
     let deadline = tokio::time::Instant::now() + wait;
-    let mut answer = collect(&hub, after, limit, &filter).await;
+    let mut answer = collect(feed, after, limit, &filter).await;
     if answer.rows.is_empty() && !wait.is_zero() {
         // Nothing yet: wait on the live broadcast from where the feed was
         // checked, and answer with the first rows that pass the filter.
-        let mut subscriber = hub.subscribe(Some(answer.cursor));
+        let mut subscriber = feed.subscribe(Some(answer.cursor));
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, subscriber.next()) => next,
                 _ = ctx.shutdown.cancelled() => break,
             };
             let Ok(Some(_)) = next else { break };
-            answer = collect(&hub, after, limit, &filter).await;
+            answer = collect(feed, after, limit, &filter).await;
             if !answer.rows.is_empty() {
                 break;
             }
@@ -117,8 +118,8 @@ pub async fn rows(
 }
 
 /// The rows after `after` that pass `filter`, at most `limit`.
-async fn collect(hub: &Hub, after: Cursor, limit: usize, filter: &Filter) -> Answer {
-    let (head, _) = hub.head();
+async fn collect(feed: &Feed, after: Cursor, limit: usize, filter: &Filter) -> Answer {
+    let (head, _) = feed.head();
     if after >= head {
         return Answer {
             rows: Vec::new(),
@@ -128,14 +129,14 @@ async fn collect(hub: &Hub, after: Cursor, limit: usize, filter: &Filter) -> Ans
     }
     // One more than asked tells whether there is more.
     let wanted = |e: &Event| filter.matches(&e.filters);
-    let (events, checked_to) = match hub.ring_after(after, limit.saturating_add(1), wanted) {
+    let (events, checked_to) = match feed.ring_after(after, limit.saturating_add(1), wanted) {
         Some(events) => (events, head),
-        None => match hub.catch_up(after).await {
+        None => match feed.catch_up(after).await {
             Ok(page) => (page.events.clone(), page.complete_to),
             Err(err) => {
                 // Answer what is known (nothing new) rather than fail the
                 // poll: the client asks again with the same cursor.
-                tracing::warn!(feed = %hub.name(), cause = %err, "catch-up read for /rows failed");
+                tracing::warn!(feed = %feed.name(), cause = %err, "catch-up read for /rows failed");
                 (Vec::new(), after)
             }
         },

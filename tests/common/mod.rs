@@ -10,12 +10,12 @@ pub mod wire;
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use rowcast::config::{Config, FileConfig, ServeArgs};
-use rowcast::hub::Hub;
+use rowcast::http::Served;
+use rowcast::source::GapSetup;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -279,7 +279,10 @@ pub struct Server {
     pub address: SocketAddr,
     /// The operators' listener (`/metrics`, full `/healthz`), when it has one.
     pub metrics_url: Option<String>,
-    pub hubs: Vec<Arc<Hub>>,
+    /// Every feed as the server runs it, in configuration order.
+    pub feeds: Vec<Served>,
+    /// What the database told about gaps in each feed's ids.
+    pub setups: Vec<GapSetup>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), rowcast::Error>>>,
 }
@@ -321,7 +324,7 @@ impl Server {
         let metrics_url = metrics
             .as_ref()
             .map(|m| format!("http://{}", m.local_addr().unwrap()));
-        let hubs = feeds.hubs.clone();
+        let (served, setups) = (feeds.served.clone(), feeds.setups.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = rowcast::Listeners {
             main: listener,
@@ -337,7 +340,8 @@ impl Server {
             url,
             address,
             metrics_url,
-            hubs,
+            feeds: served,
+            setups,
             stop: Some(stop),
             task: Some(task),
         }
@@ -345,8 +349,8 @@ impl Server {
 
     /// Queries this server sent for `feed` so far.
     pub fn queries(&self, feed: &str) -> u64 {
-        let hub = self.hubs.iter().find(|h| h.name() == feed).unwrap();
-        hub.counters
+        let served = self.feeds.iter().find(|s| s.feed.name() == feed).unwrap();
+        (served.health.counters)
             .queries
             .load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -1,22 +1,37 @@
-//! Ring, join and subscriber logic, with rows published by hand. The source
-//! is an unused in-memory SQLite pool: nothing here reaches a database.
+//! Framing, the ring, joining and subscribers, with rows published by
+//! hand: a feed built in memory, whose reader is never asked.
 
 use super::*;
 use crate::config::{Config, ServeArgs};
 use crate::source::{query::Dialect, Table};
+use futures::future::BoxFuture;
 
 const BUFFER: usize = 16;
 
-fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
+/// A reader for feeds whose clients never fall behind the ring.
+struct Unread;
+
+impl Reader for Unread {
+    fn read(
+        &self,
+        _: Cursor,
+        _: Cursor,
+        _: u32,
+    ) -> BoxFuture<'_, Result<Vec<Row>, crate::source::Error>> {
+        panic!("these tests read nothing from a database")
+    }
+}
+
+fn feed(ring_size: usize, head: Cursor) -> Arc<Feed> {
     let mut args = ServeArgs::default();
     args.server.database_url = Some("sqlite::memory:".into());
     args.feed.table = Some("messages".into());
     args.feed.filter_columns = Some(vec!["room_id".into()]);
-    let mut feed = Config::merge(&args, Default::default())
+    let mut config = Config::merge(&args, Default::default())
         .unwrap()
         .feeds
         .remove(0);
-    feed.tuning.ring_size = ring_size;
+    config.tuning.ring_size = ring_size;
     let table = Table {
         display: "messages".into(),
         columns: vec!["id".into(), "room_id".into()],
@@ -24,17 +39,8 @@ fn hub(ring_size: usize, head: Cursor) -> Arc<Hub> {
         unsigned: false,
         txid_column: None,
     };
-    let query = FeedQuery::new(Dialect::Sqlite, &feed, &table, &table.columns).unwrap();
-    let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    let gap_setup = crate::source::GapSetup::in_order();
-    Arc::new(Hub::new(
-        feed,
-        query,
-        gap_setup,
-        Source::Sqlite(pool),
-        head,
-        BUFFER,
-    ))
+    let query = FeedQuery::new(Dialect::Sqlite, &config, &table, &table.columns).unwrap();
+    Arc::new(Feed::new(config, query, Arc::new(Unread), head, BUFFER))
 }
 
 fn rows(ids: &[i128]) -> Vec<Row> {
@@ -53,8 +59,7 @@ fn ids(delivery: &Delivery) -> Vec<i128> {
 
 #[tokio::test]
 async fn frames_are_built_once_and_sliced() {
-    let hub = hub(10, Cursor::Start);
-    let (events, frames) = hub.frame(rows(&[1, 2]), false);
+    let (events, frames) = frame::frame(rows(&[1, 2]), None, false);
     assert_eq!(
         &frames[..],
         b"id: 1\ndata: {\"id\":1}\n\nid: 2\ndata: {\"id\":2}\n\n"
@@ -66,12 +71,12 @@ async fn frames_are_built_once_and_sliced() {
 
 #[tokio::test]
 async fn rows_without_json_move_the_head_but_make_no_event() {
-    let hub = hub(10, Cursor::At(0));
+    let feed = feed(10, Cursor::At(0));
     let mut batch = rows(&[1, 2, 3]);
     batch[1].json = None;
-    hub.publish(batch, Cursor::At(3));
-    assert_eq!(hub.head().0, Cursor::At(3));
-    let Joined::Live { backlog, .. } = hub.join(Cursor::At(0)) else {
+    feed.publish(batch, Cursor::At(3));
+    assert_eq!(feed.head().0, Cursor::At(3));
+    let Joined::Live { backlog, .. } = feed.join(Cursor::At(0)) else {
         panic!("the ring covers the start")
     };
     assert_eq!(backlog.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
@@ -79,10 +84,10 @@ async fn rows_without_json_move_the_head_but_make_no_event() {
 
 #[tokio::test]
 async fn ring_evicts_oldest_and_raises_its_floor() {
-    let hub = hub(3, Cursor::At(0));
-    hub.publish(rows(&[1, 2, 3, 4, 5]), Cursor::At(5));
-    assert!(matches!(hub.join(Cursor::At(1)), Joined::Behind));
-    let Joined::Live { backlog, .. } = hub.join(Cursor::At(2)) else {
+    let feed = feed(3, Cursor::At(0));
+    feed.publish(rows(&[1, 2, 3, 4, 5]), Cursor::At(5));
+    assert!(matches!(feed.join(Cursor::At(1)), Joined::Behind));
+    let Joined::Live { backlog, .. } = feed.join(Cursor::At(2)) else {
         panic!("ids after 2 are all in the ring")
     };
     assert_eq!(backlog.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
@@ -90,11 +95,11 @@ async fn ring_evicts_oldest_and_raises_its_floor() {
 
 #[tokio::test]
 async fn subscriber_replays_then_follows_without_duplicates() {
-    let hub = hub(100, Cursor::At(0));
-    hub.publish(rows(&[1, 2, 3]), Cursor::At(3));
-    let mut sub = hub.subscribe(Some(Cursor::At(1)));
+    let feed = feed(100, Cursor::At(0));
+    feed.publish(rows(&[1, 2, 3]), Cursor::At(3));
+    let mut sub = feed.subscribe(Some(Cursor::At(1)));
     assert_eq!(ids(&sub.next().await.unwrap()), [2, 3]);
-    hub.publish(rows(&[4, 5]), Cursor::At(5));
+    feed.publish(rows(&[4, 5]), Cursor::At(5));
     let live = sub.next().await.unwrap();
     assert!(
         matches!(live, Delivery::Batch(_)),
@@ -102,28 +107,28 @@ async fn subscriber_replays_then_follows_without_duplicates() {
     );
     assert_eq!(ids(&live), [4, 5]);
     assert_eq!(sub.position(), Cursor::At(5));
-    assert_eq!(hub.clients(), 1);
+    assert_eq!(feed.clients(), 1);
     drop(sub);
-    assert_eq!(hub.clients(), 0);
+    assert_eq!(feed.clients(), 0);
 }
 
 #[tokio::test]
 async fn live_subscriber_starts_at_the_head() {
-    let hub = hub(100, Cursor::At(0));
-    hub.publish(rows(&[1, 2]), Cursor::At(2));
-    let mut sub = hub.subscribe(None);
+    let feed = feed(100, Cursor::At(0));
+    feed.publish(rows(&[1, 2]), Cursor::At(2));
+    let mut sub = feed.subscribe(None);
     assert_eq!(sub.position(), Cursor::At(2));
-    hub.publish(rows(&[3]), Cursor::At(3));
+    feed.publish(rows(&[3]), Cursor::At(3));
     assert_eq!(ids(&sub.next().await.unwrap()), [3]);
 }
 
 #[tokio::test]
 async fn lagging_subscriber_rejoins_from_the_ring() {
-    let hub = hub(100_000, Cursor::At(0));
-    let mut sub = hub.subscribe(None);
+    let feed = feed(100_000, Cursor::At(0));
+    let mut sub = feed.subscribe(None);
     // Overflow the broadcast: more batches than it keeps.
     for id in 1..=(BUFFER as i128 + 10) {
-        hub.publish(rows(&[id]), Cursor::At(id));
+        feed.publish(rows(&[id]), Cursor::At(id));
     }
     let mut seen = Vec::new();
     while seen.len() < BUFFER + 10 {

@@ -16,7 +16,8 @@
 use super::connections::{Busy, Connection, Connections};
 use super::events::{OwnSocket, PendingStream};
 use super::head::{self, Framing, Head, MAX_HEAD};
-use super::stream::EventStream;
+use crate::fanout::stream::EventStream;
+use crate::fanout::wire;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
@@ -40,15 +41,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-/// How long clients may take, at most, at each step of a connection.
+/// How the listener treats its connections.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Listening {
     /// From accepting a connection to its first whole request head.
-    pub header: Duration,
+    pub header_timeout: Duration,
     /// A kept-alive connection's wait for its next request head.
-    pub idle: Duration,
+    pub idle_timeout: Duration,
     /// A write to a client that makes no progress.
-    pub send: Duration,
+    pub send_timeout: Duration,
+    /// Whether event streams are answered on the socket, for the fan-out
+    /// to write; `false`: hyper serves every request, streams included.
+    pub direct_fanout: bool,
 }
 
 /// The listen backlog used when the kernel's cap cannot be read.
@@ -77,7 +81,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     connections: Arc<Connections>,
-    timeouts: Timeouts,
+    listening: Listening,
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
@@ -101,7 +105,7 @@ pub async fn serve(
                     peer,
                     app.clone(),
                     held,
-                    timeouts,
+                    listening,
                     shutdown,
                 ));
             }
@@ -132,14 +136,14 @@ async fn connection(
     peer: SocketAddr,
     app: Router,
     held: Connection,
-    timeouts: Timeouts,
+    listening: Listening,
     shutdown: CancellationToken,
 ) {
     // Events go out as soon as they are written.
     let _ = socket.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let read = tokio::select! {
-        read = tokio::time::timeout(timeouts.header, read_head(&mut socket, &mut buf)) => read,
+        read = tokio::time::timeout(listening.header_timeout, read_head(&mut socket, &mut buf)) => read,
         _ = held.evicted() => return,
         _ = shutdown.cancelled() => return,
     };
@@ -147,26 +151,31 @@ async fn connection(
     // stream should not carry the states of the other ways a connection
     // can go.
     match read {
-        Ok(Ok(Head::Events(request))) => {
+        Ok(Ok(Head::Events(request))) if listening.direct_fanout => {
             let busy = held.busy();
             drop(buf);
-            events(socket, peer, request, app, timeouts.send, busy).await
+            events(socket, peer, request, app, listening.send_timeout, busy).await
         }
-        Ok(Ok(Head::Other)) => {
+        Ok(Ok(Head::Other | Head::Events(_))) => {
             Box::pin(hyper(
                 socket,
                 buf.freeze(),
                 peer,
                 app,
                 held,
-                timeouts,
+                listening,
                 shutdown,
             ))
             .await
         }
         Ok(Ok(Head::Refused(error))) => {
             let _busy = held.busy();
-            Box::pin(answer_whole(&socket, error.into_response(), timeouts.send)).await
+            Box::pin(answer_whole(
+                &socket,
+                error.into_response(),
+                listening.send_timeout,
+            ))
+            .await
         }
         // Closed, failed or too slow before a whole head arrived.
         Ok(Ok(Head::Partial)) | Ok(Err(_)) | Err(_) => {}
@@ -224,7 +233,7 @@ async fn answer(
         return None;
     };
     let head = head::response(response.status(), response.headers(), Framing::Chunked);
-    let written = crate::wire::write_all(socket, &mut [IoSlice::new(&head)], send_timeout).await;
+    let written = wire::write_all(socket, &mut [IoSlice::new(&head)], send_timeout).await;
     written.ok().map(|()| stream)
 }
 
@@ -241,7 +250,7 @@ async fn answer_whole(socket: &TcpStream, response: Response<Body>, send_timeout
         .unwrap_or_default();
     let head = head::response(parts.status, &parts.headers, Framing::Close(body.len()));
     let mut parts = [IoSlice::new(&head), IoSlice::new(&body)];
-    if crate::wire::write_all(socket, &mut parts, send_timeout)
+    if wire::write_all(socket, &mut parts, send_timeout)
         .await
         .is_err()
     {
@@ -252,7 +261,7 @@ async fn answer_whole(socket: &TcpStream, response: Response<Body>, send_timeout
     // answer: say that nothing more comes, and drain what the client
     // still sends, as nginx's lingering close does.
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
-    let _ = tokio::time::timeout(LINGER, crate::wire::closed(socket)).await;
+    let _ = tokio::time::timeout(LINGER, wire::closed(socket)).await;
 }
 
 /// Serves the connection with hyper, from the bytes already read on.
@@ -262,7 +271,7 @@ async fn hyper(
     peer: SocketAddr,
     app: Router,
     held: Connection,
-    timeouts: Timeouts,
+    listening: Listening,
     shutdown: CancellationToken,
 ) {
     let held = Arc::new(held);
@@ -283,7 +292,7 @@ async fn hyper(
     let io = TokioIo::new(Rewind {
         read,
         socket,
-        send_timeout: timeouts.send,
+        send_timeout: listening.send_timeout,
         stalled: None,
     });
     let mut builder = http1::Builder::new();
@@ -291,7 +300,7 @@ async fn hyper(
         .timer(TokioTimer::new())
         // Counted from the end of the previous answer: it bounds both an
         // idle kept-alive connection and a request head sent slowly.
-        .header_read_timeout(timeouts.idle)
+        .header_read_timeout(listening.idle_timeout)
         .max_buf_size(MAX_HEAD);
     let mut served = pin!(builder.serve_connection(io, service));
     let mut stopping = pin!(shutdown.cancelled());

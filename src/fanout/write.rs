@@ -1,9 +1,10 @@
 //! The writes of the fan-out: what each client gets of a pass's batches,
 //! as one chunk, and letting go of a stream whose socket cannot take it.
 
-use super::{Back, Batch, Direct, Event};
+use super::wire::{self, ChunkHeader, Written};
+use super::{Back, Direct};
 use crate::cursor::Cursor;
-use crate::wire::{self, ChunkHeader, Written};
+use crate::feed::{after, Batch, Event};
 use std::io::IoSlice;
 use std::sync::Arc;
 
@@ -39,13 +40,12 @@ pub(super) fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
             frames.push(&batch.frames);
         } else {
             // Late events have no id and are new to everyone.
-            let first = match batch.late {
-                true => 0,
-                false => (batch.events).partition_point(|e| Cursor::At(e.id) <= position),
+            let new = match batch.late {
+                true => &batch.events[..],
+                false => after(&batch.events, position),
             };
             frames.extend(
-                batch.events[first..]
-                    .iter()
+                new.iter()
                     .filter(|e| direct.filter.matches(&e.filters))
                     .map(|e| &e.frame[..]),
             );
@@ -60,8 +60,7 @@ pub(super) fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
 /// Writes a joining stream the ring's events after its position that pass
 /// its filter. `false` when the task let go of the stream.
 pub(super) fn join(direct: &mut Direct, backlog: &[Arc<Event>]) -> bool {
-    let first = backlog.partition_point(|e| Cursor::At(e.id) <= direct.position);
-    let frames: Vec<&[u8]> = backlog[first..]
+    let frames: Vec<&[u8]> = after(backlog, direct.position)
         .iter()
         .filter(|e| direct.filter.matches(&e.filters))
         .map(|e| &e.frame[..])

@@ -1,8 +1,10 @@
-//! Direct fan-out: a feed's fan-out tasks, one per core, write each batch
-//! straight into the sockets of the single-feed streams that are caught up,
-//! instead of waking a task per client. An unfiltered client gets the
-//! batch's frames, built once, in one `sendmsg`; a filtered one the frames
-//! its filter passes.
+//! The direct fan-out, the one owner of the sockets of event streams it is
+//! handed: a feed's fan-out tasks, one per core, write each batch straight
+//! into the sockets of the single-feed streams that are caught up, instead
+//! of waking a task per client. An unfiltered client gets the batch's
+//! frames, built once, in one `sendmsg`; a filtered one the frames its
+//! filter passes. [`stream`] writes a stream on a socket of its own while
+//! the tasks do not hold it, [`wire`] the chunks both write.
 //!
 //! A task never waits on a client. A socket that cannot take a whole
 //! chunk at once is handed back to its stream's own task, with its position
@@ -12,8 +14,8 @@
 //! one queue, in the order the hub saw them, so a joining stream gets the
 //! ring's backlog and then every later batch, with nothing between.
 
-use super::{Batch, Event, Filter};
 use crate::cursor::Cursor;
+use crate::feed::{Batch, Event, Feed, Filter, Sink};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,13 +25,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub mod stream;
+pub mod wire;
 mod write;
 
 use write::{deliver, join, keep_alive_round};
 
 /// A feed's direct fan-out: one task per core, each writing its share of
 /// the streams, so that a batch reaches every client on all cores at once.
-pub(super) struct Fanout {
+pub struct Fanout {
     shards: Vec<Shard>,
     /// The next stream id.
     ids: AtomicU64,
@@ -44,7 +48,7 @@ struct Shard {
     streams: AtomicUsize,
 }
 
-pub(super) enum Message {
+enum Message {
     Batch(Arc<Batch>),
     /// A stream and the ring's events after its position.
     Join(Box<Direct>, Vec<Arc<Event>>),
@@ -109,7 +113,14 @@ pub enum Back {
 }
 
 impl Fanout {
-    pub(super) fn new() -> Fanout {
+    /// The fan-out of `feed`, which sends it every batch from now on.
+    pub fn of(feed: &Feed) -> Arc<Fanout> {
+        let fanout = Arc::new(Fanout::new());
+        feed.attach(fanout.clone());
+        fanout
+    }
+
+    fn new() -> Fanout {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = (0..cores)
             .map(|_| {
@@ -127,27 +138,58 @@ impl Fanout {
         }
     }
 
-    /// How many tasks share the streams.
-    pub(super) fn shards(&self) -> usize {
-        self.shards.len()
-    }
-
     /// A number no other stream of this feed has.
-    pub(super) fn stream_id(&self) -> u64 {
+    pub fn stream_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Streams written by the tasks now.
-    pub(super) fn streams(&self) -> usize {
+    pub fn streams(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.streams.load(Ordering::Relaxed))
             .sum()
     }
 
+    /// Hands a stream to the fan-out at its position, or gives it back
+    /// when the feed's ring does not reach back that far or the fan-out is
+    /// not running.
+    pub fn go_direct(&self, feed: &Feed, direct: Direct) -> Result<(), Direct> {
+        feed.join_sink(direct.position, |backlog| {
+            let Some(backlog) = backlog else {
+                return Err(direct);
+            };
+            match self.send(Message::Join(Box::new(direct), backlog)) {
+                Ok(()) => Ok(()),
+                Err(Message::Join(direct, _)) => Err(*direct),
+                Err(_) => unreachable!("a refused message comes back as it was sent"),
+            }
+        })
+    }
+
+    /// Takes a stream out of the fan-out; returns once the fan-out will
+    /// write to it no more.
+    pub async fn leave(&self, id: u64) {
+        let (done, left) = oneshot::channel();
+        if self.send(Message::Leave(id, done)).is_ok() {
+            // An error means the fan-out has stopped: it writes no more.
+            let _ = left.await;
+        }
+    }
+
+    /// Runs the fan-out until `shutdown`: a task per core.
+    pub async fn run(self: Arc<Self>, keep_alive: Duration, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in 0..self.shards.len() {
+            let (fanout, shutdown) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { fanout.run_shard(shard, keep_alive, shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
     /// Queues a message for the task it concerns (a batch: all of them);
     /// gives it back when that task is not running.
-    pub(super) fn send(&self, message: Message) -> Result<(), Message> {
+    fn send(&self, message: Message) -> Result<(), Message> {
         let shard = |id: u64| &self.shards[(id % self.shards.len() as u64) as usize];
         match message {
             Message::Batch(batch) => {
@@ -161,14 +203,9 @@ impl Fanout {
         }
     }
 
-    /// Runs task `shard` until `shutdown` or until the hub is gone. Only
+    /// Runs task `shard` until `shutdown` or until the feed is gone. Only
     /// the first call for a shard runs; a second returns at once.
-    pub(super) async fn run(
-        &self,
-        shard: usize,
-        keep_alive: Duration,
-        shutdown: CancellationToken,
-    ) {
+    async fn run_shard(&self, shard: usize, keep_alive: Duration, shutdown: CancellationToken) {
         let shard = &self.shards[shard];
         let taken = shard.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut inbox) = taken else { return };
@@ -202,6 +239,12 @@ impl Fanout {
     }
 }
 
+impl Sink for Fanout {
+    fn batch(&self, batch: &Arc<Batch>) {
+        let _ = self.send(Message::Batch(batch.clone()));
+    }
+}
+
 /// The streams one task writes, and the batches not all of them have yet.
 #[derive(Default)]
 struct Streams {
@@ -226,7 +269,7 @@ impl Streams {
                 self.received += 1;
             }
             // The ring's backlog holds every batch received before the
-            // join: the hub queued the join after them, under its lock.
+            // join: the feed's lock put the join after them in the queue.
             Message::Join(mut direct, backlog) => {
                 direct.seen = self.received;
                 if join(&mut direct, &backlog) {

@@ -4,7 +4,7 @@
 //! A subscriber that falls behind the broadcast is never skipped ahead: it
 //! rejoins from its own position, through the ring or the database.
 
-use super::{Batch, Event, Hub, Joined};
+use super::{after, Batch, Event, Feed, Joined};
 use crate::cursor::Cursor;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,26 +33,26 @@ impl Delivery {
 
 /// One client's place in one feed.
 pub struct Subscriber {
-    hub: Arc<Hub>,
+    feed: Arc<Feed>,
     /// Every row up to here has been delivered or passed over.
     position: Cursor,
     receiver: Option<Receiver<Arc<Batch>>>,
 }
 
 impl Subscriber {
-    pub(super) fn new(hub: Arc<Hub>, after: Option<Cursor>) -> Subscriber {
-        hub.clients.fetch_add(1, Ordering::Relaxed);
-        let position = after.unwrap_or_else(|| hub.head().0);
+    pub(super) fn new(feed: Arc<Feed>, after: Option<Cursor>) -> Subscriber {
+        feed.clients.fetch_add(1, Ordering::Relaxed);
+        let position = after.unwrap_or_else(|| feed.head().0);
         Subscriber {
-            hub,
+            feed,
             position,
             receiver: None,
         }
     }
 
     /// The feed followed.
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// Every row up to here has been delivered or passed over.
@@ -79,7 +79,7 @@ impl Subscriber {
         let mut retry = Duration::from_millis(250);
         loop {
             let Some(receiver) = &mut self.receiver else {
-                match self.hub.join(self.position) {
+                match self.feed.join(self.position) {
                     Joined::Live { receiver, backlog } => {
                         self.receiver = Some(receiver);
                         if let Some(last) = backlog.last() {
@@ -87,11 +87,11 @@ impl Subscriber {
                             return Some(Delivery::Events(backlog));
                         }
                     }
-                    Joined::Behind => match self.hub.catch_up(self.position).await {
+                    Joined::Behind => match self.feed.catch_up(self.position).await {
                         Ok(page) if page.complete_to <= self.position => {
                             // A reused page from before the ring moved on:
                             // read afresh rather than spin on it.
-                            self.hub.forget_page(self.position).await;
+                            self.feed.forget_page(self.position).await;
                         }
                         Ok(page) => {
                             let after = self.position;
@@ -104,7 +104,7 @@ impl Subscriber {
                         Err(err) => {
                             // Keep the stream: the client is better served by
                             // waiting here than by reconnecting in a loop.
-                            tracing::warn!(feed = %self.hub.name(), cause = %err, "catch-up read failed; retrying");
+                            tracing::warn!(feed = %self.feed.name(), cause = %err, "catch-up read failed; retrying");
                             tokio::time::sleep(retry).await;
                             retry = (retry * 2).min(Duration::from_secs(5));
                         }
@@ -137,13 +137,12 @@ impl Subscriber {
     }
 }
 
-fn newer(events: &[Arc<Event>], after: Cursor) -> Vec<Arc<Event>> {
-    let first = events.partition_point(|e| Cursor::At(e.id) <= after);
-    events[first..].to_vec()
+fn newer(events: &[Arc<Event>], cursor: Cursor) -> Vec<Arc<Event>> {
+    after(events, cursor).to_vec()
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.hub.clients.fetch_sub(1, Ordering::Relaxed);
+        self.feed.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -2,18 +2,16 @@
 //!
 //! A stream on a connection of its own ([`EventStream::write_to`]) writes
 //! its chunked body straight to the socket, and while a single-feed stream
-//! is caught up it leaves the writing to its hub's direct fan-out and only
+//! is caught up it leaves the writing to its feed's direct fan-out and only
 //! waits: for the client to leave, for shutdown or token expiry, or for the
 //! fan-out to hand it back. Any other stream is a body hyper writes
 //! ([`EventStream::into_body`]). Either way a stream never skips a row: it
 //! follows its subscribers, which rejoin from their own position.
 
-use super::filter::Filter;
-use super::limits::Slot;
-use super::ApiContext;
+use super::{wire, Back, Direct, Fanout};
 use crate::cursor::{self, Cursor};
-use crate::hub::{Back, Delivery, Direct, Hub, Subscriber};
-use crate::{sse, wire};
+use crate::feed::{Delivery, Feed, Filter, Subscriber};
+use crate::sse;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -21,8 +19,10 @@ use std::convert::Infallible;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// The expiry of a stream without a token: about a year, within tokio's
@@ -59,13 +59,18 @@ async fn next_of(sub: &mut Subscriber) -> Option<(Delivery, Cursor)> {
 pub struct EventStream {
     /// Bytes to send before any event.
     opening: Option<Bytes>,
-    feeds: Vec<(Arc<Hub>, Filter)>,
+    feeds: Vec<(Arc<Feed>, Filter)>,
+    /// The single feed's fan-out, which may write the stream while it is
+    /// caught up; `None` for several feeds.
+    fanout: Option<Arc<Fanout>>,
     /// Each feed's position as the client will know it.
     positions: Vec<Cursor>,
     deliveries: Deliveries,
     /// Whether events are named after their feed with composite ids.
     multi: bool,
-    ctx: ApiContext,
+    pace: Pace,
+    /// Fires when the server stops.
+    stopping: CancellationToken,
     /// Fires at shutdown. Made once per stream: a new waiter per event
     /// would take the token's lock once per client per event.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -75,8 +80,19 @@ pub struct EventStream {
     last_write: Instant,
     /// Fires when the client's token expires.
     expires: Pin<Box<Sleep>>,
-    /// Held until the stream ends.
-    _slot: Slot,
+    /// Held until the stream ends (its place under the server's limits).
+    _held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// How a stream writes: the server's settings for every stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Interval of keep-alive comments on a quiet stream.
+    pub keep_alive: Duration,
+    /// Reconnect delay sent in `retry:`.
+    pub retry: Duration,
+    /// A write that makes no progress for this long ends the stream.
+    pub send_timeout: Duration,
 }
 
 /// What woke a stream.
@@ -101,7 +117,9 @@ enum Left {
 
 /// One feed of a stream: which, for whom, from where.
 pub struct Wanted {
-    pub hub: Arc<Hub>,
+    pub feed: Arc<Feed>,
+    /// The feed's fan-out.
+    pub fanout: Arc<Fanout>,
     /// The rows this client may see.
     pub filter: Filter,
     /// The client's cursor; `None`: live from now.
@@ -117,24 +135,36 @@ pub struct Opening {
     /// The token's remaining life: the stream ends then, and the client
     /// reconnects with a fresh token and resumes by Last-Event-ID.
     pub expires: Option<std::time::Duration>,
-    /// The stream's place under the limits.
-    pub slot: Slot,
+    /// Held until the stream ends (its place under the server's limits).
+    pub held: Box<dyn std::any::Any + Send + Sync>,
+    /// How it writes.
+    pub pace: Pace,
+    /// Ends the stream when cancelled (the server stops).
+    pub stopping: CancellationToken,
 }
 
 impl EventStream {
     /// A stream of `feeds`, each followed from its cursor.
-    pub fn new(ctx: &ApiContext, feeds: Vec<Wanted>, opening: Opening) -> EventStream {
+    pub fn new(feeds: Vec<Wanted>, opening: Opening) -> EventStream {
         let Opening {
             multi,
             announce,
             expires,
-            slot,
+            held,
+            pace,
+            stopping,
         } = opening;
-        let subscribers: Vec<Subscriber> = feeds.iter().map(|w| w.hub.subscribe(w.after)).collect();
+        let subscribers: Vec<Subscriber> =
+            feeds.iter().map(|w| w.feed.subscribe(w.after)).collect();
         let positions: Vec<Cursor> = subscribers.iter().map(Subscriber::position).collect();
-        let feeds: Vec<(Arc<Hub>, Filter)> = feeds.into_iter().map(|w| (w.hub, w.filter)).collect();
+        let fanout = match &feeds[..] {
+            [one] if !multi => Some(one.fanout.clone()),
+            _ => None,
+        };
+        let feeds: Vec<(Arc<Feed>, Filter)> =
+            feeds.into_iter().map(|w| (w.feed, w.filter)).collect();
         let mut first = BytesMut::new();
-        first.extend_from_slice(&sse::retry(ctx.settings.retry));
+        first.extend_from_slice(&sse::retry(pace.retry));
         if announce {
             let id = if multi {
                 composite(&feeds, &positions)
@@ -164,12 +194,14 @@ impl EventStream {
             positions,
             deliveries,
             multi,
-            ctx: ctx.clone(),
-            shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
-            keep_alive: Box::pin(tokio::time::sleep_until(now + ctx.settings.keep_alive)),
+            fanout,
+            shutdown: Box::pin(stopping.clone().cancelled_owned()),
+            stopping,
+            pace,
+            keep_alive: Box::pin(tokio::time::sleep_until(now + pace.keep_alive)),
             last_write: now,
             expires: Box::pin(tokio::time::sleep_until(now + expires.unwrap_or(NEVER))),
-            _slot: slot,
+            _held: held,
         }
     }
 
@@ -199,8 +231,8 @@ impl EventStream {
             let Some(chunk) = chunk else { break true };
             let written = tokio::select! {
                 biased;
-                written = wire::write_chunk(&socket, &chunk, self.ctx.settings.send_timeout) => written.is_ok(),
-                _ = self.ctx.shutdown.cancelled() => false,
+                written = wire::write_chunk(&socket, &chunk, self.pace.send_timeout) => written.is_ok(),
+                _ = self.stopping.cancelled() => false,
             };
             if !written {
                 break false;
@@ -210,33 +242,29 @@ impl EventStream {
             let _ = wire::write_all(
                 &socket,
                 &mut [IoSlice::new(wire::LAST_CHUNK)],
-                self.ctx.settings.send_timeout,
+                self.pace.send_timeout,
             )
             .await;
         }
     }
 
-    /// Hands a caught-up single-feed stream to its hub's direct fan-out and
+    /// Hands a caught-up single-feed stream to its feed's direct fan-out and
     /// waits until it comes back or the stream ends.
     async fn leave_to_fanout(&mut self, socket: &Arc<TcpStream>) -> Left {
-        let Deliveries::One(sub) = &mut self.deliveries else {
+        let (Deliveries::One(sub), Some(fanout)) = (&mut self.deliveries, &self.fanout) else {
             return Left::NotTaken;
         };
-        if self.multi {
-            return Left::NotTaken;
-        }
-        let hub = sub.hub().clone();
-        let id = hub.stream_id();
+        let id = fanout.stream_id();
         let filter = self.feeds[0].1.clone();
         let (direct, mut back) = Direct::new(id, socket.clone(), filter, sub.position());
-        if hub.go_direct(direct).is_err() {
+        if fanout.go_direct(sub.feed(), direct).is_err() {
             return Left::NotTaken;
         }
         sub.detach();
         let returned = tokio::select! {
             back = &mut back => back.ok(),
             _ = wire::closed(socket) => {
-                hub.leave_direct(id).await;
+                fanout.leave(id).await;
                 return Left::Gone;
             }
             _ = &mut self.expires => None,
@@ -247,7 +275,7 @@ impl EventStream {
             // Expired, shut down, or the fan-out stopped (shutdown): take
             // the stream out and finish any chunk it left half written.
             None => {
-                hub.leave_direct(id).await;
+                fanout.leave(id).await;
                 match back.try_recv() {
                     Ok(back) => (Left::Ended, back),
                     Err(_) => return Left::Ended,
@@ -261,8 +289,8 @@ impl EventStream {
                     let mut parts = [IoSlice::new(&pending)];
                     let written = tokio::select! {
                         biased;
-                        written = wire::write_all(socket, &mut parts, self.ctx.settings.send_timeout) => written.is_ok(),
-                        _ = self.ctx.shutdown.cancelled() => false,
+                        written = wire::write_all(socket, &mut parts, self.pace.send_timeout) => written.is_ok(),
+                        _ = self.stopping.cancelled() => false,
                     };
                     if !written {
                         return Left::Gone;
@@ -305,7 +333,7 @@ impl EventStream {
                 // Counted from the last write, so that a client whose filter
                 // drops every row of a busy feed still gets its keep-alives.
                 Wake::KeepAlive => {
-                    let interval = self.ctx.settings.keep_alive;
+                    let interval = self.pace.keep_alive;
                     let now = Instant::now();
                     let due = self.last_write + interval;
                     if now < due {
@@ -352,11 +380,11 @@ impl EventStream {
 }
 
 /// The composite id of several feeds' positions.
-fn composite(feeds: &[(Arc<Hub>, Filter)], positions: &[Cursor]) -> String {
+fn composite(feeds: &[(Arc<Feed>, Filter)], positions: &[Cursor]) -> String {
     cursor::format_composite(
         feeds
             .iter()
-            .map(|(hub, _)| hub.name())
+            .map(|(feed, _)| feed.name())
             .zip(positions.iter().copied()),
     )
 }

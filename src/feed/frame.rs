@@ -1,0 +1,82 @@
+//! Rows framed once for every subscriber: each row's complete SSE frame and
+//! its JSON as slices of one buffer per batch.
+
+use crate::cursor::Cursor;
+use crate::source::Row;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// One row, framed.
+#[derive(Debug)]
+pub struct Event {
+    /// The row id.
+    pub id: i128,
+    /// The complete single-feed SSE frame (`id:`, optional `event:`, `data:`).
+    pub frame: Bytes,
+    /// The row's JSON, a slice of `frame`.
+    pub data: Bytes,
+    /// Filter column values as text, in the feed's filter order.
+    pub filters: Box<[Option<Box<str>>]>,
+    /// A row that committed after its gap was passed over: delivered out of
+    /// order, without an `id:` so that no client's cursor moves back.
+    pub late: bool,
+}
+
+/// Events published by one poll, framed into one buffer.
+#[derive(Debug)]
+pub struct Batch {
+    /// The events, in id order.
+    pub events: Vec<Arc<Event>>,
+    /// Every event's frame, back to back: what a subscriber that wants them
+    /// all writes in one go.
+    pub frames: Bytes,
+    /// The poller's cursor after this batch (may pass ids that the feed's
+    /// row condition excluded).
+    pub head: Cursor,
+    /// Late rows, for every subscriber whatever its position.
+    pub late: bool,
+}
+
+/// The events of `events` (in id order) after `cursor`.
+pub fn after(events: &[Arc<Event>], cursor: Cursor) -> &[Arc<Event>] {
+    &events[events.partition_point(|e| Cursor::At(e.id) <= cursor)..]
+}
+
+/// Frames rows into events, once, for everyone: every event's frame back to
+/// back in one buffer, and each event a slice of it. Rows without JSON (the
+/// feed's condition excludes them) make no event.
+pub(super) fn frame(
+    rows: Vec<Row>,
+    event_name: Option<&str>,
+    late: bool,
+) -> (Vec<Arc<Event>>, Bytes) {
+    let mut buf = BytesMut::new();
+    let mut spans = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(json) = row.json else { continue };
+        let start = buf.len();
+        let id = (!late).then(|| row.id.to_string());
+        crate::sse::put_event(&mut buf, id.as_deref(), event_name, json.as_bytes());
+        // `data: <json>\n\n` ends the frame.
+        let data_end = buf.len() - 2;
+        let data_start = data_end - json.len();
+        spans.push((row.id, start, data_start, data_end, row.filters));
+    }
+    let frames = buf.freeze();
+    let events = spans
+        .into_iter()
+        .map(|(id, start, data_start, data_end, filters)| {
+            Arc::new(Event {
+                id,
+                frame: frames.slice(start..data_end + 2),
+                data: frames.slice(data_start..data_end),
+                filters: filters
+                    .into_iter()
+                    .map(|v| v.map(String::into_boxed_str))
+                    .collect(),
+                late,
+            })
+        })
+        .collect();
+    (events, frames)
+}
