@@ -15,15 +15,18 @@
 //! - `memory` ([`memory`]): resident memory before and after bursts of
 //!   long-polls and stalled connections.
 //!
-//! Run it by hand, with the local databases up, after a release build (it
-//! starts the `rowcast` found next to its own executable):
+//! It is a crate of its own in the workspace, left out of a plain
+//! `cargo build`: it drives the binary and never links the library. Run it by
+//! hand, with the local databases up, after a release build of rowcast (it
+//! starts the `rowcast` found next to its own executable, in the workspace's
+//! `target/release/`):
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- latency
-//! cargo run --release --bin rowcast-bench -- polling
-//! cargo run --release --bin rowcast-bench -- fanout
-//! cargo run --release --bin rowcast-bench -- memory
+//! cargo run --release -p rowcast-bench -- latency
+//! cargo run --release -p rowcast-bench -- polling
+//! cargo run --release -p rowcast-bench -- fanout
+//! cargo run --release -p rowcast-bench -- memory
 //! ```
 
 mod cpu;
@@ -109,7 +112,7 @@ pub fn locate_rowcast(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    // `cargo run --bin rowcast-bench` does not rebuild rowcast: show its age.
+    // `cargo run -p rowcast-bench` does not rebuild rowcast: show its age.
     let age = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .ok()
