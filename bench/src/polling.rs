@@ -30,8 +30,8 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- polling
-//! cargo run --release --bin rowcast-bench -- polling --side rowcast --rate 50 --duration 10s
+//! cargo run --release -p rowcast-bench -- polling
+//! cargo run --release -p rowcast-bench -- polling --side rowcast --rate 50 --duration 10s
 //! ```
 //!
 //! Clients, servers and Postgres share the machine. C clients take C open

@@ -13,7 +13,7 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- memory
+//! cargo run --release -p rowcast-bench -- memory
 //! ```
 
 use crate::cpu::rss_kib;

@@ -37,8 +37,8 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- latency
-//! cargo run --release --bin rowcast-bench -- latency --database postgres --mode notify --clients 1000
+//! cargo run --release -p rowcast-bench -- latency
+//! cargo run --release -p rowcast-bench -- latency --database postgres --mode notify --clients 1000
 //! ```
 //!
 //! Client, server and database share the machine, so the figures include

@@ -38,9 +38,9 @@
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- fanout
-//! cargo run --release --bin rowcast-bench -- fanout idle --idle-clients 100
-//! cargo run --release --bin rowcast-bench -- fanout sweep --side nchan
+//! cargo run --release -p rowcast-bench -- fanout
+//! cargo run --release -p rowcast-bench -- fanout idle --idle-clients 100
+//! cargo run --release -p rowcast-bench -- fanout sweep --side nchan
 //! ```
 //!
 //! Clients, servers and Postgres share the machine, so every figure

@@ -15,15 +15,18 @@
 //! - `memory` ([`memory`]): resident memory before and after bursts of
 //!   long-polls and stalled connections.
 //!
-//! Run it by hand, with the local databases up, after a release build (it
-//! starts the `rowcast` found next to its own executable):
+//! It is a crate of its own in the workspace, left out of a plain
+//! `cargo build`: it drives the binary and never links the library. Run it by
+//! hand, with the local databases up, after a release build of rowcast (it
+//! starts the `rowcast` found next to its own executable, in the workspace's
+//! `target/release/`):
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release --bin rowcast-bench -- latency
-//! cargo run --release --bin rowcast-bench -- polling
-//! cargo run --release --bin rowcast-bench -- fanout
-//! cargo run --release --bin rowcast-bench -- memory
+//! cargo run --release -p rowcast-bench -- latency
+//! cargo run --release -p rowcast-bench -- polling
+//! cargo run --release -p rowcast-bench -- fanout
+//! cargo run --release -p rowcast-bench -- memory
 //! ```
 
 mod cpu;
@@ -41,7 +44,7 @@ use fanout::FanoutArgs;
 use latency::LatencyArgs;
 use memory::MemoryArgs;
 use polling::PollingArgs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,23 +96,29 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `rowcast` next to this executable, as `cargo build --release` leaves it.
+/// `rowcast` next to this executable: both crates build into the workspace's
+/// `target/`, so `cargo build --release` leaves it beside
+/// `target/release/rowcast-bench`.
 pub fn locate_rowcast(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let path = match given {
-        Some(path) => path,
+        Some(path) if path.is_file() => path,
+        Some(path) => bail!("{} not found (given with --rowcast)", path.display()),
         None => {
             let me = std::env::current_exe().context("cannot find this executable")?;
             let dir = me.parent().context("this executable has no directory")?;
-            dir.join(format!("rowcast{}", std::env::consts::EXE_SUFFIX))
+            let path = dir.join(format!("rowcast{}", std::env::consts::EXE_SUFFIX));
+            if !path.is_file() {
+                bail!(
+                    "{} not found: build rowcast first with `{}` at the workspace root \
+                     (or pass --rowcast)",
+                    path.display(),
+                    build_command(dir)
+                );
+            }
+            path
         }
     };
-    if !path.is_file() {
-        bail!(
-            "{} not found: run `cargo build --release` first (or pass --rowcast)",
-            path.display()
-        );
-    }
-    // `cargo run --bin rowcast-bench` does not rebuild rowcast: show its age.
+    // `cargo run -p rowcast-bench` does not rebuild rowcast: show its age.
     let age = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .ok()
@@ -123,6 +132,16 @@ pub fn locate_rowcast(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .unwrap_or_default();
     eprintln!("rowcast-bench: measuring {}{age}", path.display());
     Ok(path)
+}
+
+/// The command that builds rowcast into `dir`, the profile's directory in
+/// `target/` that this executable runs from (`cargo run -p rowcast-bench`
+/// without `--release` runs from `target/debug`).
+fn build_command(dir: &Path) -> &'static str {
+    match dir.file_name() {
+        Some(profile) if profile == "debug" => "cargo build",
+        _ => "cargo build --release",
+    }
 }
 
 /// The nearest-rank percentile of sorted values.
@@ -140,4 +159,19 @@ pub fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     since.as_micros() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_command;
+    use std::path::Path;
+
+    #[test]
+    fn the_build_command_matches_the_profile_the_bench_runs_from() {
+        assert_eq!(
+            build_command(Path::new("target/release")),
+            "cargo build --release"
+        );
+        assert_eq!(build_command(Path::new("target/debug")), "cargo build");
+    }
 }
