@@ -30,6 +30,10 @@
 //!   storm cost beyond the usual polls, and every row after each client's
 //!   Last-Event-ID exactly once, in order.
 //!
+//! `--direct-fanout false` runs rowcast with every stream served through
+//! hyper instead of its direct fan-out: the A/B of the fan-out (and what a
+//! deployment needing TLS or HTTP/2 in rowcast itself would get).
+//!
 //! Database queries are counted two ways: `seq_scan + idx_scan` of the
 //! table in `pg_stat_user_tables` (see `polling`'s `Snapshot` for how its
 //! flush lag cancels out over a steady window; `pg_stat_statements` is not
@@ -140,6 +144,10 @@ pub struct FanoutArgs {
     /// rowcast's `--ring-size`.
     #[arg(long, default_value_t = 10_000)]
     ring_size: usize,
+    /// rowcast's `--direct-fanout`: `false` serves every stream through
+    /// hyper, for an A/B of the direct fan-out.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    direct_fanout: bool,
     /// Postgres database to create the tables in.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres_url: String,
@@ -231,13 +239,15 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<bool> {
         postgres_url: args.postgres_url.clone(),
         notify: args.notify == Notify::On,
         ring_size: args.ring_size,
+        direct_fanout: args.direct_fanout,
         nginx: args.nginx.clone(),
         nchan_module: args.nchan_module.clone(),
         worker_connections: args.worker_connections,
     };
     println!(
-        "fanout: rowcast {} NOTIFY; {} cores{}",
+        "fanout: rowcast {} NOTIFY, direct fan-out {}; {} cores{}",
         if setup.notify { "with" } else { "without" },
+        if setup.direct_fanout { "on" } else { "off" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         crate::cpu::load_average()
     );

@@ -45,6 +45,8 @@ pub struct Setup {
     pub notify: bool,
     /// rowcast's `--ring-size`.
     pub ring_size: usize,
+    /// rowcast's `--direct-fanout`.
+    pub direct_fanout: bool,
     pub nginx: PathBuf,
     pub nchan_module: PathBuf,
     /// nginx's `worker_connections`.
@@ -208,6 +210,7 @@ async fn serve(
         format!("--database-url={}", setup.postgres_url),
         format!("--table={table}"),
         format!("--ring-size={}", setup.ring_size),
+        format!("--direct-fanout={}", setup.direct_fanout),
     ];
     if setup.notify {
         install_notify_trigger(rowcast, &setup.postgres_url, table).await?;
