@@ -15,8 +15,8 @@
 //!   reads rows after a cursor, rendered as JSON by the database. Knows no
 //!   clients.
 //! - [`poller`]: one task per feed; one query per poll, whatever the number
-//!   of clients; owns its gaps, its health and its doorbell. [`gap`] judges
-//!   which ids it may publish when they commit out of order; [`doorbell`]
+//!   of clients; owns its gaps, its health and its doorbell. `gap` judges
+//!   which ids it may publish when they commit out of order; `doorbell`
 //!   rings its bell on a Postgres NOTIFY.
 //! - [`feed`]: per feed, frames each row once, keeps a replay ring and the
 //!   latest cursor, broadcasts batches, and catches up clients behind the
@@ -28,27 +28,27 @@
 //!   requests on the socket and hands them to the fan-out) and the axum
 //!   router: `/events` (SSE), `/feeds`, `/healthz`, `/metrics`, `/`.
 //!
-//! [`app`] wires them together and stops them. Beside the flow: [`sse`]
+//! `app` wires them together and stops them. Beside the flow: `sse`
 //! (pure event framing), [`cursor`] (event ids as text), [`auth`] (tokens
-//! and per-feed rules), [`echo`] (client values quoted back in errors, cut
+//! and per-feed rules), `echo` (client values quoted back in errors, cut
 //! short), [`shutdown`] (signals), [`demo`] (the self-contained SQLite demo).
 
-pub mod app;
+mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod cursor;
 pub mod demo;
-pub mod doorbell;
-pub mod echo;
+mod doorbell;
+mod echo;
 pub mod fanout;
 pub mod feed;
-pub mod gap;
+mod gap;
 pub mod http;
 pub mod poller;
 pub mod shutdown;
 pub mod source;
-pub mod sse;
+mod sse;
 
 pub use app::{prepare, run, serve, Error, Feeds, Listeners};
 pub use config::Config;

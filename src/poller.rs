@@ -6,7 +6,7 @@
 //! One query per poll, whatever the number of clients. While rows flow the
 //! poller reads again at once (a full batch) or after the shortest interval;
 //! when idle it backs off to the longest. Rows after a gap in the ids are
-//! held back until the gap settles ([`crate::gap`]), so that a row that
+//! held back until the gap settles (`gap`), so that a row that
 //! commits out of id order is never skipped. A failing database is retried
 //! with backoff, forever, from the same cursor: an outage delays rows, never
 //! loses them, and never stops the process.
@@ -114,7 +114,7 @@ pub struct Health {
     /// What the feed has done since start-up.
     pub counters: Counters,
     /// Rung by the Postgres NOTIFY listener when the table changes.
-    pub bell: Arc<Bell>,
+    pub(crate) bell: Arc<Bell>,
 }
 
 impl Health {

@@ -2,9 +2,9 @@
 //! TOML file, then validated into typed values.
 //!
 //! Parsing and validation are separate steps, as in ripgrep's low-level and
-//! high-level arguments: [`file`] and [`flags`] hold the layers as written
-//! (each setting declared once, per-feed ones in the table of [`tuning`]),
-//! [`validate`] merges them into the typed values of [`types`]. This module
+//! high-level arguments: `file` and `flags` hold the layers as written
+//! (each setting declared once, per-feed ones in the table of `tuning`),
+//! `validate` merges them into the typed values of `types`. This module
 //! never touches the database: identifiers are checked here for shape only
 //! and against the catalog later, by `source`.
 

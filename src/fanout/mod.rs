@@ -11,7 +11,7 @@
 //! and whatever part of the chunk is unwritten; that task finishes the
 //! chunk and catches the client up from the ring or the database, like any
 //! client that fell behind. Joins, batches and leaves reach a task through
-//! one queue, in the order the hub saw them, so a joining stream gets the
+//! one queue, in the order the feed saw them, so a joining stream gets the
 //! ring's backlog and then every later batch, with nothing between.
 
 use crate::cursor::Cursor;
@@ -261,7 +261,7 @@ struct Streams {
 }
 
 impl Streams {
-    /// Takes a message from the hub, in queue order.
+    /// Takes a message from the feed, in queue order.
     fn take(&mut self, message: Message) {
         match message {
             Message::Batch(batch) => {

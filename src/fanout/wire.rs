@@ -1,5 +1,5 @@
 //! Writing an event stream's chunked HTTP/1.1 body to a socket that its own
-//! task and the hub's fan-out share.
+//! task and the feed's fan-out share.
 //!
 //! Both writers go through here so that every write is one whole chunk:
 //! the fan-out writes only when the socket takes a whole chunk at once

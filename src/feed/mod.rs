@@ -4,7 +4,7 @@
 //! [`Sink`] that writes caught-up streams' sockets).
 //!
 //! Its poller is its only writer. A feed never queries the database for a
-//! live client; only [`catchup`] does, through the [`Reader`] it was given,
+//! live client; only `catchup` does, through the [`Reader`] it was given,
 //! for clients behind the ring, coalescing identical reads so that a
 //! reconnect storm costs a few queries. It knows nothing of sockets, of the
 //! poller's health or of the doorbell.
@@ -266,7 +266,7 @@ const ARRIVAL_WORDS: [&str; 3] = ["created", "inserted", "received"];
 /// row came to be (`received_ts`; see [`ARRIVAL_WORDS`]); else the first
 /// column named like a time but a deletion's, which most rows leave empty
 /// (`comment_date`, `updated_at`).
-pub fn time_column(configured: Option<&str>, columns: &[String]) -> Option<String> {
+fn time_column(configured: Option<&str>, columns: &[String]) -> Option<String> {
     if let Some(column) = configured {
         return Some(column.to_owned());
     }
@@ -286,5 +286,7 @@ pub fn time_column(configured: Option<&str>, columns: &[String]) -> Option<Strin
     columns.get(chosen).cloned()
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

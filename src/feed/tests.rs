@@ -1,47 +1,8 @@
 //! Framing, the ring, joining and subscribers, with rows published by
 //! hand: a feed built in memory, whose reader is never asked.
 
+use super::testing::{feed, BUFFER};
 use super::*;
-use crate::config::{Config, ServeArgs};
-use crate::source::{query::Dialect, Table};
-use futures::future::BoxFuture;
-
-const BUFFER: usize = 16;
-
-/// A reader for feeds whose clients never fall behind the ring.
-struct Unread;
-
-impl Reader for Unread {
-    fn read(
-        &self,
-        _: Cursor,
-        _: Cursor,
-        _: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, crate::source::Error>> {
-        panic!("these tests read nothing from a database")
-    }
-}
-
-fn feed(ring_size: usize, head: Cursor) -> Arc<Feed> {
-    let mut args = ServeArgs::default();
-    args.server.database_url = Some("sqlite::memory:".into());
-    args.feed.table = Some("messages".into());
-    args.feed.filter_columns = Some(vec!["room_id".into()]);
-    let mut config = Config::merge(&args, Default::default())
-        .unwrap()
-        .feeds
-        .remove(0);
-    config.tuning.ring_size = ring_size;
-    let table = Table {
-        display: "messages".into(),
-        columns: vec!["id".into(), "room_id".into()],
-        id_column: "id".into(),
-        unsigned: false,
-        txid_column: None,
-    };
-    let query = FeedQuery::new(Dialect::Sqlite, &config, &table, &table.columns).unwrap();
-    Arc::new(Feed::new(config, query, Arc::new(Unread), head, BUFFER))
-}
 
 fn rows(ids: &[i128]) -> Vec<Row> {
     ids.iter()

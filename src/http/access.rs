@@ -75,7 +75,7 @@ fn token(headers: &HeaderMap, params: &[(String, String)], cookie: &str) -> Opti
         .filter(|t| !t.is_empty())
 }
 
-/// Checks that `claims` may read `hub` and bounds `filter` by its rules: a
+/// Checks that `claims` may read `feed` and bounds `filter` by its rules: a
 /// client may ask for a subset of what its token allows, never more, and
 /// asking for nothing means everything it is allowed.
 pub fn admit(feed: &Feed, claims: Option<&Claims>, filter: &mut Filter) -> Result<(), Error> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 pub use crate::feed::Filter;
 
-/// The filter that `params` give for `hub`; any parameter that is
+/// The filter that `params` give for `feed`; any parameter that is
 /// neither in `reserved` nor a filter column is an error.
 pub fn for_feed(
     feed: &Arc<Feed>,

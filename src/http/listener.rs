@@ -1,6 +1,6 @@
 //! The listener: accepts connections and reads each one's first request
 //! head. `GET /events…` over HTTP/1.1 is answered here, on the socket
-//! itself, so that the stream can be written by its hub's direct fan-out;
+//! itself, so that the stream can be written by its feed's direct fan-out;
 //! everything else, and every later request on a connection, goes to
 //! hyper with the bytes already read put back in front.
 //!

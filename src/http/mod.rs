@@ -1,12 +1,13 @@
 //! HTTP: the axum router, its shared state, and the small JSON endpoints.
 //!
-//! `app(ctx)` builds the router (tests call it directly); [`server::serve`]
-//! runs it on a bound listener until shutdown, answering event stream
-//! requests on the socket itself so that the hub's fan-out can write them.
-//! `metrics_app(ctx)` is the operators' router, for a listener of its own.
-//! Handlers read hubs only and never query the database themselves; a
-//! stream behind the replay ring is caught up by its hub's coalesced reads.
-//! With auth on, a client learns nothing of a feed its token may not read.
+//! `app(ctx)` builds the router (its unit tests call it with `oneshot`);
+//! [`listener::serve`] runs it on a bound listener until shutdown, answering
+//! event stream requests on the socket itself and handing them to the
+//! feed's fan-out. `metrics_app(ctx)` is the operators' router, for a
+//! listener of its own. Handlers read feeds only and never query the
+//! database themselves; a stream behind the replay ring is caught up by its
+//! feed's coalesced reads. With auth on, a client learns nothing of a feed
+//! its token may not read.
 
 mod access;
 pub mod connections;
@@ -20,6 +21,8 @@ pub mod listener;
 mod metrics;
 mod resume;
 mod rows;
+#[cfg(test)]
+mod tests;
 
 pub use error::Error;
 

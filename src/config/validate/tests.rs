@@ -1,0 +1,186 @@
+//! Merging the layers and validating them: what wins, and what each
+//! mistake is told.
+
+use super::*;
+use crate::cli::{Cli, Command};
+use clap::Parser;
+
+fn args(table: Option<&str>) -> ServeArgs {
+    let mut args = ServeArgs::default();
+    args.server.database_url = Some("sqlite://x.db".into());
+    args.feed.table = table.map(Into::into);
+    args
+}
+
+fn file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+#[test]
+fn table_flag_alone_makes_a_feed_with_defaults() {
+    let config = Config::merge(&args(Some("messages")), FileConfig::default()).unwrap();
+    assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(config.feeds.len(), 1);
+    let feed = &config.feeds[0];
+    assert_eq!(feed.name, "messages");
+    assert_eq!(feed.table, "messages");
+    assert_eq!(feed.tuning.batch_size, 500);
+    assert_eq!(feed.tuning.poll_interval, Duration::from_millis(100));
+    assert_eq!(feed.event, None);
+}
+
+#[test]
+fn flags_override_the_file() {
+    let file = file(
+        r#"
+        database_url = "postgres://file"
+        poll_interval = "2s"
+        batch_size = 50
+        [[feed]]
+        table = "orders"
+        batch_size = 10
+        "#,
+    )
+    .unwrap();
+    let mut a = args(None);
+    a.server.batch_size = Some(7);
+    let config = Config::merge(&a, file).unwrap();
+    assert_eq!(config.database_url, "sqlite://x.db");
+    assert_eq!(config.feeds[0].tuning.batch_size, 7);
+    assert_eq!(config.feeds[0].tuning.poll_interval, Duration::from_secs(2));
+}
+
+#[test]
+fn feed_value_beats_file_default() {
+    let file = file("batch_size = 50\n[[feed]]\ntable = \"a\"\nbatch_size = 10\n").unwrap();
+    let config = Config::merge(&args(None), file).unwrap();
+    assert_eq!(config.feeds[0].tuning.batch_size, 10);
+}
+
+#[test]
+fn unknown_key_is_named_with_the_valid_ones() {
+    let err = file("[[feed]]\ntable = \"a\"\nid_colum = \"x\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("unknown field `id_colum`"), "{text}");
+    assert!(text.contains("id_column"), "{text}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        (
+            "[[feed]]\ntable = \"a\"\nname = \"a b\"\n",
+            "feed `a b`: `name`",
+        ),
+        (
+            "[[feed]]\ntable = \"a\"\nbatch_size = 0\n",
+            "feed `a`: `batch_size`",
+        ),
+        (
+            "[[feed]]\ntable = \"a\"\nfrom = \"v\"\nselect = \"select 1\"\n",
+            "feed `a`: `select`",
+        ),
+        (
+            "[[feed]]\ntable = \"a\"\nevent = \"x\\ny\"\n",
+            "feed `a`: `event`",
+        ),
+        (
+            "[[feed]]\ntable = \"a\"\n[[feed]]\ntable = \"a\"\n",
+            "feed `a`",
+        ),
+        ("[[feed]]\nname = \"x\"\n", "feed 0: `table` is missing"),
+    ];
+    for (text, key) in cases {
+        let err = Config::merge(&args(None), file(text).unwrap()).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{text:?} gave {err}");
+    }
+}
+
+#[test]
+fn missing_database_and_feeds_are_explained() {
+    let err = Config::merge(&ServeArgs::default(), FileConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::NoDatabase));
+    let err = Config::merge(&args(None), FileConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::NoFeeds));
+    let mut a = args(None);
+    a.feed.id_column = Some("x".into());
+    let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+    assert!(err.to_string().starts_with("--table:"), "{err}");
+}
+
+#[test]
+fn feed_flag_overrides_keys_of_a_file_feed() {
+    let text = "[[feed]]\nname = \"events\"\ntable = \"events\"\nfilter_columns = [\"room_id\"]\n";
+    let mut a = args(None);
+    a.feed.name = Some("events".into());
+    a.feed.watermark = Some("SELECT max(stream_id) FROM stream_positions".into());
+    let config = Config::merge(&a, file(text).unwrap()).unwrap();
+    let feed = &config.feeds[0];
+    assert_eq!(
+        feed.watermark.as_deref(),
+        Some("SELECT max(stream_id) FROM stream_positions")
+    );
+    assert_eq!(feed.filter_columns, ["room_id"]);
+    assert_eq!(feed.table, "events");
+
+    a.feed.name = Some("evnts".into());
+    let err = Config::merge(&a, file(text).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--feed: no feed `evnts` to apply the per-feed flags to; feeds of the config file: events; \
+         give --table to declare a new feed"
+    );
+}
+
+#[test]
+fn metrics_listen_comes_from_the_file_or_the_flag() {
+    let config = Config::merge(&args(Some("a")), FileConfig::default()).unwrap();
+    assert_eq!(config.metrics_listen, None);
+    let text = "metrics_listen = \"127.0.0.1:9090\"\n";
+    let config = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap();
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    let mut a = args(Some("a"));
+    a.server.metrics_listen = Some("10.0.0.1:9100".parse().unwrap());
+    let config = Config::merge(&a, file(text).unwrap()).unwrap();
+    assert_eq!(
+        config.metrics_listen,
+        Some("10.0.0.1:9100".parse().unwrap())
+    );
+    a.server.listen = a.server.metrics_listen;
+    let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+    assert_eq!(err.to_string(), "metrics_listen: must differ from `listen`");
+
+    let cli =
+        Cli::try_parse_from(["rowcast", "serve", "--metrics-listen", "127.0.0.1:9090"]).unwrap();
+    let Command::Serve(flags) = cli.command else {
+        panic!("not serve")
+    };
+    assert_eq!(
+        flags.server.metrics_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let file = file(include_str!("../../../rowcast.example.toml")).unwrap();
+    let config = Config::merge(&args(None), file).unwrap();
+    assert_eq!(config.header_timeout, Duration::from_secs(10));
+    assert_eq!(
+        config.feeds[0].tuning.notify_window,
+        Duration::from_millis(10)
+    );
+}
+
+#[test]
+fn select_loses_its_trailing_semicolon() {
+    let file = file("[[feed]]\ntable = \"a\"\nselect = \"SELECT * FROM a;\"\n").unwrap();
+    let config = Config::merge(&args(None), file).unwrap();
+    assert_eq!(
+        config.feeds[0].read_from,
+        Some(ReadFrom::Select("SELECT * FROM a".into()))
+    );
+}
