@@ -210,8 +210,11 @@ async fn serve(
         format!("--database-url={}", setup.postgres_url),
         format!("--table={table}"),
         format!("--ring-size={}", setup.ring_size),
-        format!("--direct-fanout={}", setup.direct_fanout),
     ];
+    // Only when off: a rowcast from before the setting runs as it did.
+    if !setup.direct_fanout {
+        args.push("--direct-fanout=false".to_owned());
+    }
     if setup.notify {
         install_notify_trigger(rowcast, &setup.postgres_url, table).await?;
         args.push("--notify=on".to_owned());
