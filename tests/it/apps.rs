@@ -4,9 +4,7 @@
 //! milliseconds) and a blog's `wp_comments` on MariaDB (unsigned ids, a
 //! DATETIME time column, a moderation flag).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! A client whose packages or program are missing fails the test with one
 //! line naming what to install; it never skips.
 
-use super::common::{Ev, WAIT};
+use crate::common::{Ev, WAIT};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

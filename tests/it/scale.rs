@@ -2,9 +2,7 @@
 //! per poll (counted by the database itself where it can count), and 50
 //! clients catching up from behind the replay ring share their reads.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use std::time::Duration;
 

@@ -4,9 +4,7 @@
 //! condition; a subset of columns. And the start-up errors a user sees when
 //! a feed does not fit its table, with the exact text they read.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 

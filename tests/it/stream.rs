@@ -1,9 +1,7 @@
 //! Streaming behaviour against every database: exact rows in order, resume,
 //! filters, several feeds on one connection, hostile values.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 fn one_feed(db: &TestDb, table: &str, extra: &str) -> rowcast::Config {

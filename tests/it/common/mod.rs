@@ -43,7 +43,6 @@ pub enum Kind {
 
 /// Runs an async test body once per database: `each_db!(name);` makes
 /// `name::postgres`, `name::mysql` and `name::sqlite` from `async fn name(Kind)`.
-#[macro_export]
 macro_rules! each_db {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -57,6 +56,7 @@ macro_rules! each_db {
         }
     )*};
 }
+pub(crate) use each_db;
 
 /// A database with tables that exist only for one test and are dropped
 /// when it ends, however it ends.

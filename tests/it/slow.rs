@@ -2,9 +2,7 @@
 //! and is never skipped ahead: once it reads again it gets every row, in
 //! order, caught up from the ring or the database.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::atomic::Ordering;
 
 each_db!(stalled_client_catches_up_without_a_gap);

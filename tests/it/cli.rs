@@ -2,9 +2,7 @@
 //! line with a failing exit code, `check`, configuration from environment
 //! variables, and a clean stop on SIGTERM with open streams.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};

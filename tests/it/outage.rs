@@ -4,10 +4,8 @@
 //! which to rowcast looks like a database restart, without disturbing the
 //! other tests that share the database.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_nothing() {

@@ -3,9 +3,7 @@
 //! UNSIGNED` is in `schema.rs`) on every endpoint that takes one, and a
 //! composite id has at most one pair per feed, however many it sends.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// GET `url` (with `Last-Event-ID` when given): the status, and the JSON

@@ -1,9 +1,7 @@
 //! The edges of gap holding: the hold cap, late rows, the watermark query,
 //! and the start-up warnings about what weakens the guarantee.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 async fn metric(server: &Server, name: &str) -> String {

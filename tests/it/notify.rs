@@ -2,10 +2,8 @@
 //! once even when polling is slow; the doorbell survives a database restart;
 //! without the trigger rowcast falls back to polling and loses nothing.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 /// Installs or removes the doorbell with the SQL `rowcast sql notify` prints.

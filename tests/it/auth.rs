@@ -2,10 +2,8 @@
 //! with the right status, claim rules that clients cannot widen on any
 //! endpoint, and streams that end when their token expires.
 
-mod common;
-
-use common::auth::*;
-use common::*;
+use crate::common::auth::*;
+use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::time::Duration;

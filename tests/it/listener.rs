@@ -3,10 +3,8 @@
 //! heads from the fast path and from hyper, JSON errors for heads no server
 //! should take, and no connection that a client can hold without using it.
 
-mod common;
-
-use common::wire::{header, Wire};
-use common::*;
+use crate::common::wire::{header, Wire};
+use crate::common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -293,7 +291,7 @@ async fn a_stream_whose_client_reads_nothing_is_closed_after_send_timeout(kind: 
         Some(&ids[78].to_string()),
     )
     .await;
-    assert_eq!(common::ids(&fresh.take(1).await), vec![ids[79]]);
+    assert_eq!(crate::common::ids(&fresh.take(1).await), vec![ids[79]]);
     server.stop().await;
 }
 
@@ -324,7 +322,7 @@ async fn idle_connections_make_room_and_busy_ones_keep_theirs() {
     let mut third = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let id = db.insert(&t, 1, "for everyone").await;
     for client in streams.iter_mut().chain([&mut third]) {
-        assert_eq!(common::ids(&client.take(1).await), vec![id]);
+        assert_eq!(crate::common::ids(&client.take(1).await), vec![id]);
     }
     // The youngest silent connections were the ones left to go.
     let mut still_open = 0;
@@ -369,7 +367,7 @@ async fn streams_leave_room_for_other_requests() {
     assert_eq!(status, 200);
     let id = db.insert(&t, 1, "to all 19").await;
     for client in &mut streams {
-        assert_eq!(common::ids(&client.take(1).await), vec![id]);
+        assert_eq!(crate::common::ids(&client.take(1).await), vec![id]);
     }
     // A stream that ends gives its place back.
     streams.pop();
@@ -382,6 +380,6 @@ async fn streams_leave_room_for_other_requests() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let next = db.insert(&t, 1, "after").await;
-    assert_eq!(common::ids(&again.take(1).await), vec![next]);
+    assert_eq!(crate::common::ids(&again.take(1).await), vec![next]);
     server.stop().await;
 }

@@ -2,9 +2,7 @@
 //! bodies, the position frame for clients that join live, the small JSON
 //! endpoints and the page at `/`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 async fn server(db: &TestDb, t: &str) -> Server {

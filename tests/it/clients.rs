@@ -11,15 +11,12 @@
 //! in order, with the ids rowcast sent. Two more streams are refused, with
 //! a 401 (no token) and a 404 (unknown feed), and the client must report
 //! the refusal and never retry. The clients are child processes
-//! (`tests/clients/driver.rs`); `.ci/run` installs them.
+//! (`clients/driver.rs`); `.ci/run` installs them.
 
-mod common;
-#[path = "clients/driver.rs"]
 mod driver;
-#[path = "clients/nginx.rs"]
 mod nginx;
 
-use common::*;
+use crate::common::*;
 use driver::{Client, Driver, Saw, Stream};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use nginx::Nginx;

@@ -5,9 +5,7 @@
 //! cursor and in `where` exactly as the database holds it, on every
 //! database; a name a `select` yields twice is refused at start-up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 

@@ -3,10 +3,8 @@
 //! other ways (after another request on the same connection, HTTP/1.0)
 //! still get every row, through hyper.
 
-mod common;
-
-use common::wire::{header, Wire};
-use common::*;
+use crate::common::wire::{header, Wire};
+use crate::common::*;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 

@@ -1,9 +1,7 @@
 //! `GET /feeds/{feed}/rows`: JSON rows for short-polling clients, long-poll,
 //! ETags, and answers that do not reach the database.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -4,11 +4,9 @@
 //! `/metrics` name only the feeds it may read — none on the clients'
 //! listener when operators give them a listener of their own.
 
-mod common;
-
-use common::auth::*;
-use common::proxy::Proxy;
-use common::*;
+use crate::common::auth::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const MISSING: &str = "a token is required: send `Authorization: Bearer <token>`, `?access_token=` or the `rowcast_token` cookie";

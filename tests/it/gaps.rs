@@ -8,9 +8,7 @@
 //! SSE clients follow the feed, one reconnecting over and over, across a
 //! restart of rowcast; each must end with exactly the committed ids.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlx::AnyPool;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
