@@ -385,8 +385,7 @@ async fn select_repeating_a_column_name_is_refused(kind: Kind) {
 async fn postgres_scripts_work_on_an_odd_table() {
     let db = TestDb::new(Kind::Postgres).await;
     let odd = Odd::create(&db).await;
-    db.exec(&rowcast::source::notify_sql(&odd.table, None))
-        .await;
+    db.doorbell(&odd.table, true).await;
     // CREATE INDEX CONCURRENTLY runs outside a transaction: one at a time.
     for statement in rowcast::source::txid_sql(&odd.table, None, CURSOR).split(";\n") {
         db.exec(statement).await;

@@ -6,21 +6,6 @@ use crate::common::proxy::Proxy;
 use crate::common::*;
 use std::time::{Duration, Instant};
 
-/// Installs or removes the doorbell with the SQL `rowcast sql notify` prints.
-async fn trigger(db: &TestDb, t: &str, install: bool) {
-    let sql = if install {
-        rowcast::source::notify_sql(t, None)
-    } else {
-        rowcast::source::unnotify_sql(t, None)
-    };
-    // The tests run side by side, and Postgres refuses two concurrent
-    // `CREATE OR REPLACE FUNCTION` of the same function ("tuple
-    // concurrently updated"): one at a time.
-    static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one_at_a_time = INSTALLING.lock().await;
-    db.exec(&sql).await;
-}
-
 /// Waits until `/metrics` says the doorbell works (or does not).
 async fn wait_doorbell(server: &Server, up: bool) {
     let line = format!("rowcast_doorbell_up{{feed=\"messages\"}} {}", u8::from(up));
@@ -61,7 +46,7 @@ async fn a_row_rings_the_doorbell_and_arrives_at_once() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     db.insert(&t, 1, "before").await;
-    trigger(&db, &t, true).await;
+    db.doorbell(&t, true).await;
     let server = Server::start(slow_polling(&db.url, &t)).await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
@@ -76,7 +61,7 @@ async fn the_doorbell_works_again_after_a_database_restart() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     db.insert(&t, 1, "before").await;
-    trigger(&db, &t, true).await;
+    db.doorbell(&t, true).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let server = Server::start(slow_polling(&proxy.url(&db.url), &t)).await;
     wait_doorbell(&server, true).await;
@@ -99,7 +84,7 @@ async fn without_the_trigger_polling_takes_over_and_loses_nothing() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     db.insert(&t, 1, "before").await;
-    trigger(&db, &t, true).await;
+    db.doorbell(&t, true).await;
     let config = config(
         &db.url,
         &format!(
@@ -112,7 +97,7 @@ async fn without_the_trigger_polling_takes_over_and_loses_nothing() {
     let first = db.insert_many(&t, 1, 3).await;
     assert_eq!(ids(&client.take(3).await), first);
 
-    trigger(&db, &t, false).await;
+    db.doorbell(&t, false).await;
     let rows = db.insert_many(&t, 1, 5).await;
     wait_doorbell(&server, false).await;
     assert_eq!(ids(&client.take(5).await), rows);
@@ -153,7 +138,7 @@ async fn notify_on_without_the_trigger_stops_start_up() {
 async fn a_burst_of_commits_is_read_by_a_few_polls() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    trigger(&db, &t, true).await;
+    db.doorbell(&t, true).await;
     let server = Server::start(slow_polling(&db.url, &t)).await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;

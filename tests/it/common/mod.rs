@@ -145,6 +145,23 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Installs the Postgres NOTIFY doorbell on `table`, or removes it, with
+    /// the SQL `rowcast sql notify` prints.
+    pub async fn doorbell(&self, table: &str, install: bool) {
+        let sql = if install {
+            rowcast::source::notify_sql(table, None)
+        } else {
+            rowcast::source::unnotify_sql(table, None)
+        };
+        // Each install replaces the one trigger function all tables share,
+        // and Postgres refuses two concurrent `CREATE OR REPLACE FUNCTION`
+        // of it ("tuple concurrently updated"): the tests that ring the
+        // doorbell, in whatever area, take turns here.
+        static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = INSTALLING.lock().await;
+        self.exec(&sql).await;
+    }
+
     /// Runs `sql` when the test ends, after its tables are dropped.
     pub fn on_drop(&self, sql: impl Into<String>) {
         self.cleanup.lock().unwrap().push(sql.into());
