@@ -63,7 +63,7 @@ fn readme_quotes_the_tested_files_verbatim() {
     for (file, language) in [
         ("examples/nginx/rowcast-upstream.conf", "nginx"),
         ("examples/nginx/rowcast-locations.conf", "nginx"),
-        ("tests/clients/python/follow.py", "python"),
+        ("tests/it/clients/python/follow.py", "python"),
     ] {
         let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
         assert!(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/clients");
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A real client, with what it needs installed (`.ci/run` installs it all).
@@ -43,7 +43,7 @@ impl Client {
                     "node_modules/playwright-core",
                 ];
                 if let Some(missing) = packages.iter().find(|p| !node.join(p).exists()) {
-                    panic!("Node packages missing in tests/clients/node (no {missing}): run `npm ci` there, or `.ci/run`");
+                    panic!("Node packages missing in tests/it/clients/node (no {missing}): run `npm ci` there, or `.ci/run`");
                 }
                 if matches!(self, Client::Chromium) && !Path::new(CHROMIUM).exists() {
                     panic!("Chromium missing ({CHROMIUM}): `apt-get install chromium`, or run `.ci/run`");
@@ -54,7 +54,7 @@ impl Client {
                 if !venv.join("bin/python").exists()
                     || !site_packages_have(&venv.join("lib"), "httpx_sse")
                 {
-                    panic!("Python packages missing in tests/clients/python/.venv: run `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` there, or `.ci/run`");
+                    panic!("Python packages missing in tests/it/clients/python/.venv: run `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` there, or `.ci/run`");
                 }
             }
         }

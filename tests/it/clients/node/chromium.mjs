@@ -1,6 +1,6 @@
 // Follows rowcast streams with the browser's own EventSource, in Debian's
 // headless Chromium, and prints what the page sees on stdout, one JSON
-// object a line (see tests/clients/driver.rs for the lines and the spec
+// object a line (see tests/it/clients/driver.rs for the lines and the spec
 // given as argv[2]). The page is opened at spec.base + spec.page, so its
 // streams are same-origin. Exits, closing the browser, when stdin closes.
 import { chromium } from 'playwright-core';

@@ -1,7 +1,8 @@
 // Follows rowcast streams with the `eventsource` package, the way a Node
 // service does, and prints what it sees on stdout, one JSON object a line
-// (see tests/clients/driver.rs for the lines and the spec given as argv[2]).
-// Exits when stdin closes, so it never outlives the test that started it.
+// (see tests/it/clients/driver.rs for the lines and the spec given as
+// argv[2]). Exits when stdin closes, so it never outlives the test that
+// started it.
 import { EventSource } from 'eventsource';
 
 const spec = JSON.parse(process.argv[2]);

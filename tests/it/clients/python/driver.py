@@ -1,6 +1,6 @@
 """Follows rowcast streams with httpx-sse and the reconnect loop README
 shows (follow.py), the way a Python service does, and prints what it sees
-on stdout, one JSON object a line (see tests/clients/driver.rs for the
+on stdout, one JSON object a line (see tests/it/clients/driver.rs for the
 lines and the spec given as argv[1]). Exits when stdin closes, so it never
 outlives the test that started it."""
 
