@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod proxy;
+pub mod services;
 pub mod wire;
 
 use eventsource_stream::Eventsource;
@@ -21,8 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+pub use services::{MYSQL_URL, POSTGRES_URL};
 
 /// Shows rowcast's logs when a test runs with `RUST_LOG` set (e.g.
 /// `RUST_LOG=rowcast=debug cargo test --test gaps -- --nocapture`).
@@ -83,8 +83,14 @@ impl TestDb {
         sqlx::any::install_default_drivers();
         let prefix = format!("rc_{:08x}", rand::random::<u32>());
         let (url, dir) = match kind {
-            Kind::Postgres => (POSTGRES_URL.to_owned(), None),
-            Kind::MySql => (MYSQL_URL.to_owned(), None),
+            Kind::Postgres => {
+                services::POSTGRES.require().await;
+                (POSTGRES_URL.to_owned(), None)
+            }
+            Kind::MySql => {
+                services::MARIADB.require().await;
+                (MYSQL_URL.to_owned(), None)
+            }
             Kind::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
