@@ -12,12 +12,12 @@ use std::time::Duration;
 async fn tokens_are_verified_and_refusals_say_why() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(
-        &db,
-        &t,
-        &format!("secret = \"{SECRET}\"\naudience = \"chat\"\nleeway = \"0s\""),
-    )
-    .await;
+    let server = rules(&db.url, &t)
+        .auth("secret", SECRET)
+        .auth("audience", "chat")
+        .auth("leeway", "0s")
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let good = hs256(json!({"sub": "u1", "aud": "chat", "room_ids": [1], "exp": now() + 600}));
 
@@ -125,15 +125,11 @@ async fn rs256_public_keys_verify_and_other_algorithms_are_refused() {
     ]);
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(
-        &db,
-        &t,
-        &format!(
-            "public_key_file = \"{}\"\nalgorithm = \"RS256\"",
-            public.display()
-        ),
-    )
-    .await;
+    let server = rules(&db.url, &t)
+        .auth("public_key_file", public.display().to_string())
+        .auth("algorithm", "RS256")
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let claims = json!({"room_ids": [1], "exp": now() + 600});
     let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
@@ -159,7 +155,7 @@ async fn rs256_public_keys_verify_and_other_algorithms_are_refused() {
 async fn claims_bound_every_endpoint_and_cannot_be_widened() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let server = rules(&db.url, &t).auth("secret", SECRET).start().await;
     let mut rows = Vec::new();
     for room in [1, 2, 3, 1, 3, 2] {
         rows.push((room, db.insert(&t, room, &format!("room {room}")).await));
@@ -274,7 +270,11 @@ async fn claims_bound_every_endpoint_and_cannot_be_widened() {
 async fn a_stream_ends_when_its_token_expires() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, &format!("secret = \"{SECRET}\"\nleeway = \"0s\"")).await;
+    let server = rules(&db.url, &t)
+        .auth("secret", SECRET)
+        .auth("leeway", "0s")
+        .start()
+        .await;
     let token = hs256(json!({"room_ids": [1], "exp": now() + 2}));
     let mut client = Client::connect(
         &format!("{}/events/messages?access_token={token}", server.url),
@@ -291,14 +291,12 @@ async fn a_stream_ends_when_its_token_expires() {
 async fn cors_preflight_is_answered_for_configured_origins_only() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = Server::start(config(
-        &db.url,
-        &format!(
-            "cors_origins = [\"https://app.example\"]\n[auth]\nsecret = \"{SECRET}\"\n\
-             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .set("cors_origins", vec!["https://app.example"])
+        .auth("secret", SECRET)
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let preflight = |origin: &'static str| {
         reqwest::Client::new()
             .request(
@@ -330,15 +328,12 @@ async fn cors_preflight_is_answered_for_configured_origins_only() {
     server.stop().await;
 
     // `*` would let any site read the feeds with its visitors' tokens.
-    let file: rowcast::config::FileConfig = toml::from_str(&format!(
-        "cors_origins = [\"*\"]\n[auth]\nsecret = \"x\"\n[[feed]]\ntable = \"{t}\"\n"
-    ))
-    .unwrap();
-    let mut args = rowcast::config::ServeArgs::default();
-    args.server.database_url = Some(db.url.clone());
-    let err = rowcast::config::Config::merge(&args, file)
-        .unwrap_err()
-        .to_string();
+    let err = Rowcast::on(&db)
+        .set("cors_origins", vec!["*"])
+        .auth("secret", "x")
+        .feed("messages", &t, |f| f)
+        .try_config()
+        .unwrap_err();
     assert!(
         err.starts_with("cors_origins: `*` lets any site read"),
         "{err}"
@@ -349,14 +344,13 @@ async fn cors_preflight_is_answered_for_configured_origins_only() {
 async fn too_many_streams_per_subject_or_address_get_429() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = Server::start(config(
-        &db.url,
-        &format!(
-            "max_streams_per_subject = 2\nmax_streams_per_ip = 3\n[auth]\nsecret = \"{SECRET}\"\n\
-             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .set("max_streams_per_subject", 2)
+        .set("max_streams_per_ip", 3)
+        .auth("secret", SECRET)
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let token = |sub: &str| hs256(json!({"sub": sub, "exp": now() + 600}));
     let alice = token("alice");
@@ -399,14 +393,13 @@ async fn the_sub_claim_limits_a_user_to_their_own_rows() {
         "CREATE TABLE {t} (id bigserial PRIMARY KEY, user_id text NOT NULL, body text NOT NULL)"
     ))
     .await;
-    let server = Server::start(config(
-        &db.url,
-        &format!(
-            "[auth]\nsecret = \"{SECRET}\"\n[[feed]]\nname = \"notifications\"\ntable = \"{t}\"\n\
-             filter_columns = [\"user_id\"]\nauth_filters = {{ user_id = \"sub\" }}\n"
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .auth("secret", SECRET)
+        .feed("notifications", &t, |f| {
+            f.filter_columns(["user_id"]).auth_filter("user_id", "sub")
+        })
+        .start()
+        .await;
     for user in ["u1", "u2", "u1"] {
         db.exec(&format!(
             "INSERT INTO {t} (user_id, body) VALUES ('{user}', 'for {user}')"
@@ -435,12 +428,12 @@ async fn the_sub_claim_limits_a_user_to_their_own_rows() {
 async fn a_configured_issuer_and_audience_must_be_in_the_token() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(
-        &db,
-        &t,
-        &format!("secret = \"{SECRET}\"\nissuer = \"https://app.example\"\naudience = \"chat\""),
-    )
-    .await;
+    let server = rules(&db.url, &t)
+        .auth("secret", SECRET)
+        .auth("issuer", "https://app.example")
+        .auth("audience", "chat")
+        .start()
+        .await;
     let url = format!("{}/feeds", server.url);
     let exp = now() + 600;
     let good = hs256(json!({"sub": "u1", "iss": "https://app.example", "aud": "chat", "exp": exp}));
@@ -481,14 +474,12 @@ async fn a_configured_issuer_and_audience_must_be_in_the_token() {
 async fn streams_are_counted_by_a_string_sub_that_every_token_must_carry() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = Server::start(config(
-        &db.url,
-        &format!(
-            "max_streams_per_subject = 3\n[auth]\nsecret = \"{SECRET}\"\n\
-             [[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .set("max_streams_per_subject", 3)
+        .auth("secret", SECRET)
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let exp = now() + 600;
     let refusals = [

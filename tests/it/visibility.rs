@@ -27,7 +27,7 @@ fn admin() -> String {
 async fn the_token_is_checked_before_anything_else() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let server = rules(&db.url, &t).auth("secret", SECRET).start().await;
     // Unknown and hidden feeds, filters, cursors and parameters: all 401,
     // so a client without a token learns no feed name or filter column.
     for path in [
@@ -62,7 +62,7 @@ async fn the_token_is_checked_before_anything_else() {
 async fn a_feed_the_token_may_not_read_is_unknown_on_every_endpoint() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let server = rules(&db.url, &t).auth("secret", SECRET).start().await;
     let base = &server.url;
     let member = member();
     let hidden = error(
@@ -141,7 +141,7 @@ async fn health_and_metrics_name_only_the_feeds_a_token_may_read() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     let id = db.insert(&t, 1, "x").await.to_string();
-    let server = server(&db, &t, &format!("secret = \"{SECRET}\"")).await;
+    let server = rules(&db.url, &t).auth("secret", SECRET).start().await;
     let health = format!("{}/healthz", server.url);
     let ok = json!({ "status": "ok", "cursor": id });
     wait_health(&server.url, 200).await;
@@ -187,9 +187,10 @@ async fn a_degraded_server_says_so_without_naming_feeds() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut config = rules_config(&db, &t, &format!("secret = \"{SECRET}\""));
-    config.database_url = proxy.url(&db.url);
-    let server = Server::start(config).await;
+    let server = rules(&proxy.url(&db.url), &t)
+        .auth("secret", SECRET)
+        .start()
+        .await;
     proxy.down();
     wait_health(&server.url, 503).await;
     let health = format!("{}/healthz", server.url);
@@ -210,12 +211,10 @@ async fn the_operators_listener_shows_every_feed_without_a_token() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     let id = db.insert(&t, 1, "x").await.to_string();
-    let server = Server::start_with_metrics_listener(rules_config(
-        &db,
-        &t,
-        &format!("secret = \"{SECRET}\""),
-    ))
-    .await;
+    let server = rules(&db.url, &t)
+        .auth("secret", SECRET)
+        .start_with_metrics_listener()
+        .await;
     let ops = server.metrics_url.clone().unwrap();
     let admin = admin();
     // The clients' listener: no metrics, and health without feeds, even

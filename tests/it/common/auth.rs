@@ -1,7 +1,7 @@
 //! Auth helpers: tokens signed as the application would sign them, a
 //! server whose feeds have access rules, and requests that carry a token.
 
-use super::{config, Server, TestDb};
+use super::Rowcast;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,21 +25,14 @@ pub fn hs256(claims: Value) -> String {
 }
 
 /// Two feeds on one table: `messages`, bounded by the token's `room_ids`,
-/// and `audit`, for admins only; `auth` is the body of `[auth]`.
-pub fn rules_config(db: &TestDb, t: &str, auth: &str) -> rowcast::Config {
-    config(
-        &db.url,
-        &format!(
-            "[auth]\n{auth}\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n\
-             auth_filters = {{ room_id = \"room_ids\" }}\n\
-             [[feed]]\nname = \"audit\"\ntable = \"{t}\"\nauth_require = {{ role = \"admin\" }}\n"
-        ),
-    )
-}
-
-/// A server of [`rules_config`].
-pub async fn server(db: &TestDb, t: &str, auth: &str) -> Server {
-    Server::start(rules_config(db, t, auth)).await
+/// and `audit`, for admins only; `[auth]` is for the caller to fill.
+pub fn rules(url: &str, t: &str) -> Rowcast {
+    Rowcast::at(url)
+        .feed("messages", t, |f| {
+            f.filter_columns(["room_id"])
+                .auth_filter("room_id", "room_ids")
+        })
+        .feed("audit", t, |f| f.auth_require("role", "admin"))
 }
 
 /// GET `url` with a bearer token and a cookie, when given: the status, and

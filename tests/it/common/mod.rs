@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod proxy;
 pub mod services;
+pub mod setup;
 pub mod wire;
 
 use eventsource_stream::Eventsource;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use services::{MYSQL_URL, POSTGRES_URL};
+pub use setup::Rowcast;
 
 /// Shows rowcast's logs when a test runs with `RUST_LOG` set (e.g.
 /// `RUST_LOG=rowcast=debug cargo test --test gaps -- --nocapture`).
