@@ -88,17 +88,20 @@ async fn chat_events_on_postgres() {
     let chat = Chat::create(&db).await;
     let (events, json, positions) = (&chat.events, &chat.json, &chat.positions);
     let before = chat.send(&db, 1, "!a:example.org", "before start").await;
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"events\"\ntable = \"{events}\"\nid_column = \"stream_ordering\"\n\
-             select = \"SELECT e.stream_ordering, e.room_id, e.sender, e.origin_server_ts, e.received_ts, j.json \
-             FROM {events} e JOIN {json} j ON j.event_id = e.event_id\"\n\
-             filter_columns = [\"room_id\"]\n\
-             watermark = \"SELECT stream_id FROM {positions} WHERE stream_name = 'events'\"\n"
-        ),
+    let select = format!(
+        "SELECT e.stream_ordering, e.room_id, e.sender, e.origin_server_ts, e.received_ts, j.json \
+         FROM {events} e JOIN {json} j ON j.event_id = e.event_id"
     );
-    let server = Server::start(config).await;
+    let watermark = format!("SELECT stream_id FROM {positions} WHERE stream_name = 'events'");
+    let server = Rowcast::on(&db)
+        .feed("events", events, |f| {
+            f.id_column("stream_ordering")
+                .select(&select)
+                .filter_columns(["room_id"])
+                .watermark(&watermark)
+        })
+        .start()
+        .await;
     let gaps = &server.setups[0];
     assert_eq!(gaps.warnings, Vec::<String>::new());
     assert_eq!(
@@ -163,14 +166,13 @@ async fn blog_comments_on_mariadb() {
             "comment_content": format!("nice {minute}"), "comment_approved": "1",
         })
     };
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"comments\"\ntable = \"{c}\"\nfilter_columns = [\"comment_post_ID\"]\n\
-             where = \"comment_approved = '1'\"\n"
-        ),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .feed("comments", &c, |f| {
+            f.filter_columns(["comment_post_ID"])
+                .condition("comment_approved = '1'")
+        })
+        .start()
+        .await;
     let gaps = &server.setups[0];
     assert_eq!(
         (gaps.warnings.clone(), gaps.notes.clone()),

@@ -98,15 +98,12 @@ async fn follow_rows_across_a_restart(client: Client, kind: Kind, via: Via) {
     let beta_table = db.messages("beta").await;
     // A client that gives no cursor starts live: these are not its to see.
     let before = *db.insert_many(&alpha_table, 1, 2).await.last().unwrap();
-    let config = config(
-        &db.url,
-        &format!(
-            "retry = \"200ms\"\n[auth]\nsecret = \"{SECRET}\"\n\
-             [[feed]]\nname = \"alpha\"\ntable = \"{alpha_table}\"\n\
-             [[feed]]\nname = \"beta\"\ntable = \"{beta_table}\"\n"
-        ),
-    );
-    let mut server = Server::start(config.clone()).await;
+    let rowcast = Rowcast::on(&db)
+        .set("retry", "200ms")
+        .auth("secret", SECRET)
+        .feed("alpha", &alpha_table, |f| f)
+        .feed("beta", &beta_table, |f| f);
+    let mut server = rowcast.start().await;
     let nginx = match via {
         Via::Nginx => Some(Nginx::start(server.address).await),
         Via::Direct => None,
@@ -173,7 +170,7 @@ async fn follow_rows_across_a_restart(client: Client, kind: Kind, via: Via) {
     alpha.push(insert(&db, &alpha_table, "written while down").await);
     beta.push(insert(&db, &beta_table, "beta written while down").await);
     alpha.push(insert(&db, &alpha_table, "also written while down").await);
-    server = Server::start_at(config, address).await;
+    server = rowcast.start_at(address).await;
     wait_events(&mut client, alpha.len(), alpha.len() + beta.len()).await;
     alpha.push(insert(&db, &alpha_table, "after the restart").await);
     beta.push(insert(&db, &beta_table, "beta after the restart").await);

@@ -26,14 +26,10 @@ fn bad_cursor(detail: &str) -> (u16, Value) {
 }
 
 /// Two feeds, `messages` and `other`, on one table.
-async fn two_feeds(db: &TestDb, t: &str) -> Server {
-    Server::start(config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n[[feed]]\nname = \"other\"\ntable = \"{t}\"\n"
-        ),
-    ))
-    .await
+fn two_feeds(db: &TestDb, t: &str) -> Rowcast {
+    Rowcast::on(db)
+        .feed("messages", t, |f| f)
+        .feed("other", t, |f| f)
 }
 
 const SIGNED: &str =
@@ -43,7 +39,7 @@ const SIGNED: &str =
 async fn ids_beyond_a_signed_column_are_refused_on_every_endpoint() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = two_feeds(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let base = &server.url;
     let beyond = format!("`18446744073709551616` is outside the ids of this feed: {SIGNED}");
     let below = format!("`-9223372036854775809` is outside the ids of this feed: {SIGNED}");
@@ -94,7 +90,7 @@ async fn ids_beyond_a_signed_column_are_refused_on_every_endpoint() {
 async fn a_composite_id_with_more_pairs_than_feeds_is_refused() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = two_feeds(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let url = format!("{}/events?feed=messages&feed=other", server.url);
     // As many pairs as fit in a request head (32 KiB): refused by their
     // number, before any is read.
@@ -138,11 +134,7 @@ async fn postgres_exact_mode_cursors_above_u64_resume_everywhere() {
         "ALTER TABLE {t} ADD COLUMN rowcast_txid xid8 NOT NULL DEFAULT pg_current_xact_id()"
     ))
     .await;
-    let server = Server::start(config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    ))
-    .await;
+    let server = Rowcast::on(&db).feed("messages", &t, |f| f).start().await;
     assert!(
         server.feeds[0].feed.query.txid_column.is_some(),
         "exact mode"

@@ -11,8 +11,12 @@ use tokio::io::AsyncReadExt;
 each_db!(caught_up_streams_are_written_by_the_fanout);
 
 async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
-    let (db, t, config) = messages(kind, "filter_columns = [\"room_id\"]\n").await;
-    let server = Server::start(config).await;
+    let db = TestDb::new(kind).await;
+    let t = db.messages("messages").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let mut everything = Vec::new();
     let mut room_one = Vec::new();
     for _ in 0..20 {
@@ -56,8 +60,12 @@ async fn caught_up_streams_are_written_by_the_fanout(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_inside_the_ring_reads_nothing_and_loses_nothing() {
-    let (db, t, config) = messages(Kind::Postgres, "ring_size = 500\n").await;
-    let server = Server::start(config).await;
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.ring_size(500))
+        .start()
+        .await;
     let before = db.insert_many(&t, 1, 100).await;
     let first_id = before[0] - 1;
     // Wait until the hub has published them all: then they are in the ring.
@@ -108,15 +116,6 @@ async fn a_reconnect_storm_inside_the_ring_reads_nothing_and_loses_nothing() {
     server.stop().await;
 }
 
-/// A `messages` feed on a fresh table, with `extra` feed settings.
-async fn messages(kind: Kind, extra: &str) -> (TestDb, String, rowcast::Config) {
-    let db = TestDb::new(kind).await;
-    let t = db.messages("messages").await;
-    let feed = format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n{extra}");
-    let config = config(&db.url, &feed);
-    (db, t, config)
-}
-
 /// Waits until the feed's fan-out writes exactly `n` streams.
 async fn wait_for_direct(server: &Server, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -132,9 +131,13 @@ async fn wait_for_direct(server: &Server, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
-    let (db, t, mut config) = messages(Kind::Sqlite, "").await;
-    config.keep_alive = Duration::from_millis(200);
-    let server = Server::start(config).await;
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let server = Rowcast::on(&db)
+        .set("keep_alive", "200ms")
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let mut wire = Wire::open(&server.url, "/events/messages", "").await;
     let head = wire.head().await;
     let opened = std::time::Instant::now();
@@ -166,8 +169,9 @@ async fn quiet_direct_streams_get_keep_alives_in_valid_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_other_ways_get_every_row() {
-    let (db, t, config) = messages(Kind::Postgres, "").await;
-    let server = Server::start(config).await;
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let server = Rowcast::on(&db).feed("messages", &t, |f| f).start().await;
 
     // A stream asked for after another request on the same connection.
     let mut second = Wire::connect(&server.url).await;
@@ -207,8 +211,9 @@ async fn streams_opened_other_ways_get_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_is_a_whole_answer_and_the_connection_closes() {
-    let (_db, _, config) = messages(Kind::Sqlite, "").await;
-    let server = Server::start(config).await;
+    let db = TestDb::new(Kind::Sqlite).await;
+    let t = db.messages("messages").await;
+    let server = Rowcast::on(&db).feed("messages", &t, |f| f).start().await;
     let mut wire = Wire::open(&server.url, "/events/nope", "").await;
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, wire.socket.read_to_end(&mut answer))

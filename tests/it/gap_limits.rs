@@ -17,14 +17,11 @@ async fn open_transaction_is_passed_over_at_the_hold_cap_and_its_row_arrives_lat
     logs();
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nhold_cap = \"1s\"\nlate_check_interval = \"200ms\"\n"
-        ),
-    );
+    let rowcast = Rowcast::on(&db).feed("messages", &t, |f| {
+        f.set("hold_cap", "1s").set("late_check_interval", "200ms")
+    });
     let first = db.insert(&t, 1, "first").await;
-    let server = Server::start(config).await;
+    let server = rowcast.start().await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
 
     // A transaction takes the next id and stays open.
@@ -90,13 +87,15 @@ async fn watermark_bounds_what_is_sent(kind: Kind) {
     db.exec(&format!("INSERT INTO {positions} (pos) VALUES (0)"))
         .await;
     // A long grace window: only the watermark can settle gaps quickly.
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\ngap_grace = \"20s\"\nhold_cap = \"30s\"\nwatermark = \"SELECT pos FROM {positions}\"\n"
-        ),
-    );
-    let server = Server::start(config).await;
+    let watermark = format!("SELECT pos FROM {positions}");
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            f.set("gap_grace", "20s")
+                .set("hold_cap", "30s")
+                .watermark(&watermark)
+        })
+        .start()
+        .await;
     let mut client =
         Client::connect(&format!("{}/events/messages?after=start", server.url), None).await;
     let ids_in = db.insert_many(&t, 1, 3).await;
@@ -129,22 +128,25 @@ async fn mysql_watermark_bounds_what_is_sent() {
     watermark_bounds_what_is_sent(Kind::MySql).await
 }
 
-/// What start-up tells about gaps in feed `messages` of `t`, with `extra`
-/// TOML keys.
-async fn gap_setup(t: &str, url: &str, extra: &str) -> rowcast::source::GapSetup {
-    let feeds = rowcast::prepare(&config(
-        url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n{extra}"),
-    ))
-    .await
-    .unwrap();
+/// What start-up tells about gaps in feed `messages` of `t`, with
+/// `settings`.
+async fn gap_setup(
+    t: &str,
+    url: &str,
+    settings: impl FnOnce(Feed) -> Feed,
+) -> rowcast::source::GapSetup {
+    let feeds = Rowcast::at(url)
+        .feed("messages", t, settings)
+        .prepare()
+        .await
+        .unwrap();
     let setup = feeds.setups[0].clone();
     feeds.source.close().await;
     setup
 }
 
 async fn warnings(t: &str, url: &str) -> Vec<String> {
-    gap_setup(t, url, "").await.warnings
+    gap_setup(t, url, |f| f).await.warnings
 }
 
 /// Ids the application assigns are what a watermark query is for: with
@@ -156,12 +158,8 @@ async fn watermark_covers_ids_the_application_assigns(kind: Kind, why: &str) {
         "CREATE TABLE {plain} (id BIGINT PRIMARY KEY, body TEXT)"
     ))
     .await;
-    let setup = gap_setup(
-        &plain,
-        &db.url,
-        &format!("watermark = \"SELECT MAX(id) FROM {plain}\"\n"),
-    )
-    .await;
+    let watermark = format!("SELECT MAX(id) FROM {plain}");
+    let setup = gap_setup(&plain, &db.url, |f| f.watermark(&watermark)).await;
     assert_eq!(setup.warnings, Vec::<String>::new());
     assert_eq!(
         setup.notes,
@@ -274,7 +272,7 @@ async fn mysql_table_without_transactions_lists_no_writers() {
     .await;
     db.insert_many(&t, 1, 2).await;
     let started = Instant::now();
-    let setup = gap_setup(&t, &db.url, "").await;
+    let setup = gap_setup(&t, &db.url, |f| f).await;
     // Waiting for a fresh listing took 3.3 s; the grace window here is 50 ms.
     assert!(
         started.elapsed() < Duration::from_secs(2),

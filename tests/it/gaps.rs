@@ -199,9 +199,10 @@ async fn follow(url: watch::Receiver<String>, target: Arc<Target>, churn: bool) 
     }
 }
 
-fn feed_config(db: &TestDb, t: &str, extra: &str) -> rowcast::Config {
-    // The default grace window: these writers need it.
-    config(&db.url, &format!("[[feed]]\nname = \"feed\"\ntable = \"{t}\"\nring_size = 200\ngap_grace = \"1s\"\n{extra}"))
+/// The torture feed's settings. The default grace window: these writers
+/// need it.
+fn torture_feed(f: Feed) -> Feed {
+    f.ring_size(200).set("gap_grace", "1s")
 }
 
 async fn committed(db: &TestDb, t: &str) -> Vec<i64> {
@@ -267,7 +268,7 @@ async fn joined_select(db: &TestDb, t: &str) -> String {
         names.join(", ")
     ))
     .await;
-    format!("select = \"SELECT t.*, w.name FROM {t} t LEFT JOIN {w} w ON w.id = t.writer\"")
+    format!("SELECT t.*, w.name FROM {t} t LEFT JOIN {w} w ON w.id = t.writer")
 }
 
 async fn torture(kind: Kind, read: Read) {
@@ -288,12 +289,15 @@ async fn torture(kind: Kind, read: Read) {
     } else {
         PROMPT_ALLOCATION
     };
-    let extra = match read {
-        Read::Join => joined_select(&db, &t).await,
-        Read::Table | Read::Exact => String::new(),
+    let select = match read {
+        Read::Join => Some(joined_select(&db, &t).await),
+        Read::Table | Read::Exact => None,
     };
-    let config = feed_config(&db, &t, &extra);
-    let server = Server::start(config.clone()).await;
+    let rowcast = Rowcast::on(&db).feed("feed", &t, |f| match &select {
+        Some(select) => torture_feed(f).select(select),
+        None => torture_feed(f),
+    });
+    let server = rowcast.start().await;
     let (url_tx, url) = watch::channel(server.url.clone());
     let target = Arc::new(Target::default());
     let writers = spawn_writers(&db, &t, Duration::from_secs(8), 0, allocated_delay);
@@ -315,7 +319,7 @@ async fn torture(kind: Kind, read: Read) {
         .gaps_passed
         .load(Ordering::SeqCst);
     server.stop().await;
-    let server = Server::start(config).await;
+    let server = rowcast.start().await;
     url_tx.send(server.url.clone()).unwrap();
 
     for writer in writers {
@@ -412,7 +416,10 @@ async fn mysql_join_through_select_delivers_exactly_the_committed_rows() {
 async fn naive_poller_loses_rows(kind: Kind) {
     let db = TestDb::with_connections(kind, WRITERS as u32 + 4).await;
     let t = table(&db).await;
-    let server = Server::start(feed_config(&db, &t, "gaps = \"ignore\"")).await;
+    let server = Rowcast::on(&db)
+        .feed("feed", &t, |f| torture_feed(f).set("gaps", "ignore"))
+        .start()
+        .await;
     let (_url_tx, url) = watch::channel(server.url.clone());
     let target = Arc::new(Target::default());
     let writers = spawn_writers(&db, &t, Duration::from_secs(4), 4, PROMPT_ALLOCATION);

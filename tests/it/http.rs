@@ -5,12 +5,11 @@
 use crate::common::*;
 use std::time::Duration;
 
-async fn server(db: &TestDb, t: &str) -> Server {
-    Server::start(config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n[[feed]]\nname = \"other\"\ntable = \"{t}\"\n"),
-    ))
-    .await
+/// Two feeds of `t`: `messages`, filtered by `room_id`, and `other`.
+fn two_feeds(db: &TestDb, t: &str) -> Rowcast {
+    Rowcast::on(db)
+        .feed("messages", t, |f| f.filter_columns(["room_id"]))
+        .feed("other", t, |f| f)
 }
 
 async fn get_with(url: &str, last_event_id: Option<&str>) -> (u16, serde_json::Value) {
@@ -28,7 +27,7 @@ async fn get_with(url: &str, last_event_id: Option<&str>) -> (u16, serde_json::V
 async fn bad_requests_get_a_status_and_a_json_body_naming_the_problem() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let base = &server.url;
     let cases: Vec<(String, Option<&str>, u16, &str, &str)> = vec![
         (format!("{base}/events/nope"), None, 404, "unknown_feed", "no feed named `nope`; feeds: messages, other"),
@@ -75,7 +74,7 @@ async fn a_live_client_learns_its_position_before_any_row() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
     let first = db.insert(&t, 1, "before").await;
-    let server = server(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let mut response = reqwest::get(format!("{}/events/messages", server.url))
         .await
         .unwrap();
@@ -117,12 +116,11 @@ async fn a_live_client_learns_its_position_before_any_row() {
 async fn quiet_streams_get_keep_alive_comments() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let mut config = config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
-    config.keep_alive = Duration::from_millis(200);
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .set("keep_alive", "200ms")
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let mut response = reqwest::get(format!("{}/events/messages?after=start", server.url))
         .await
         .unwrap();
@@ -143,14 +141,11 @@ async fn quiet_streams_get_keep_alive_comments() {
 async fn a_filtered_client_of_a_busy_feed_still_gets_keep_alives() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let mut config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"
-        ),
-    );
-    config.keep_alive = Duration::from_millis(300);
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .set("keep_alive", "300ms")
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let mut response = reqwest::get(format!("{}/events/messages?room_id=2", server.url))
         .await
         .unwrap();
@@ -177,7 +172,7 @@ async fn a_filtered_client_of_a_busy_feed_still_gets_keep_alives() {
 async fn feeds_healthz_metrics_and_page_answer_from_memory() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let id = db.insert(&t, 1, "x").await;
     let mut client =
         Client::connect(&format!("{}/events/messages?after=start", server.url), None).await;
@@ -227,7 +222,7 @@ async fn feeds_healthz_metrics_and_page_answer_from_memory() {
 async fn shutdown_ends_open_streams() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let started = std::time::Instant::now();
     server.stop().await;
@@ -243,7 +238,7 @@ async fn shutdown_ends_open_streams() {
 async fn rejected_values_are_quoted_cut_short() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t).await;
+    let server = two_feeds(&db, &t).start().await;
     let base = &server.url;
     // Values as long as a request can carry (a target of 8 KiB, a head of
     // 32 KiB), each quoted back as its first 64 characters and its length.
@@ -280,11 +275,11 @@ async fn a_metrics_listener_keeps_metrics_and_feed_health_apart() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
     let id = db.insert(&t, 1, "x").await;
-    let server = Server::start_with_metrics_listener(config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n[[feed]]\nname = \"other\"\ntable = \"{t}\"\n"),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f)
+        .feed("other", &t, |f| f)
+        .start_with_metrics_listener()
+        .await;
     let ops = server.metrics_url.clone().unwrap();
 
     // Clients' listener: no metrics, and health without feeds.

@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A `messages` feed on a fresh SQLite table, with `extra` top-level
-/// settings before the feed.
-async fn server(extra: &str) -> (TestDb, String, Server) {
+/// A fresh SQLite table, and a feed `messages` of it filtered by
+/// `room_id`, for each test to add its settings to.
+async fn messages() -> (TestDb, String, Rowcast) {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!("{extra}\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n"),
-    );
-    let server = Server::start(config).await;
-    (db, t, server)
+    let rowcast = Rowcast::on(&db).feed("messages", &t, |f| f.filter_columns(["room_id"]));
+    (db, t, rowcast)
 }
 
 /// The header lines of a response head, sorted, without the status line,
@@ -61,7 +57,11 @@ async fn both_ways(base: &str, path: &str, headers: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_path_and_hyper_answer_with_the_same_head_apart_from_framing() {
-    let (_db, _, server) = server("cors_origins = [\"https://app.example\"]").await;
+    let (_db, _, rowcast) = messages().await;
+    let server = rowcast
+        .set("cors_origins", vec!["https://app.example"])
+        .start()
+        .await;
     let origin = "Origin: https://app.example\r\n";
     let cases = [
         ("/events/messages", "HTTP/1.1 200 OK\r\n"),
@@ -126,7 +126,8 @@ async fn answer_to(base: &str, request: &[u8]) -> (String, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_no_server_should_take_get_json_errors() {
-    let (_db, _, server) = server("").await;
+    let (_db, _, rowcast) = messages().await;
+    let server = rowcast.start().await;
     let big = format!(
         "GET /feeds HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
         "c".repeat(40_000)
@@ -194,7 +195,12 @@ async fn closed_within(socket: &mut TcpStream, started: Instant, most: Duration)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_is_closed_within_the_configured_time() {
-    let (_db, _, server) = server("header_timeout = \"500ms\"\nidle_timeout = \"800ms\"").await;
+    let (_db, _, rowcast) = messages().await;
+    let server = rowcast
+        .set("header_timeout", "500ms")
+        .set("idle_timeout", "800ms")
+        .start()
+        .await;
     let address = server.url.trim_start_matches("http://").to_owned();
     let early = Duration::from_millis(400);
 
@@ -243,11 +249,11 @@ each_db!(a_stream_whose_client_reads_nothing_is_closed_after_send_timeout);
 async fn a_stream_whose_client_reads_nothing_is_closed_after_send_timeout(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!("send_timeout = \"1s\"\n[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .set("send_timeout", "1s")
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     // One stream written by the fan-out, one by hyper (asked for on a
     // kept-alive connection): neither reads what it is sent.
     let mut direct = Wire::open(&server.url, "/events/messages", "").await;
@@ -297,7 +303,12 @@ async fn a_stream_whose_client_reads_nothing_is_closed_after_send_timeout(kind: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_make_room_and_busy_ones_keep_theirs() {
-    let (db, t, server) = server("max_clients = 10\nheader_timeout = \"1m\"").await;
+    let (db, t, rowcast) = messages().await;
+    let server = rowcast
+        .set("max_clients", 10)
+        .set("header_timeout", "1m")
+        .start()
+        .await;
     let address = server.url.trim_start_matches("http://").to_owned();
     // Two streams, busy for good.
     let mut streams = Vec::new();
@@ -346,7 +357,8 @@ async fn idle_connections_make_room_and_busy_ones_keep_theirs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_leave_room_for_other_requests() {
     // Of 20 connections, streams may hold all but one.
-    let (db, t, server) = server("max_clients = 20").await;
+    let (db, t, rowcast) = messages().await;
+    let server = rowcast.set("max_clients", 20).start().await;
     let url = format!("{}/events/messages", server.url);
     let mut streams = Vec::new();
     for _ in 0..19 {

@@ -123,17 +123,6 @@ impl Odd {
     }
 }
 
-/// `text` as a TOML string.
-fn toml_str(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
-}
-
-/// `names` as a TOML array of strings.
-fn toml_list<S: AsRef<str>>(names: &[S]) -> String {
-    let items: Vec<String> = names.iter().map(|n| toml_str(n.as_ref())).collect();
-    format!("[{}]", items.join(", "))
-}
-
 /// `text` percent-encoded for a URL query.
 fn encode(text: &str) -> String {
     text.bytes()
@@ -166,33 +155,6 @@ fn only(row: &Value, keys: &[&str]) -> Value {
     )
 }
 
-/// A config of one feed `odd` of the odd table, with `extra` TOML keys.
-fn odd_feed(db: &TestDb, odd: &Odd, extra: &str) -> rowcast::Config {
-    config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"odd\"\ntable = {}\n{extra}",
-            toml_str(&odd.table)
-        ),
-    )
-}
-
-/// A feed `messages` of `table`, with `extra` TOML keys.
-fn messages_feed(db: &TestDb, table: &str, extra: &str) -> rowcast::Config {
-    config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{table}\"\n{extra}\n"),
-    )
-}
-
-/// The error start-up gives for [`messages_feed`], as the user reads it.
-async fn start_up_error(db: &TestDb, table: &str, extra: &str) -> String {
-    match rowcast::prepare(&messages_feed(db, table, extra)).await {
-        Ok(_) => panic!("prepare accepted {extra}"),
-        Err(err) => err.to_string(),
-    }
-}
-
 each_db!(
     every_column_is_sent_and_filtered_under_its_own_name,
     chosen_columns_where_and_filter_take_names_literally,
@@ -204,16 +166,12 @@ async fn every_column_is_sent_and_filtered_under_its_own_name(kind: Kind) {
     let db = TestDb::new(kind).await;
     let odd = Odd::create(&db).await;
     let before = odd.insert(&db, 5, 1).await;
-    let server = Server::start(odd_feed(
-        &db,
-        &odd,
-        &format!(
-            "id_column = {}\nfilter_columns = {}\n",
-            toml_str(CURSOR),
-            toml_list(&[ROOM])
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .feed("odd", &odd.table, |f| {
+            f.id_column(CURSOR).filter_columns([ROOM])
+        })
+        .start()
+        .await;
     let url = format!("{}/events/odd?after=start", server.url);
     let mut all = Client::connect(&url, None).await;
     let mut room = Client::connect(&format!("{url}&{}=5", encode(ROOM)), None).await;
@@ -248,17 +206,14 @@ async fn chosen_columns_where_and_filter_take_names_literally(kind: Kind) {
     ];
     // The condition names its columns as the operator would, quoted.
     let condition = format!("{} <> 6 AND {} <> ''", db.quote(ROOM), db.quote("order"));
-    let server = Server::start(odd_feed(
-        &db,
-        &odd,
-        &format!(
-            "columns = {}\nfilter_columns = {}\nwhere = {}\n",
-            toml_list(&sent),
-            toml_list(&["名前", ROOM, " leading space"]),
-            toml_str(&condition)
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .feed("odd", &odd.table, |f| {
+            f.columns(sent)
+                .filter_columns(["名前", ROOM, " leading space"])
+                .condition(&condition)
+        })
+        .start()
+        .await;
     let url = format!("{}/events/odd?after=start", server.url);
     let mut all = Client::connect(&url, None).await;
     let third = Odd::value("名前", 3);
@@ -308,18 +263,13 @@ async fn view_and_select_yield_odd_names(kind: Kind) {
         q(&odd.table)
     );
     let before = odd.insert(&db, 5, 1).await;
-    let server = Server::start(config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"view\"\ntable = {table}\nfrom = {}\nfilter_columns = {room}\n\
-             [[feed]]\nname = \"select\"\ntable = {table}\nselect = {}\nfilter_columns = {room}\n",
-            toml_str(&view),
-            toml_str(&select),
-            table = toml_str(&odd.table),
-            room = toml_list(&[ROOM]),
-        ),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .feed("view", &odd.table, |f| f.from(&view).filter_columns([ROOM]))
+        .feed("select", &odd.table, |f| {
+            f.select(&select).filter_columns([ROOM])
+        })
+        .start()
+        .await;
     let room = format!("after=start&{}=5", encode(ROOM));
     let mut from_view = Client::connect(&format!("{}/events/view?{room}", server.url), None).await;
     let mut from_select =
@@ -357,24 +307,30 @@ async fn select_repeating_a_column_name_is_refused(kind: Kind) {
         "CREATE TABLE {u} (user_id BIGINT PRIMARY KEY, room_id BIGINT NOT NULL)"
     ))
     .await;
-    let select = format!(
-        "select = \"SELECT m.*, u.user_id, u.room_id FROM {m} m JOIN {u} u ON u.room_id = m.room_id\""
-    );
+    let select =
+        format!("SELECT m.*, u.user_id, u.room_id FROM {m} m JOIN {u} u ON u.room_id = m.room_id");
     let expected = "feed `messages`: `select` yields more than one column named `room_id`: \
                     each name is one JSON key and one filter, so give all but one another name \
                     with AS (e.g. `… AS room_id_2`), or leave them out";
-    for filters in ["", "filter_columns = [\"room_id\"]"] {
-        let err = start_up_error(&db, &m, &format!("{select}\n{filters}")).await;
-        assert_eq!(err, expected, "{filters}");
+    for filter in [None, Some("room_id")] {
+        let err = Rowcast::on(&db)
+            .feed("messages", &m, |f| {
+                let f = f.select(&select);
+                match filter {
+                    Some(column) => f.filter_columns([column]),
+                    None => f,
+                }
+            })
+            .start_up_error()
+            .await;
+        assert_eq!(err, expected, "filter {filter:?}");
     }
     // Renamed as the message says, the feed starts.
     let renamed = select.replace("u.room_id FROM", "u.room_id AS room_id_2 FROM");
-    let config = messages_feed(
-        &db,
-        &m,
-        &format!("{renamed}\nfilter_columns = [\"room_id\"]"),
-    );
-    if let Err(e) = rowcast::prepare(&config).await {
+    let rowcast = Rowcast::on(&db).feed("messages", &m, |f| {
+        f.select(&renamed).filter_columns(["room_id"])
+    });
+    if let Err(e) = rowcast.prepare().await {
         panic!("still refused with {renamed}: {e}");
     }
 }
@@ -391,12 +347,10 @@ async fn postgres_scripts_work_on_an_odd_table() {
         db.exec(statement).await;
     }
     let before = odd.insert(&db, 5, 1).await;
-    let server = Server::start(odd_feed(
-        &db,
-        &odd,
-        &format!("notify = true\nfilter_columns = {}\n", toml_list(&[ROOM])),
-    ))
-    .await;
+    let server = Rowcast::on(&db)
+        .feed("odd", &odd.table, |f| f.notify(true).filter_columns([ROOM]))
+        .start()
+        .await;
     assert_eq!(
         server.feeds[0].feed.query.txid_column.as_deref(),
         Some("rowcast_txid")
@@ -425,7 +379,11 @@ async fn mysql_keys_do_not_depend_on_sql_mode() {
     let db = TestDb::new(Kind::MySql).await;
     let odd = Odd::create(&db).await;
     let row = odd.insert(&db, 5, 1).await;
-    let feeds = rowcast::prepare(&odd_feed(&db, &odd, "")).await.unwrap();
+    let feeds = Rowcast::on(&db)
+        .feed("odd", &odd.table, |f| f)
+        .prepare()
+        .await
+        .unwrap();
     let sql = feeds.served[0].feed.query.read_sql.clone();
     feeds.source.close().await;
     for mode in [

@@ -21,13 +21,10 @@ async fn wait_doorbell(server: &Server, up: bool) {
 }
 
 /// Polling alone would take a minute.
-fn slow_polling(url: &str, t: &str) -> rowcast::Config {
-    config(
-        url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\npoll_interval = \"60s\"\nmax_poll_interval = \"60s\"\nnotify_interval = \"60s\"\n"
-        ),
-    )
+fn slow_polling(f: Feed) -> Feed {
+    f.set("poll_interval", "60s")
+        .set("max_poll_interval", "60s")
+        .set("notify_interval", "60s")
 }
 
 async fn arrives_quickly(db: &TestDb, t: &str, client: &mut Client) {
@@ -47,7 +44,10 @@ async fn a_row_rings_the_doorbell_and_arrives_at_once() {
     let t = db.messages("messages").await;
     db.insert(&t, 1, "before").await;
     db.doorbell(&t, true).await;
-    let server = Server::start(slow_polling(&db.url, &t)).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, slow_polling)
+        .start()
+        .await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     for _ in 0..3 {
@@ -63,7 +63,10 @@ async fn the_doorbell_works_again_after_a_database_restart() {
     db.insert(&t, 1, "before").await;
     db.doorbell(&t, true).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let server = Server::start(slow_polling(&proxy.url(&db.url), &t)).await;
+    let server = Rowcast::at(&proxy.url(&db.url))
+        .feed("messages", &t, slow_polling)
+        .start()
+        .await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     arrives_quickly(&db, &t, &mut client).await;
@@ -85,13 +88,13 @@ async fn without_the_trigger_polling_takes_over_and_loses_nothing() {
     let t = db.messages("messages").await;
     db.insert(&t, 1, "before").await;
     db.doorbell(&t, true).await;
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nmax_poll_interval = \"200ms\"\nnotify_interval = \"60s\"\n"
-        ),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            f.set("max_poll_interval", "200ms")
+                .set("notify_interval", "60s")
+        })
+        .start()
+        .await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let first = db.insert_many(&t, 1, 3).await;
@@ -111,13 +114,10 @@ async fn notify_on_without_the_trigger_stops_start_up() {
     for kind in [Kind::Postgres, Kind::MySql, Kind::Sqlite] {
         let db = TestDb::new(kind).await;
         let t = db.messages("messages").await;
-        let config = config(
-            &db.url,
-            &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nnotify = true\n"),
-        );
-        let err = match rowcast::prepare(&config).await {
+        let rowcast = Rowcast::on(&db).feed("messages", &t, |f| f.notify(true));
+        let err = match rowcast.prepare().await {
             Ok(_) => panic!("{kind:?}: started without a trigger"),
-            Err(err) => err.to_string(),
+            Err(err) => err,
         };
         let table = match kind {
             Kind::Postgres => format!("public.{t}"),
@@ -139,7 +139,10 @@ async fn a_burst_of_commits_is_read_by_a_few_polls() {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
     db.doorbell(&t, true).await;
-    let server = Server::start(slow_polling(&db.url, &t)).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, slow_polling)
+        .start()
+        .await;
     wait_doorbell(&server, true).await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     arrives_quickly(&db, &t, &mut client).await;

@@ -21,11 +21,10 @@ async fn outage_loses_nothing(kind: Kind, address: &str) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let proxy = Proxy::start(address.parse().unwrap()).await;
-    let config = config(
-        &proxy.url(&db.url),
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::at(&proxy.url(&db.url))
+        .feed("messages", &t, |f| f)
+        .start()
+        .await;
     let stream = format!("{}/events/messages", server.url);
     let mut client = Client::connect(&stream, None).await;
     let before = db.insert_many(&t, 1, 3).await;

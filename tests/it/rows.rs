@@ -6,14 +6,6 @@ use futures::future::join_all;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-async fn server(db: &TestDb, t: &str, extra: &str) -> Server {
-    Server::start(config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nfilter_columns = [\"room_id\"]\n{extra}"),
-    ))
-    .await
-}
-
 /// GET and return status, ETag and JSON body (`Null` for an empty body).
 async fn get(url: &str, if_none_match: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
     let mut request = reqwest::Client::new().get(url);
@@ -63,7 +55,12 @@ async fn polls_return_every_row_once_in_order(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let before = db.insert_many(&t, 1, 4).await;
-    let server = server(&db, &t, "ring_size = 3").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            f.filter_columns(["room_id"]).ring_size(3)
+        })
+        .start()
+        .await;
     let base = format!("{}/feeds/messages/rows", server.url);
     let more = db.insert_many(&t, 1, 6).await;
     wait_head(&server, *more.last().unwrap()).await;
@@ -106,7 +103,10 @@ async fn long_poll_answers_on_insert_or_at_the_end_of_wait(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let last = db.insert(&t, 1, "old").await;
-    let server = server(&db, &t, "").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let url = format!("{}/feeds/messages/rows?after={last}&wait=10", server.url);
     let started = Instant::now();
     let poll = tokio::spawn(async move { get(&url, None).await });
@@ -142,7 +142,10 @@ async fn unchanged_answers_are_304_and_filters_apply(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let start = db.insert(&t, 1, "start").await;
-    let server = server(&db, &t, "").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let base = format!("{}/feeds/messages/rows", server.url);
     let (status, etag, body) = get(&format!("{base}?after={start}"), None).await;
     assert_eq!(status, 200);
@@ -174,7 +177,10 @@ async fn unchanged_answers_are_304_and_filters_apply(kind: Kind) {
 async fn bad_parameters_get_400_with_a_reason() {
     let db = TestDb::new(Kind::Sqlite).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, "").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let base = format!("{}/feeds/messages/rows", server.url);
     let cases = [
         (
@@ -237,7 +243,10 @@ async fn feeds_describe_themselves_from_memory() {
         "CREATE TABLE {t} (id bigserial PRIMARY KEY, room_id bigint NOT NULL, body text NOT NULL, created_at text NOT NULL)"
     ))
     .await;
-    let server = server(&db, &t, "").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     db.exec(&format!(
         "INSERT INTO {t} (room_id, body, created_at) VALUES (1, 'x', '2026-11-30T12:00:00Z')"
     ))
@@ -266,7 +275,12 @@ async fn feeds_describe_themselves_from_memory() {
 async fn many_pollers_cost_nothing_or_a_few_reads(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let server = server(&db, &t, "ring_size = 5\nbatch_size = 100\n").await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            f.filter_columns(["room_id"]).ring_size(5).batch_size(100)
+        })
+        .start()
+        .await;
     let ids = db.insert_many(&t, 1, 40).await;
     let last = *ids.last().unwrap();
     wait_head(&server, last).await;

@@ -77,11 +77,7 @@ async fn two_hundred_clients_cost_one_query_per_poll(kind: Kind) {
         Kind::MySql => counted_mysql_user(&db).await,
         _ => (db.url.clone(), String::new()),
     };
-    let config = config(
-        &url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{t}\"\n"),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::at(&url).feed("messages", &t, |f| f).start().await;
     let stream = format!("{}/events/messages", server.url);
     let mut clients = join_all((0..200).map(|_| Client::connect(&stream, None))).await;
 
@@ -133,13 +129,10 @@ async fn two_hundred_clients_cost_one_query_per_poll(kind: Kind) {
 async fn clients_behind_the_ring_share_catch_up_reads(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nring_size = 5\nbatch_size = 10\n"
-        ),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.ring_size(5).batch_size(10))
+        .start()
+        .await;
     let expected = db.insert_many(&t, 1, 40).await;
     // Wait until the poller has published them all.
     let last = expected.last().unwrap().to_string();

@@ -43,27 +43,14 @@ fn display(db: &TestDb, table: &str) -> String {
     }
 }
 
-/// A feed named `messages` of `table`, with extra TOML keys.
+/// The settings of every feed here, before its own.
 ///
 /// The ids here have gaps on purpose (sparse, negative, explicit), and on
 /// MariaDB every open transaction on the server, other tests' included,
 /// counts as a writer that could fill one: a short hold cap keeps these
 /// tests about their subject, not about how long a gap is held.
-fn feed(db: &TestDb, table: &str, extra: &str) -> rowcast::Config {
-    config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{table}\"\nhold_cap = \"3s\"\n{extra}\n"
-        ),
-    )
-}
-
-/// The error `prepare` gives for `config`, as the user reads it.
-async fn start_up_error(config: rowcast::Config) -> String {
-    match rowcast::prepare(&config).await {
-        Ok(_) => panic!("prepare accepted {:?}", config.feeds),
-        Err(err) => err.to_string(),
-    }
+fn short_hold(f: Feed) -> Feed {
+    f.set("hold_cap", "3s")
 }
 
 each_db!(
@@ -110,7 +97,12 @@ async fn nullable_unique_cursor_with_negative_ids(kind: Kind) {
         ))
         .await;
     }
-    let server = Server::start(feed(&db, &t, "id_column = \"stream_ordering\"")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            short_hold(f).id_column("stream_ordering")
+        })
+        .start()
+        .await;
     let (_, feeds) = get_json(&format!("{}/feeds", server.url)).await;
     assert_eq!(feeds["feeds"][0]["cursor"], "2", "{feeds}");
     let url = format!("{}/events/messages", server.url);
@@ -162,7 +154,10 @@ async fn mysql_unsigned_ids_above_i64_max() {
          (9223372036854775808, 'i64 max + 1'), (18446744073709551614, 'u64 max - 1')"
     ))
     .await;
-    let server = Server::start(feed(&db, &t, "")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, short_hold)
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let mut client = Client::connect(&format!("{url}?after=9223372036854775807"), None).await;
     let got = client.take(2).await;
@@ -243,9 +238,9 @@ async fn post(db: &TestDb, messages: &str, id: i64, user_id: i64, body: &str) {
 
 /// Rows of a joined feed: one before start (read with `?after=start`), two
 /// live; every one with exactly the joined keys.
-async fn expect_joined_rows(db: &TestDb, messages: &str, config: rowcast::Config, name_key: &str) {
+async fn expect_joined_rows(db: &TestDb, messages: &str, rowcast: Rowcast, name_key: &str) {
     post(db, messages, 1, 1, "before start").await;
-    let server = Server::start(config).await;
+    let server = rowcast.start().await;
     let mut client =
         Client::connect(&format!("{}/events/messages?after=start", server.url), None).await;
     let first = client.take(1).await;
@@ -273,21 +268,17 @@ async fn view_with_a_join_is_read_through_from(kind: Kind) {
         "CREATE VIEW {v} AS SELECT m.id, m.body, u.name FROM {m} m JOIN {u} u ON u.id = m.user_id"
     ))
     .await;
-    let config = feed(&db, &m, &format!("from = \"{v}\""));
-    expect_joined_rows(&db, &m, config, "name").await;
+    let rowcast = Rowcast::on(&db).feed("messages", &m, |f| short_hold(f).from(&v));
+    expect_joined_rows(&db, &m, rowcast, "name").await;
 }
 
 async fn select_with_a_join_is_read_as_a_subquery(kind: Kind) {
     let db = TestDb::new(kind).await;
     let (m, u) = messages_and_users(&db).await;
-    let config = feed(
-        &db,
-        &m,
-        &format!(
-            "select = \"SELECT m.id, m.body, u.name AS author FROM {m} m JOIN {u} u ON u.id = m.user_id\""
-        ),
-    );
-    expect_joined_rows(&db, &m, config, "author").await;
+    let select =
+        format!("SELECT m.id, m.body, u.name AS author FROM {m} m JOIN {u} u ON u.id = m.user_id");
+    let rowcast = Rowcast::on(&db).feed("messages", &m, |f| short_hold(f).select(&select));
+    expect_joined_rows(&db, &m, rowcast, "author").await;
 }
 
 async fn where_condition_excludes_rows_across_resumes(kind: Kind) {
@@ -298,7 +289,10 @@ async fn where_condition_excludes_rows_across_resumes(kind: Kind) {
     let a3 = db.insert(&t, 3, "a3").await;
     let _a4 = db.insert(&t, 2, "a4").await;
     let a5 = db.insert(&t, 1, "a5").await;
-    let server = Server::start(feed(&db, &t, "where = \"room_id <> 2\"")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).condition("room_id <> 2"))
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
 
     // Rows written before start: read from the database, room 2 left out.
@@ -336,7 +330,10 @@ async fn where_condition_excludes_rows_across_resumes(kind: Kind) {
 async fn columns_limit_the_json_keys(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let server = Server::start(feed(&db, &t, "columns = [\"id\", \"body\"]")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).columns(["id", "body"]))
+        .start()
+        .await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let first = db.insert(&t, 4, "hello").await;
     let second = db.insert(&t, 5, "world").await;
@@ -356,7 +353,10 @@ async fn unknown_table_lists_the_existing_ones(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let missing = db.table("missing"); // never created
-    let err = start_up_error(feed(&db, &missing, "")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &missing, short_hold)
+        .start_up_error()
+        .await;
     let head = format!("table `{}` not found; tables: ", display(&db, &missing));
     let Some(tables) = err.strip_prefix(&head) else {
         panic!("expected {head:?}…, got {err:?}");
@@ -369,7 +369,10 @@ async fn unknown_table_lists_the_existing_ones(kind: Kind) {
 async fn unknown_filter_column_lists_the_columns(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let err = start_up_error(feed(&db, &t, "filter_columns = [\"nope\"]")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).filter_columns(["nope"]))
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -382,7 +385,10 @@ async fn unknown_filter_column_lists_the_columns(kind: Kind) {
 async fn unknown_id_column_lists_the_columns(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let err = start_up_error(feed(&db, &t, "id_column = \"nope\"")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).id_column("nope"))
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -406,7 +412,10 @@ async fn text_primary_key_is_no_cursor(kind: Kind) {
         ddl(kind).text
     ))
     .await;
-    let err = start_up_error(feed(&db, &t, "")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, short_hold)
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -425,7 +434,10 @@ async fn table_without_primary_key_is_no_cursor(kind: Kind) {
         ddl(kind).text
     ))
     .await;
-    let err = start_up_error(feed(&db, &t, "")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, short_hold)
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -457,7 +469,10 @@ async fn sequenced(db: &TestDb, name: &str) -> String {
 async fn id_column_without_unique_index_is_no_cursor(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = sequenced(&db, "sequenced").await;
-    let err = start_up_error(feed(&db, &t, "id_column = \"seq\"")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).id_column("seq"))
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -475,14 +490,17 @@ async fn id_column_without_unique_index_is_no_cursor(kind: Kind) {
 async fn suggested_cursor_makes_the_feed_usable(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = sequenced(&db, "sequenced").await;
-    let err = start_up_error(feed(&db, &t, "id_column = \"seq\"")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).id_column("seq"))
+        .start_up_error()
+        .await;
     let column = err
         .split_once("unique integer columns (`")
         .and_then(|(_, rest)| rest.split_once("`)"))
         .map(|(column, _)| column)
         .unwrap_or_else(|| panic!("no suggested column in {err:?}"));
-    let config = feed(&db, &t, &format!("id_column = \"{column}\""));
-    if let Err(e) = rowcast::prepare(&config).await {
+    let rowcast = Rowcast::on(&db).feed("messages", &t, |f| short_hold(f).id_column(column));
+    if let Err(e) = rowcast.prepare().await {
         panic!("still refused with `id_column = {column}`: {e}");
     }
 }
@@ -498,7 +516,10 @@ async fn table_without_unique_integer_is_no_cursor(kind: Kind) {
         ddl(kind).text
     ))
     .await;
-    let err = start_up_error(feed(&db, &t, "id_column = \"seq\"")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &t, |f| short_hold(f).id_column("seq"))
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -516,7 +537,10 @@ async fn view_as_table_is_no_cursor(kind: Kind) {
     let v = db.table("view");
     db.exec(&format!("CREATE VIEW {v} AS SELECT id, body FROM {t}"))
         .await;
-    let err = start_up_error(feed(&db, &v, "")).await;
+    let err = Rowcast::on(&db)
+        .feed("messages", &v, short_hold)
+        .start_up_error()
+        .await;
     assert_eq!(
         err,
         format!(
@@ -529,8 +553,8 @@ async fn view_as_table_is_no_cursor(kind: Kind) {
 
 /// `prepare` fails with `cannot connect to <url>` within a few seconds.
 async fn expect_unreachable(url: &str) {
-    let config = config(url, "[[feed]]\ntable = \"messages\"\n");
-    let err = tokio::time::timeout(Duration::from_secs(10), start_up_error(config))
+    let rowcast = Rowcast::at(url).feed("messages", "messages", |f| f);
+    let err = tokio::time::timeout(Duration::from_secs(10), rowcast.start_up_error())
         .await
         .unwrap_or_else(|_| panic!("prepare against {url} still waiting after 10 s"));
     let head = format!("cannot connect to {url}");
@@ -558,8 +582,8 @@ async fn missing_sqlite_file_is_named_not_created() {
 /// The refused connection, not only a pool timeout, is what the user needs
 /// to read to tell a stopped database from a wrong host or a firewall.
 async fn expect_refusal_named(url: &str) {
-    let config = config(url, "[[feed]]\ntable = \"messages\"\n");
-    let err = tokio::time::timeout(Duration::from_secs(10), start_up_error(config))
+    let rowcast = Rowcast::at(url).feed("messages", "messages", |f| f);
+    let err = tokio::time::timeout(Duration::from_secs(10), rowcast.start_up_error())
         .await
         .unwrap_or_else(|_| panic!("prepare against {url} still waiting after 10 s"));
     assert!(err.contains("Connection refused"), "{err}");

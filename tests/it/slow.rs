@@ -10,15 +10,12 @@ each_db!(stalled_client_catches_up_without_a_gap);
 async fn stalled_client_catches_up_without_a_gap(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let mut config = config(
-        &db.url,
-        &format!(
-            "[[feed]]\nname = \"messages\"\ntable = \"{t}\"\nring_size = 20\nbatch_size = 50\n"
-        ),
-    );
-    // Fall behind by more than two poll batches and leave the broadcast.
-    config.client_buffer = 2;
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        // Fall behind by more than two poll batches and leave the broadcast.
+        .set("client_buffer", 2)
+        .feed("messages", &t, |f| f.ring_size(20).batch_size(50))
+        .start()
+        .await;
     let stream = format!("{}/events/messages", server.url);
     let mut stalled = Client::connect(&stream, None).await;
     let mut reader = Client::connect(&stream, None).await;

@@ -4,13 +4,6 @@
 use crate::common::*;
 use std::time::Duration;
 
-fn one_feed(db: &TestDb, table: &str, extra: &str) -> rowcast::Config {
-    config(
-        &db.url,
-        &format!("[[feed]]\nname = \"messages\"\ntable = \"{table}\"\nfilter_columns = [\"room_id\"]\n{extra}"),
-    )
-}
-
 each_db!(
     live_rows_arrive_in_order_as_plain_messages,
     resume_with_last_event_id_or_after,
@@ -23,7 +16,10 @@ async fn live_rows_arrive_in_order_as_plain_messages(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     db.insert_many(&t, 1, 2).await; // before start: not sent to a live client
-    let server = Server::start(one_feed(&db, &t, "")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let headers = &client.response_headers;
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -53,7 +49,10 @@ async fn resume_with_last_event_id_or_after(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
     let first = db.insert_many(&t, 1, 3).await;
-    let server = Server::start(one_feed(&db, &t, "")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
 
     // A first connection with ?after= gets what came after it, then live rows.
@@ -86,7 +85,10 @@ async fn resume_with_last_event_id_or_after(kind: Kind) {
 async fn filters_select_rows_by_column_value(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let server = Server::start(one_feed(&db, &t, "")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let url = format!("{}/events/messages", server.url);
     let mut room2 = Client::connect(&format!("{url}?room_id=2"), None).await;
     let mut rooms13 = Client::connect(&format!("{url}?room_id=1&room_id=3"), None).await;
@@ -114,11 +116,11 @@ async fn several_feeds_resume_with_one_id(kind: Kind) {
     let db = TestDb::new(kind).await;
     let a = db.messages("a").await;
     let b = db.messages("b").await;
-    let config = config(
-        &db.url,
-        &format!("[[feed]]\nname = \"alpha\"\ntable = \"{a}\"\n[[feed]]\nname = \"beta\"\ntable = \"{b}\"\nfilter_columns = [\"room_id\"]\n"),
-    );
-    let server = Server::start(config).await;
+    let server = Rowcast::on(&db)
+        .feed("alpha", &a, |f| f)
+        .feed("beta", &b, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let url = format!("{}/events?feed=alpha&feed=beta", server.url);
     let mut client = Client::connect(&url, None).await;
     let a1 = db.insert(&a, 1, "a1").await;
@@ -168,7 +170,10 @@ async fn several_feeds_resume_with_one_id(kind: Kind) {
 async fn hostile_text_arrives_byte_exact(kind: Kind) {
     let db = TestDb::new(kind).await;
     let t = db.messages("messages").await;
-    let server = Server::start(one_feed(&db, &t, "")).await;
+    let server = Rowcast::on(&db)
+        .feed("messages", &t, |f| f.filter_columns(["room_id"]))
+        .start()
+        .await;
     let mut client = Client::connect(&format!("{}/events/messages", server.url), None).await;
     let huge = format!("{}end", "x".repeat(1 << 20));
     let mut values: Vec<String> = vec![

@@ -1,7 +1,6 @@
 //! Test helpers: a uniquely named table on a real database, a real rowcast
-//! server on 127.0.0.1:0 (or on a given address, to restart one), and a real
-//! SSE client.
-#![allow(dead_code)] // each test binary uses its own share of the helpers
+//! server on 127.0.0.1:0 (or on a given address, to restart one), set up
+//! with [`Rowcast`], and a real SSE client.
 
 pub mod auth;
 pub mod proxy;
@@ -11,7 +10,7 @@ pub mod wire;
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use rowcast::config::{Config, FileConfig, ServeArgs};
+use rowcast::config::Config;
 use rowcast::http::Served;
 use rowcast::source::GapSetup;
 use sqlx::any::AnyPoolOptions;
@@ -24,10 +23,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use services::{MYSQL_URL, POSTGRES_URL};
-pub use setup::Rowcast;
+pub use setup::{Feed, Rowcast};
 
 /// Shows rowcast's logs when a test runs with `RUST_LOG` set (e.g.
-/// `RUST_LOG=rowcast=debug cargo test --test gaps -- --nocapture`).
+/// `RUST_LOG=rowcast=debug cargo test --test it gaps:: -- --nocapture`).
 pub fn logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -286,17 +285,6 @@ impl Drop for TestDb {
     }
 }
 
-/// A configuration from TOML feed tables, tuned for quick tests.
-pub fn config(url: &str, toml: &str) -> Config {
-    let file: FileConfig = toml::from_str(&format!(
-        "poll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\ngap_grace = \"50ms\"\n{toml}"
-    ))
-    .unwrap();
-    let mut args = ServeArgs::default();
-    args.server.database_url = Some(url.to_owned());
-    Config::merge(&args, file).unwrap()
-}
-
 /// A rowcast server running in this process on an ephemeral port.
 pub struct Server {
     pub url: String,
@@ -313,29 +301,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Server {
-        Server::start_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
-    }
-
-    /// Starts a server on `address`: given the address of one that was
-    /// stopped, it is a restart, and clients reconnect to it by themselves.
-    pub async fn start_at(config: Config, address: SocketAddr) -> Server {
+    /// Starts a server on `address` (see [`Rowcast::start_at`]).
+    async fn start_at(config: Config, address: SocketAddr) -> Server {
         let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
         Server::serve_on(bind(address).await, config, feeds, None).await
     }
 
-    /// A server whose `/metrics` and full `/healthz` are on a listener of
-    /// their own, at [`Server::metrics_url`].
-    pub async fn start_with_metrics_listener(config: Config) -> Server {
+    /// A server with an operators' listener (see
+    /// [`Rowcast::start_with_metrics_listener`]).
+    async fn start_with_metrics_listener(config: Config) -> Server {
         let feeds = rowcast::prepare(&config).await.expect("feeds prepare");
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Server::serve_on(listener, config, feeds, Some(metrics)).await
-    }
-
-    pub async fn serve(config: Config, feeds: rowcast::Feeds) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Server::serve_on(listener, config, feeds, None).await
     }
 
     async fn serve_on(
