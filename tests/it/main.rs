@@ -1,0 +1,40 @@
+//! rowcast's integration tests: the real server on `127.0.0.1:0` against
+//! real databases (Postgres, MariaDB, SQLite), read by real clients.
+//!
+//! One crate, so the helpers in [`common`] are compiled once and every area
+//! runs in one process; `cargo test --test it gaps::` runs one area.
+//!
+//! # Layout
+//! - [`common`]: a test database, the server, an SSE client, raw HTTP.
+//! - [`stream`], [`rows`], [`http`], [`cursors`]: what clients ask for and
+//!   get: streams, JSON polls, errors, cursors.
+//! - [`listener`], [`fanout`], [`slow`], [`scale`]: connections on the wire,
+//!   the fan-out, slow clients, database load as clients grow.
+//! - [`gaps`], [`gap_limits`], [`notify`], [`outage`]: delivery without
+//!   gaps under concurrent writers, the doorbell, database outages.
+//! - [`schema`], [`names`], [`apps`]: tables as applications have them.
+//! - [`auth`], [`visibility`]: tokens, claim rules, what a token may see.
+//! - [`cli`], [`clients`]: the binary as a user runs it; the strictest real
+//!   SSE clients, directly and behind nginx.
+
+mod common;
+
+mod apps;
+mod auth;
+mod cli;
+mod clients;
+mod cursors;
+mod fanout;
+mod gap_limits;
+mod gaps;
+mod http;
+mod listener;
+mod names;
+mod notify;
+mod outage;
+mod rows;
+mod scale;
+mod schema;
+mod slow;
+mod stream;
+mod visibility;
