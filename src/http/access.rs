@@ -56,7 +56,7 @@ fn token(headers: &HeaderMap, params: &[(String, String)], cookie: &str) -> Opti
     let query = || {
         params
             .iter()
-            .find(|(k, _)| k == "access_token")
+            .find(|(k, _)| k == super::filter::reserved::TOKEN)
             .map(|(_, v)| v.clone())
     };
     let cookie = || {

@@ -20,9 +20,6 @@ use axum::Extension;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// Query parameters that are not filters.
-const RESERVED: [&str; 3] = ["after", "feed", "access_token"];
-
 pub async fn one_feed(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(ctx): State<ApiContext>,
@@ -35,7 +32,7 @@ pub async fn one_feed(
     // of it, not even from a 404 or a 400.
     let claims = ctx.claims(&headers, &params)?;
     let served = ctx.feed(&feed, claims.as_ref())?;
-    let mut filter = filter::for_feed(&served.feed, &params, &["after", "access_token"])?;
+    let mut filter = filter::for_feed(&served.feed, &params, filter::reserved::STREAM)?;
     admit(&served.feed, claims.as_ref(), &mut filter)?;
     let after = match resume_text(&params, &headers) {
         Some((source_name, text)) => Some(resume::one(&served.feed, source_name, &text)?),
@@ -81,7 +78,7 @@ pub async fn many_feeds(
         });
     }
     for (name, value) in &params {
-        if RESERVED.contains(&name.as_str()) {
+        if filter::reserved::STREAMS.contains(&name.as_str()) {
             continue;
         }
         // `feed.column` filters one feed; a bare `column` every feed that has it.

@@ -8,6 +8,19 @@ use std::sync::Arc;
 
 pub use crate::feed::Filter;
 
+/// The query parameters of each endpoint that are not filters: every other
+/// parameter names a filter column, or is an error.
+pub mod reserved {
+    /// The token, as EventSource cannot send a header.
+    pub const TOKEN: &str = "access_token";
+    /// `GET /events/{feed}`.
+    pub const STREAM: &[&str] = &["after", TOKEN];
+    /// `GET /events?feed=…`.
+    pub const STREAMS: &[&str] = &["after", "feed", TOKEN];
+    /// `GET /feeds/{feed}/rows`.
+    pub const ROWS: &[&str] = &["after", "limit", "wait", TOKEN];
+}
+
 /// The filter that `params` give for `feed`; any parameter that is
 /// neither in `reserved` nor a filter column is an error.
 pub fn for_feed(

@@ -45,7 +45,7 @@ pub async fn rows(
     let claims = ctx.claims(&headers, &params)?;
     let served = ctx.feed(&name, claims.as_ref())?;
     let feed = &served.feed;
-    let mut filter = filter::for_feed(feed, &params, &["after", "limit", "wait", "access_token"])?;
+    let mut filter = filter::for_feed(feed, &params, filter::reserved::ROWS)?;
     super::access::admit(feed, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {
         params
