@@ -2,13 +2,15 @@
 //! wires its parts — poller, feed, fan-out, doorbell — to the HTTP
 //! listener, then stops them all, within a bounded time, at shutdown.
 
-use crate::config::{self, Config, Notify};
+use crate::config::{self, Config, FeedConfig, Mode, Notify};
+use crate::cursor::Cursor;
 use crate::doorbell;
 use crate::fanout::Fanout;
 use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
-use crate::poller::{self, Health, TableReader};
-use crate::source::{self, GapSetup, Source};
+use crate::poller::{self, ChangesSetup, Health, Setup, TableReader};
+use crate::source::horizon::Horizon;
+use crate::source::{self, FeedQuery, Source};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,9 +61,8 @@ pub struct Feeds {
     pub source: Source,
     /// Every feed as the server will run it, in configuration order.
     pub served: Vec<Served>,
-    /// What the database can tell about gaps in each feed's ids, in the
-    /// same order.
-    pub setups: Vec<GapSetup>,
+    /// What each feed's poller starts with, in the same order.
+    pub setups: Vec<Setup>,
 }
 
 /// Connects to the database and checks every feed against its catalog.
@@ -69,9 +70,14 @@ pub struct Feeds {
 pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     let source = Source::connect(&config.database_url, config.max_connections).await?;
     let mut plans = Vec::with_capacity(config.feeds.len());
+    let mut changes = Vec::new();
     for feed in &config.feeds {
         let query = source.plan(feed).await?;
         source.validate(feed, &query).await?;
+        if feed.mode == Mode::Changes {
+            changes.push((feed, query));
+            continue;
+        }
         let gap_setup = source.gap_setup(feed, &query).await?;
         for warning in &gap_setup.warnings {
             tracing::warn!("{warning}");
@@ -104,13 +110,30 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             .map(|(feed, query, gaps)| poller::starting_head(&source, feed, query, gaps)),
     )
     .await?;
-    let mut served = Vec::with_capacity(plans.len());
-    let mut setups = Vec::with_capacity(plans.len());
-    for ((feed, query, setup), head) in plans.into_iter().zip(heads) {
+    let mut started: Vec<(&FeedConfig, FeedQuery, Setup, Cursor)> = plans
+        .into_iter()
+        .zip(heads)
+        .map(|((feed, query, setup), head)| (feed, query, Setup::Append(setup), head))
+        .collect();
+    for (feed, query) in changes {
+        let setup = prepare_changes(&source, feed, &query).await?;
+        let head = poller::changes_head(&setup.first, feed.tuning.clock_skew);
+        started.push((feed, query, Setup::Changes(setup), head));
+    }
+    // In configuration order, whatever the mode.
+    started.sort_by_key(|(feed, ..)| config.feeds.iter().position(|f| f.name == feed.name));
+    let mut served = Vec::with_capacity(started.len());
+    let mut setups = Vec::with_capacity(started.len());
+    for (feed, query, setup, head) in started {
         let health = Arc::new(Health::default());
         let reader = Arc::new(TableReader {
             source: source.clone(),
             query: query.clone(),
+            changes: match &setup {
+                Setup::Changes(changes) => Some(changes.query.clone()),
+                Setup::Append(_) => None,
+            },
+            tuning: feed.tuning.clone(),
             health: health.clone(),
         });
         let feed = Arc::new(Feed::new(
@@ -132,6 +155,60 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
         source,
         served,
         setups,
+    })
+}
+
+/// Checks a changes feed's columns, says how it sees deletes and writers,
+/// and samples its horizon.
+async fn prepare_changes(
+    source: &Source,
+    feed: &FeedConfig,
+    query: &FeedQuery,
+) -> Result<ChangesSetup, Error> {
+    let (changes, deletes) = source.plan_changes(feed, query).await?;
+    let bad = |source| source::Error::BadQuery {
+        feed: feed.name.clone(),
+        source,
+    };
+    // Each statement once, matching nothing, so that a mistake stops
+    // start-up instead of every poll.
+    let never = 4_102_444_800_000; // 2100-01-01
+    for result in [
+        source.read_window(&changes, never, None, 1).await.map(drop),
+        source
+            .read_snapshot(&changes, i128::from(i64::MAX), 1)
+            .await
+            .map(drop),
+        source
+            .read_tombstones(&changes, never, 0, 1)
+            .await
+            .map(drop),
+    ] {
+        match result {
+            Err(source::Error::Query(err)) => return Err(bad(err).into()),
+            other => other?,
+        }
+    }
+    if let Some(column) = &changes.deleted_column {
+        tracing::info!(feed = %feed.name, %column, "changes feed: a row whose column is set is sent as a delete (soft delete)")
+    }
+    if deletes {
+        tracing::info!(feed = %feed.name, table = source::changes::DELETES_TABLE, "changes feed: hard deletes are read from the rowcast_deletes table");
+    } else {
+        tracing::info!(feed = %feed.name, "changes feed: no rowcast_deletes table, so hard deletes are not seen (install it with `rowcast sql deletes --table … --apply`)");
+    }
+    let method = Horizon::choose(source, &feed.name).await?;
+    if let Some(warning) = &method.warning {
+        tracing::warn!("{warning}");
+    }
+    let mut horizon = method.horizon;
+    let first = horizon.sample(source, feed.tuning.max_txn_age).await?;
+    tracing::info!(feed = %feed.name, column = %changes.updated_column, "changes feed: following inserts, updates and deletes by this column");
+    Ok(ChangesSetup {
+        max_id: source.max_id(query).await?,
+        query: changes,
+        horizon,
+        first,
     })
 }
 

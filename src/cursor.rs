@@ -6,6 +6,12 @@
 //! feed whose table was empty). This module only parses and prints, and
 //! checks that an id fits the feed's [`IdRange`]; it never decides what a
 //! position means for the database.
+//!
+//! A changes feed's id is opaque to clients (`1733100000123.5f3a9c1e.42`):
+//! the window start of the poll that sent the event (milliseconds since
+//! 1970), the run of the server that numbered it, and its number in that
+//! run. Inside the server it is one [`Cursor`] that sorts by that number
+//! ([`Style::Changes`]); `0` asks for the current state of every row.
 
 use crate::echo::Echo;
 use std::collections::HashSet;
@@ -71,6 +77,8 @@ pub enum ParseError {
     RepeatedFeed(String),
     #[error("the cursor has {parts} `feed:id` pairs, more than there are feeds: expected at most one pair per feed")]
     TooManyParts { parts: usize },
+    #[error("{} is not a cursor of this changes feed: expected an event id it sent, or `0` for every row's current state", Echo(.0))]
+    NotAChange(String),
     #[error("`{id}` is outside the ids of {}: expected an integer from {min} to {max} or `start`", whose(.feed))]
     OutOfRange {
         id: i128,
@@ -123,8 +131,78 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// How a feed's cursors read and print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Row ids of a column of this range.
+    Ids(IdRange),
+    /// A changes feed's places, numbered in the server run `epoch`.
+    Changes { epoch: u32 },
+}
+
+/// The cursor of a changes feed's event number `seq`, sent by a poll whose
+/// window started at `since_ms`. Sorts by `seq`; `seq` 0 is before every
+/// event of this run, a place only a read of the table can resume from.
+pub fn change(seq: u64, since_ms: i64) -> Cursor {
+    Cursor::At((i128::from(seq) << 64) | i128::from(since_ms.max(0) as u64))
+}
+
+/// The `(seq, since_ms)` of a changes feed's cursor.
+pub fn unchange(cursor: Cursor) -> (u64, i64) {
+    match cursor {
+        Cursor::Start => (0, 0),
+        Cursor::At(packed) => (
+            (packed >> 64) as u64,
+            (packed as u64).min(i64::MAX as u64) as i64,
+        ),
+    }
+}
+
+impl Style {
+    /// Reads a client's cursor (of feed `feed`, in a multi-feed cursor).
+    pub fn parse(self, text: &str, feed: Option<&str>) -> Result<Cursor, ParseError> {
+        match self {
+            Style::Ids(range) => range.check(Cursor::parse(text)?, feed),
+            Style::Changes { epoch } => {
+                let text = text.trim();
+                if text == "0" || text == "start" {
+                    return Ok(change(0, 0));
+                }
+                let bad = || ParseError::NotAChange(text.to_owned());
+                let mut parts = text.split('.');
+                let (Some(since), Some(run), Some(seq), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(bad());
+                };
+                let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+                if !digits(since) || !digits(seq) || run.is_empty() {
+                    return Err(bad());
+                }
+                let since: i64 = since.parse().map_err(|_| bad())?;
+                let seq: u64 = seq.parse().map_err(|_| bad())?;
+                let run = u32::from_str_radix(run, 16).map_err(|_| bad())?;
+                // Another run's numbers mean nothing here: only the time
+                // is kept, and the table is read from it.
+                Ok(change(if run == epoch { seq } else { 0 }, since))
+            }
+        }
+    }
+
+    /// Prints a cursor as clients get it.
+    pub fn format(self, cursor: Cursor) -> String {
+        match self {
+            Style::Ids(_) => cursor.to_string(),
+            Style::Changes { epoch } => {
+                let (seq, since) = unchange(cursor);
+                format!("{since}.{epoch:08x}.{seq}")
+            }
+        }
+    }
+}
+
 /// Prints a multi-feed cursor: `a:1,b:start`.
-pub fn format_composite<'a>(positions: impl IntoIterator<Item = (&'a str, Cursor)>) -> String {
+pub fn format_composite<'a>(positions: impl IntoIterator<Item = (&'a str, String)>) -> String {
     let mut out = String::new();
     for (feed, cursor) in positions {
         if !out.is_empty() {
@@ -132,15 +210,16 @@ pub fn format_composite<'a>(positions: impl IntoIterator<Item = (&'a str, Cursor
         }
         out.push_str(feed);
         out.push(':');
-        out.push_str(&cursor.to_string());
+        out.push_str(&cursor);
     }
     out
 }
 
-/// Parses a multi-feed cursor into `(feed, cursor)` pairs, in the order
-/// given. A cursor names each feed at most once, so one with more than
-/// `most` pairs (the number of feeds) is refused.
-pub fn parse_composite(text: &str, most: usize) -> Result<Vec<(String, Cursor)>, ParseError> {
+/// Splits a multi-feed cursor into `(feed, cursor text)` pairs, in the
+/// order given, for each feed's [`Style`] to read. A cursor names each feed
+/// at most once, so one with more than `most` pairs (the number of feeds)
+/// is refused.
+pub fn parse_composite(text: &str, most: usize) -> Result<Vec<(String, String)>, ParseError> {
     let text = text.trim();
     // Counted before any work per pair: a client may send thousands.
     let parts = text.bytes().filter(|b| *b == b',').count() + 1;
@@ -157,7 +236,7 @@ pub fn parse_composite(text: &str, most: usize) -> Result<Vec<(String, Cursor)>,
         if !seen.insert(feed) {
             return Err(ParseError::RepeatedFeed(feed.to_owned()));
         }
-        pairs.push((feed.to_owned(), Cursor::parse(cursor)?));
+        pairs.push((feed.to_owned(), cursor.to_owned()));
     }
     Ok(pairs)
 }
@@ -199,14 +278,47 @@ mod tests {
 
     #[test]
     fn composite_round_trips() {
-        let text = format_composite([("messages", Cursor::At(1042)), ("orders", Cursor::Start)]);
-        assert_eq!(text, "messages:1042,orders:start");
+        let orders = Style::Changes { epoch: 0xab };
+        let text = format_composite([
+            ("messages", Cursor::At(1042).to_string()),
+            ("orders", orders.format(change(7, 1_733_100_000_123))),
+        ]);
+        assert_eq!(text, "messages:1042,orders:1733100000123.000000ab.7");
         assert_eq!(
             parse_composite(&text, 2).unwrap(),
             vec![
-                ("messages".to_owned(), Cursor::At(1042)),
-                ("orders".to_owned(), Cursor::Start)
+                ("messages".to_owned(), "1042".to_owned()),
+                ("orders".to_owned(), "1733100000123.000000ab.7".to_owned())
             ]
+        );
+    }
+
+    #[test]
+    fn changes_cursors_keep_their_number_only_in_their_own_run() {
+        let style = Style::Changes { epoch: 0x5f3a9c1e };
+        let cursor = change(42, 1_733_100_000_123);
+        assert_eq!(style.format(cursor), "1733100000123.5f3a9c1e.42");
+        assert_eq!(style.parse("1733100000123.5f3a9c1e.42", None), Ok(cursor));
+        assert_eq!(unchange(cursor), (42, 1_733_100_000_123));
+        // Another run's event: only its time counts.
+        assert_eq!(
+            style.parse("1733100000123.00000001.42", None),
+            Ok(change(0, 1_733_100_000_123))
+        );
+        assert_eq!(style.parse("0", None), Ok(change(0, 0)));
+        assert!(change(1, 0) > change(0, i64::MAX));
+        for bad in [
+            "", "12", "1.2", "a.b.c", "1.zz.3", "-1.ab.3", "1.ab.3.4", "1.ab.+3",
+        ] {
+            assert_eq!(
+                style.parse(bad, None),
+                Err(ParseError::NotAChange(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Style::Ids(IdRange::Signed).parse("1.ab.3", None),
+            Err(ParseError::NotAnId("1.ab.3".to_owned()))
         );
     }
 
@@ -223,10 +335,6 @@ mod tests {
         assert_eq!(
             parse_composite("a:1,a:2", 2),
             Err(ParseError::RepeatedFeed("a".into()))
-        );
-        assert_eq!(
-            parse_composite("a:x", 2),
-            Err(ParseError::NotAnId("x".into()))
         );
     }
 

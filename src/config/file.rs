@@ -6,7 +6,7 @@
 //! start-up rather than silently ignored.
 
 use super::tuning::{layered, tuning_table, Interval};
-use super::types::{GapHandling, Notify};
+use super::types::{GapHandling, Mode, Notify};
 use clap::Args;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -130,6 +130,16 @@ tuning_table!(layered! {
         /// SQL returning the highest id the application declares complete.
         #[arg(long, env = "ROWCAST_WATERMARK")]
         pub watermark: Option<String>,
+        /// What the feed follows: `append` (new rows, by id) or `changes`
+        /// (every insert, update and delete) [default: append].
+        #[arg(long, env = "ROWCAST_MODE")]
+        pub mode: Option<Mode>,
+        /// Changes mode: column stamped on every insert and update [default: `updated_at`].
+        #[arg(long, env = "ROWCAST_UPDATED_COLUMN")]
+        pub updated_column: Option<String>,
+        /// Changes mode: column a soft delete sets [default: `deleted_at`, when present].
+        #[arg(long, env = "ROWCAST_DELETED_COLUMN")]
+        pub deleted_column: Option<String>,
         /// Gap handling: `hold` (default) or `ignore` (the naive poller, for measurement only).
         #[arg(long, env = "ROWCAST_GAPS")]
         pub gaps: Option<GapHandling>,

@@ -17,5 +17,5 @@ mod validate;
 pub use file::{FeedFile, FileConfig};
 pub use flags::ServeArgs;
 pub use tuning::{Interval, Tuned, Tuning};
-pub use types::{Config, FeedConfig, GapHandling, Notify, ReadFrom, DEFAULT_LISTEN};
+pub use types::{Config, FeedConfig, GapHandling, Mode, Notify, ReadFrom, DEFAULT_LISTEN};
 pub use validate::Error;

@@ -87,6 +87,12 @@ macro_rules! tuning_table {
                     "Interval of polls while the Postgres NOTIFY doorbell works";
                 notify_window: Interval = "10ms", "ROWCAST_NOTIFY_WINDOW",
                     "Shortest time between two polls the NOTIFY doorbell starts: rings within it share one poll";
+                clock_skew: Interval = "2s", "ROWCAST_CLOCK_SKEW",
+                    "Changes mode: how far a row's stamp may precede the start of its transaction (whole-second application stamps need at least 1s, plus clock drift)";
+                max_txn_age: Interval = "30s", "ROWCAST_MAX_TXN_AGE",
+                    "Changes mode: transactions open longer than this no longer hold back the window of re-read rows";
+                delete_retention: Interval = "7days", "ROWCAST_DELETE_RETENTION",
+                    "Changes mode: how long `rowcast_deletes` keeps tombstones; a client resuming from before it starts over";
             }
         }
     };
@@ -220,7 +226,7 @@ mod tests {
     fn every_default_parses() {
         let tuned = Tuning::resolve(&[]);
         assert_eq!(tuned.hold_cap, Duration::from_secs(30));
-        assert_eq!(Tuning::DEFAULTS.len(), 9);
+        assert_eq!(Tuning::DEFAULTS.len(), 12);
     }
 
     #[test]

@@ -94,6 +94,25 @@ pub struct FeedConfig {
     pub timestamp_column: Option<String>,
     /// Who may read which rows (with auth on).
     pub rules: crate::auth::Rules,
+    /// What the feed follows: new rows, or every change.
+    pub mode: Mode,
+    /// Changes mode: the column stamped on every insert and update, when
+    /// configured by name (otherwise `updated_at`).
+    pub updated_column: Option<String>,
+    /// Changes mode: the column set by a soft delete, when configured by
+    /// name (otherwise `deleted_at`, if the table has it).
+    pub deleted_column: Option<String>,
+}
+
+/// What a feed follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// New rows, by an increasing id.
+    #[default]
+    Append,
+    /// Every insert, update and delete, as the row's latest state.
+    Changes,
 }
 
 /// Whether a feed listens for the Postgres NOTIFY doorbell.

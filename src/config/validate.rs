@@ -5,7 +5,7 @@
 use super::file::{FeedFile, FileConfig};
 use super::flags::ServeArgs;
 use super::tuning::{Interval, Tuning};
-use super::types::{Config, FeedConfig, ReadFrom, DEFAULT_LISTEN};
+use super::types::{Config, FeedConfig, Mode, ReadFrom, DEFAULT_LISTEN};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -289,6 +289,35 @@ fn validate_feed(
         .map(|w| w.trim().trim_end_matches(';').to_owned())
         .filter(|w| !w.is_empty());
 
+    let mode = file.mode.unwrap_or_default();
+    if mode == Mode::Changes {
+        let append_only = [
+            ("watermark", watermark.is_some()),
+            ("gaps", file.gaps.is_some()),
+            ("txid_column", file.txid_column.is_some()),
+        ];
+        if let Some((field, _)) = append_only.iter().find(|(_, given)| *given) {
+            return Err(invalid(
+                key(field),
+                "applies to `append` feeds only; a `changes` feed reads by `updated_column`",
+            ));
+        }
+        if tuning.max_txn_age.is_zero() {
+            return Err(invalid(key("max_txn_age"), "must be greater than zero"));
+        }
+    } else {
+        let changes_only = [
+            ("updated_column", file.updated_column.is_some()),
+            ("deleted_column", file.deleted_column.is_some()),
+        ];
+        if let Some((field, _)) = changes_only.iter().find(|(_, given)| *given) {
+            return Err(invalid(
+                key(field),
+                "applies to `mode = \"changes\"` feeds only",
+            ));
+        }
+    }
+
     let mut rules = crate::auth::Rules::default();
     for (claim, value) in file.auth_require.unwrap_or_default() {
         let value =
@@ -306,6 +335,15 @@ fn validate_feed(
     }
 
     Ok(FeedConfig {
+        mode,
+        updated_column: file
+            .updated_column
+            .map(|c| identifier("updated_column", c))
+            .transpose()?,
+        deleted_column: file
+            .deleted_column
+            .map(|c| identifier("deleted_column", c))
+            .transpose()?,
         rules,
         timestamp_column: file
             .timestamp_column

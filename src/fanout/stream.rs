@@ -169,7 +169,7 @@ impl EventStream {
             let id = if multi {
                 composite(&feeds, &positions)
             } else {
-                positions[0].to_string()
+                subscribers[0].feed().cursor_text(positions[0])
             };
             first.extend_from_slice(&sse::position(&id));
         }
@@ -359,7 +359,7 @@ impl EventStream {
         }
         let mut buf = BytesMut::new();
         for event in delivery.events() {
-            if !filter.matches(&event.filters) {
+            if !event.passes(filter) {
                 continue;
             }
             if self.multi {
@@ -370,7 +370,10 @@ impl EventStream {
                 }
                 self.positions[feed] = Cursor::At(event.id);
                 let id = composite(&self.feeds, &self.positions);
-                sse::put_event(&mut buf, Some(&id), name, &event.data);
+                match event.data.is_empty() {
+                    true => buf.extend_from_slice(&sse::position(&id)),
+                    false => sse::put_event(&mut buf, Some(&id), name, &event.data),
+                }
             } else {
                 buf.extend_from_slice(&event.frame);
             }
@@ -384,7 +387,7 @@ fn composite(feeds: &[(Arc<Feed>, Filter)], positions: &[Cursor]) -> String {
     cursor::format_composite(
         feeds
             .iter()
-            .map(|(feed, _)| feed.name())
-            .zip(positions.iter().copied()),
+            .zip(positions)
+            .map(|((feed, _), position)| (feed.name(), feed.cursor_text(*position))),
     )
 }

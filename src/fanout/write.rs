@@ -46,7 +46,7 @@ pub(super) fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
             };
             frames.extend(
                 new.iter()
-                    .filter(|e| direct.filter.matches(&e.filters))
+                    .filter(|e| e.passes(&direct.filter))
                     .map(|e| &e.frame[..]),
             );
         }
@@ -62,7 +62,7 @@ pub(super) fn deliver(direct: &mut Direct, batches: &[Arc<Batch>]) -> bool {
 pub(super) fn join(direct: &mut Direct, backlog: &[Arc<Event>]) -> bool {
     let frames: Vec<&[u8]> = after(backlog, direct.position)
         .iter()
-        .filter(|e| direct.filter.matches(&e.filters))
+        .filter(|e| e.passes(&direct.filter))
         .map(|e| &e.frame[..])
         .collect();
     let position = match backlog.last() {

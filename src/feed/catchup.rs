@@ -5,9 +5,15 @@
 //! moment (moka's `try_get_with`), so a thousand clients resuming from the
 //! same id cost one query. A page never reaches past the feed's head: rows
 //! beyond it are not settled yet, and a client must not skip ahead of them.
+//!
+//! A changes feed catches up differently: its events are ordered by when
+//! they were sent, not by a column, so a client behind the ring gets the
+//! current state of every row stamped since its cursor's window start (or
+//! of every row, for `0`), read between two polls, and then joins the ring
+//! at the head of that moment (a marker frame moves its cursor there).
 
 use super::{frame, Event, Feed};
-use crate::cursor::Cursor;
+use crate::cursor::{self, Cursor};
 use crate::source::{self, Row};
 use futures::future::BoxFuture;
 use moka::future::Cache;
@@ -29,7 +35,29 @@ pub trait Reader: Send + Sync {
         upto: Cursor,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>>;
+
+    /// A changes feed's catch-up: every row stamped at or after `since_ms`
+    /// as a change (tombstones first), or with `since_ms` 0 every live row;
+    /// each row's JSON an envelope, its id left for the feed to set.
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>>;
 }
+
+/// What a changes feed's catch-up read.
+#[derive(Debug, Default)]
+pub struct CatchUpRows {
+    /// The cursor is older than the tombstones kept: the client must start
+    /// over, and `rows` is every live row.
+    pub reset: bool,
+    /// The rows, enveloped.
+    pub rows: Vec<Row>,
+}
+
+/// What a client that must start over gets first.
+const RESET: &str = r#"{"op":"reset"}"#;
+
+/// Catch-ups of a changes feed start at whole seconds, so that clients that
+/// left within one second share one read.
+const CHANGES_ROUNDING_MS: i64 = 1000;
 
 /// Rows after a cursor, framed.
 #[derive(Debug)]
@@ -61,6 +89,9 @@ impl Feed {
     /// The page of rows just after `after`, read or from a read another
     /// subscriber started.
     pub(crate) async fn catch_up(&self, after: Cursor) -> Result<Arc<Page>, Arc<source::Error>> {
+        if self.is_changes() {
+            return self.catch_up_changes(after).await;
+        }
         self.catch_up
             .pages
             .try_get_with(after, async {
@@ -71,10 +102,58 @@ impl Feed {
                     Some(last) if rows.len() == limit as usize => Cursor::At(last.id),
                     _ => upto.max(after),
                 };
-                let (events, _) = frame::frame(rows, self.config.event.as_deref(), false);
+                let (events, _) =
+                    frame::frame(rows, self.config.event.as_deref(), false, self.style());
                 Ok(Arc::new(Page {
                     events,
                     complete_to,
+                }))
+            })
+            .await
+    }
+
+    /// A changes feed's catch-up from `after`'s window start. Its events
+    /// carry the catch-up's own cursor, so that a client that leaves midway
+    /// starts it again; the last is a marker that moves the client to the
+    /// head the read was made at.
+    async fn catch_up_changes(&self, after: Cursor) -> Result<Arc<Page>, Arc<source::Error>> {
+        let (_, since) = cursor::unchange(after);
+        let since = since - since.rem_euclid(CHANGES_ROUNDING_MS);
+        let key = cursor::change(0, since);
+        self.catch_up
+            .pages
+            .try_get_with(key, async {
+                let (rows, head) = {
+                    // Between two polls: the events up to the head saw no
+                    // later state than this read, and those after it no
+                    // earlier one.
+                    let _poll = self.poll_lock.lock().await;
+                    let rows = self.catch_up.reader.changes(since).await?;
+                    (rows, self.head().0)
+                };
+                let reset_first = rows.reset;
+                let Cursor::At(key_id) = key else {
+                    unreachable!("a changes cursor is a number")
+                };
+                let reset = rows.reset.then(|| Row {
+                    id: key_id,
+                    json: Some(RESET.to_owned()),
+                    filters: Vec::new(),
+                });
+                let rows = reset
+                    .into_iter()
+                    .chain(rows.rows.into_iter().map(|row| Row { id: key_id, ..row }))
+                    .collect();
+                let style = self.style();
+                let (mut events, _) =
+                    frame::frame(rows, self.config.event.as_deref(), false, style);
+                if let Some(first) = events.first_mut().filter(|_| reset_first) {
+                    *first = Arc::new(first.for_everyone());
+                }
+                events.push(Arc::new(Event::marker(head, style)));
+                Ok(Arc::new(Page {
+                    events,
+                    complete_to: head,
                 }))
             })
             .await

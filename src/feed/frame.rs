@@ -1,7 +1,8 @@
 //! Rows framed once for every subscriber: each row's complete SSE frame and
 //! its JSON as slices of one buffer per batch.
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, Style};
+use crate::feed::Filter;
 use crate::source::Row;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -20,6 +21,45 @@ pub struct Event {
     /// A row that committed after its gap was passed over: delivered out of
     /// order, without an `id:` so that no client's cursor moves back.
     pub late: bool,
+    /// An event every client gets whatever its filter: a frame with only
+    /// an `id:` (no data) that moves the client's cursor past a catch-up,
+    /// or a reset.
+    pub marker: bool,
+}
+
+impl Event {
+    /// Whether a client with `filter` gets this event.
+    pub fn passes(&self, filter: &Filter) -> bool {
+        self.marker || filter.matches(&self.filters)
+    }
+
+    /// The same event, for every client whatever its filter.
+    pub fn for_everyone(&self) -> Event {
+        Event {
+            id: self.id,
+            frame: self.frame.clone(),
+            data: self.data.clone(),
+            filters: Box::new([]),
+            late: self.late,
+            marker: true,
+        }
+    }
+
+    /// The frame that moves a client to `cursor` and delivers nothing.
+    pub fn marker(cursor: Cursor, style: Style) -> Event {
+        let Cursor::At(id) = cursor else {
+            unreachable!("a marker follows a catch-up, which ends at an event or a poll")
+        };
+        let frame = crate::sse::position(&style.format(cursor));
+        Event {
+            id,
+            data: frame.slice(0..0),
+            frame,
+            filters: Box::new([]),
+            late: false,
+            marker: true,
+        }
+    }
 }
 
 /// Events published by one poll, framed into one buffer.
@@ -49,13 +89,14 @@ pub(super) fn frame(
     rows: Vec<Row>,
     event_name: Option<&str>,
     late: bool,
+    style: Style,
 ) -> (Vec<Arc<Event>>, Bytes) {
     let mut buf = BytesMut::new();
     let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(json) = row.json else { continue };
         let start = buf.len();
-        let id = (!late).then(|| row.id.to_string());
+        let id = (!late).then(|| style.format(Cursor::At(row.id)));
         crate::sse::put_event(&mut buf, id.as_deref(), event_name, json.as_bytes());
         // `data: <json>\n\n` ends the frame.
         let data_end = buf.len() - 2;
@@ -75,6 +116,7 @@ pub(super) fn frame(
                     .map(|v| v.map(String::into_boxed_str))
                     .collect(),
                 late,
+                marker: false,
             })
         })
         .collect();

@@ -15,13 +15,13 @@ mod frame;
 mod ring;
 mod subscriber;
 
-pub use catchup::{Page, Reader};
+pub use catchup::{CatchUpRows, Page, Reader};
 pub use filter::Filter;
 pub use frame::{after, Batch, Event};
 pub use subscriber::{Delivery, Subscriber};
 
-use crate::config::FeedConfig;
-use crate::cursor::Cursor;
+use crate::config::{FeedConfig, Mode};
+use crate::cursor::{Cursor, IdRange, Style};
 use crate::source::{FeedQuery, Row};
 use ring::Ring;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +51,12 @@ pub struct Feed {
     catch_up: catchup::CatchUp,
     /// The sent column holding a row's time, for `/feeds`.
     timestamp_column: Option<String>,
+    /// How the feed's cursors read and print.
+    style: Style,
+    /// Held by each poll from its read to its publish, and by each catch-up
+    /// read of a changes feed: such a read then sees everything that the
+    /// events before the head saw, and nothing older than what follows it.
+    pub(crate) poll_lock: tokio::sync::Mutex<()>,
 }
 
 struct State {
@@ -96,7 +102,15 @@ impl Feed {
                 tracing::info!(feed = %config.name, "no sent column looks like a row's time: `latest_row_at` in /feeds stays null; set `timestamp_column` to name one")
             }
         }
+        let style = match (config.mode, &query.txid_column, query.unsigned) {
+            (Mode::Changes, _, _) => Style::Changes { epoch: run_epoch() },
+            (Mode::Append, Some(_), _) => Style::Ids(IdRange::Packed),
+            (Mode::Append, None, true) => Style::Ids(IdRange::Unsigned),
+            (Mode::Append, None, false) => Style::Ids(IdRange::Signed),
+        };
         Feed {
+            style,
+            poll_lock: tokio::sync::Mutex::new(()),
             catch_up: catchup::CatchUp::new(reader),
             state: Mutex::new(State {
                 ring: Ring::new(config.tuning.ring_size, head),
@@ -116,6 +130,21 @@ impl Feed {
     /// The feed's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// How the feed's cursors read and print.
+    pub fn style(&self) -> Style {
+        self.style
+    }
+
+    /// A cursor as clients get it.
+    pub fn cursor_text(&self, cursor: Cursor) -> String {
+        self.style.format(cursor)
+    }
+
+    /// Whether the feed follows every change (not only new rows).
+    pub fn is_changes(&self) -> bool {
+        matches!(self.style, Style::Changes { .. })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -159,7 +188,7 @@ impl Feed {
     /// returns how many events that made (rows the feed's condition
     /// excluded make none).
     pub fn publish(&self, rows: Vec<Row>, head: Cursor) -> usize {
-        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), false);
+        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), false, self.style);
         let published = events.len();
         let row_time = self.row_time(events.last());
         let mut state = self.state();
@@ -195,7 +224,7 @@ impl Feed {
     /// from before them gets them only when its cursor is older than the
     /// ring and it reads from the database.
     pub fn publish_late(&self, rows: Vec<Row>) -> usize {
-        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), true);
+        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), true, self.style);
         let published = events.len();
         let state = self.state();
         self.send(Arc::new(Batch {
@@ -251,6 +280,17 @@ impl Feed {
     pub fn subscribe(self: &Arc<Self>, after: Option<Cursor>) -> Subscriber {
         Subscriber::new(self.clone(), after)
     }
+}
+
+/// A number for this server run of a feed, in its changes cursors: another
+/// run's numbers are not this one's.
+fn run_epoch() -> u32 {
+    use std::hash::BuildHasher;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // RandomState is seeded afresh in every process.
+    std::collections::hash_map::RandomState::new().hash_one(now) as u32
 }
 
 /// Name endings of columns that hold a time, as applications spell them

@@ -96,7 +96,12 @@ impl Subscriber {
                         Ok(page) => {
                             let after = self.position;
                             self.position = self.position.max(page.complete_to);
-                            let events = newer(&page.events, after);
+                            // A changes feed's catch-up is whole, whatever
+                            // the client had (see `catchup`).
+                            let events = match self.feed.is_changes() {
+                                true => page.events.clone(),
+                                false => newer(&page.events, after),
+                            };
                             if !events.is_empty() {
                                 return Some(Delivery::Events(events));
                             }

@@ -23,6 +23,13 @@ impl Reader for Unread {
     ) -> BoxFuture<'_, Result<Vec<Row>, crate::source::Error>> {
         panic!("these tests read nothing from a database")
     }
+
+    fn changes(
+        &self,
+        _: i64,
+    ) -> BoxFuture<'_, Result<crate::feed::CatchUpRows, crate::source::Error>> {
+        panic!("these tests read nothing from a database")
+    }
 }
 
 pub fn feed(ring_size: usize, head: Cursor) -> Arc<Feed> {

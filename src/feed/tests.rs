@@ -20,7 +20,12 @@ fn ids(delivery: &Delivery) -> Vec<i128> {
 
 #[tokio::test]
 async fn frames_are_built_once_and_sliced() {
-    let (events, frames) = frame::frame(rows(&[1, 2]), None, false);
+    let (events, frames) = frame::frame(
+        rows(&[1, 2]),
+        None,
+        false,
+        crate::cursor::Style::Ids(crate::cursor::IdRange::Signed),
+    );
     assert_eq!(
         &frames[..],
         b"id: 1\ndata: {\"id\":1}\n\nid: 2\ndata: {\"id\":2}\n\n"

@@ -50,7 +50,7 @@ fn answer(
         healthy &= failure.is_none();
         if shown.is_some_and(|shown| shown(feed)) {
             let state = match failure {
-                None => json!({ "status": "ok", "cursor": feed.head().0.to_string() }),
+                None => json!({ "status": "ok", "cursor": feed.cursor_text(feed.head().0) }),
                 Some(error) => json!({ "status": "failing", "error": error }),
             };
             feeds.insert(feed.name().to_owned(), state);

@@ -186,7 +186,7 @@ fn feed_summary(feed: &Feed) -> serde_json::Value {
     json!({
         "name": feed.name(),
         "table": feed.query.source,
-        "cursor": cursor.to_string(),
+        "cursor": feed.cursor_text(cursor),
         "latest_at": at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
         "latest_row_at": feed.head_row_time(),
         "clients": feed.clients(),

@@ -3,20 +3,10 @@
 //! starts, so that a cursor no row can have is a 400, not a silent clamp.
 
 use super::error::Error;
-use crate::cursor::{self, Cursor, IdRange};
+use crate::cursor::{self, Cursor};
 use crate::fanout::stream::Wanted;
 use crate::feed::Feed;
 use axum::http::HeaderMap;
-
-/// The ids `feed`'s cursor can take: exact mode packs `(txid, id)` far
-/// above any row id; otherwise the cursor column's integer type.
-pub fn id_range(feed: &Feed) -> IdRange {
-    match (&feed.query.txid_column, feed.query.unsigned) {
-        (Some(_), _) => IdRange::Packed,
-        (None, true) => IdRange::Unsigned,
-        (None, false) => IdRange::Signed,
-    }
-}
 
 /// The resume cursor as text: `Last-Event-ID` (what EventSource sends on
 /// reconnect) wins over `?after=` (what a first connection may give).
@@ -40,8 +30,8 @@ pub fn resume_text(
 
 /// `feed`'s cursor from `text`, which came from `source_name`.
 pub fn one(feed: &Feed, source_name: &'static str, text: &str) -> Result<Cursor, Error> {
-    Cursor::parse(text)
-        .and_then(|cursor| id_range(feed).check(cursor, None))
+    feed.style()
+        .parse(text, None)
         .map_err(|problem| Error::BadCursor {
             source_name,
             problem,
@@ -64,9 +54,7 @@ pub fn many(
     };
     for (feed, position) in cursor::parse_composite(text, feeds).map_err(bad)? {
         if let Some(w) = wanted.iter_mut().find(|w| w.feed.name() == feed) {
-            let position = id_range(&w.feed)
-                .check(position, Some(&feed))
-                .map_err(bad)?;
+            let position = w.feed.style().parse(&position, Some(&feed)).map_err(bad)?;
             w.after = Some(position);
         }
     }

@@ -114,7 +114,7 @@ pub async fn rows(
             answer.cursor = answer.cursor.max(after);
         }
     }
-    Ok(respond(&answer, &headers))
+    Ok(respond(feed, &answer, &headers))
 }
 
 /// The rows after `after` that pass `filter`, at most `limit`.
@@ -128,11 +128,27 @@ async fn collect(feed: &Feed, after: Cursor, limit: usize, filter: &Filter) -> A
         };
     }
     // One more than asked tells whether there is more.
-    let wanted = |e: &Event| filter.matches(&e.filters);
+    let wanted = |e: &Event| e.passes(filter);
+    let mut limit = limit;
+    let mut whole_catch_up = false;
     let (events, checked_to) = match feed.ring_after(after, limit.saturating_add(1), wanted) {
         Some(events) => (events, head),
         None => match feed.catch_up(after).await {
-            Ok(page) => (page.events.clone(), page.complete_to),
+            Ok(page) => {
+                // A changes feed's catch-up is every row's current state at
+                // one moment, which has no cursor to stop midway at.
+                if feed.is_changes() {
+                    limit = usize::MAX;
+                    whole_catch_up = true;
+                }
+                let events = page
+                    .events
+                    .iter()
+                    .filter(|e| !e.data.is_empty())
+                    .cloned()
+                    .collect();
+                (events, page.complete_to)
+            }
             Err(err) => {
                 // Answer what is known (nothing new) rather than fail the
                 // poll: the client asks again with the same cursor.
@@ -145,7 +161,7 @@ async fn collect(feed: &Feed, after: Cursor, limit: usize, filter: &Filter) -> A
     let rows: Vec<Arc<Event>> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some() || checked_to < head;
     let cursor = match rows.last() {
-        Some(last) if more => Cursor::At(last.id),
+        Some(last) if more && !whole_catch_up => Cursor::At(last.id),
         // Everything up to here was checked, including rows the filter or
         // the feed's condition left out.
         _ => checked_to.max(after),
@@ -155,7 +171,7 @@ async fn collect(feed: &Feed, after: Cursor, limit: usize, filter: &Filter) -> A
 
 /// `{"rows":[…],"cursor":"…","more":…}` with an ETag; 304 when the client
 /// already has this answer.
-fn respond(answer: &Answer, headers: &HeaderMap) -> Response {
+fn respond(feed: &Feed, answer: &Answer, headers: &HeaderMap) -> Response {
     let mut body =
         BytesMut::with_capacity(64 + answer.rows.iter().map(|e| e.data.len() + 1).sum::<usize>());
     body.put_slice(b"{\"rows\":[");
@@ -166,7 +182,7 @@ fn respond(answer: &Answer, headers: &HeaderMap) -> Response {
         body.put_slice(&row.data);
     }
     body.put_slice(b"],\"cursor\":\"");
-    body.put_slice(answer.cursor.to_string().as_bytes());
+    body.put_slice(feed.cursor_text(answer.cursor).as_bytes());
     body.put_slice(if answer.more {
         b"\",\"more\":true}"
     } else {

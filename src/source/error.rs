@@ -50,6 +50,21 @@ pub enum Error {
     BadQuery { feed: String, source: sqlx::Error },
     #[error("feed `{feed}`: `notify` is on but `{table}` has no rowcast_notify trigger (Postgres only); install it with `rowcast sql notify --table … --apply`, or set `notify = false`")]
     NoTrigger { feed: String, table: String },
+    #[error("feed `{feed}`: a `changes` feed needs a column stamped on every insert and update: {}; columns of `{table}`: {}", if *.configured { format!("`updated_column` = `{column}` is not one of them") } else { format!("`{column}` (the default of `updated_column`) is not one of them; name the table's column with `updated_column`") }, list(.available))]
+    NoUpdatedColumn {
+        feed: String,
+        column: String,
+        /// Whether the column was named by `updated_column`.
+        configured: bool,
+        table: String,
+        available: Vec<String>,
+    },
+    #[error("feed `{feed}`: `updated_column`: `{column}` is of type {found}, not a timestamp, datetime or date")]
+    UpdatedNotATime {
+        feed: String,
+        column: String,
+        found: String,
+    },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("database returned `{0}` as a row id, which is not an integer")]

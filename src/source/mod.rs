@@ -8,7 +8,9 @@
 //! what a client sees: it returns raw rows, in id order.
 
 mod catalog;
+pub mod changes;
 mod error;
+pub mod horizon;
 mod mysql;
 mod postgres;
 pub mod query;
@@ -17,6 +19,7 @@ pub(crate) mod sqlite;
 use crate::config::{FeedConfig, ReadFrom};
 use crate::cursor::Cursor;
 use catalog::Catalog;
+pub use changes::{Change, ChangesQuery};
 pub use error::Error;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;

@@ -51,7 +51,7 @@ impl Dialect {
         }
     }
 
-    fn as_text(self, expr: &str) -> String {
+    pub(super) fn as_text(self, expr: &str) -> String {
         match self {
             Dialect::Postgres => format!("({expr})::text"),
             Dialect::MySql => format!("CAST({expr} AS CHAR)"),
@@ -59,7 +59,7 @@ impl Dialect {
         }
     }
 
-    fn placeholder(self, n: usize) -> String {
+    pub(super) fn placeholder(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
             Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
@@ -127,6 +127,11 @@ pub struct FeedQuery {
     /// The base table as the catalog names it (`schema.table` on Postgres
     /// and MySQL): the NOTIFY doorbell's payload.
     pub table: String,
+    /// What a read selects: the id as text, the row's JSON (`NULL` when
+    /// the feed's condition excludes it), the filter columns as text.
+    pub select: String,
+    /// The relation rows are read from, aliased `t`.
+    pub from: String,
 }
 
 /// Exact-mode cursors pack `(txid, id)` as `txid * 2^64 + (id + 2^63)`,
@@ -147,7 +152,7 @@ pub fn unpack(cursor: i128) -> (u64, i64) {
 }
 
 /// `name`, quoted, in the feed's schema when it names one.
-fn qualified(dialect: Dialect, feed: &FeedConfig, name: &str) -> String {
+pub(super) fn qualified(dialect: Dialect, feed: &FeedConfig, name: &str) -> String {
     match &feed.schema {
         Some(schema) => format!("{}.{}", dialect.quote(schema), dialect.quote(name)),
         None => dialect.quote(name),
@@ -226,6 +231,12 @@ impl FeedQuery {
             .iter()
             .map(|c| d.as_text(&format!("t.{}", d.quote(c))));
         let from = relation(d, feed);
+        let filters: Vec<String> = filters.collect();
+        let plain_select: Vec<String> = [d.as_text(&id), payload.clone()]
+            .into_iter()
+            .chain(filters.iter().cloned())
+            .collect();
+        let filters = filters.into_iter();
         // The greatest id is read from the base table, where ids are
         // allocated: gap judging needs no more, and a `select` joining
         // other tables would scan them all on every new gap.
@@ -305,6 +316,8 @@ impl FeedQuery {
                 .map(|sql| format!("SELECT {}", d.as_text(&format!("({sql})")))),
             table_sql: qualified(d, feed, &feed.table),
             table: table.display.clone(),
+            select: plain_select.join(", "),
+            from,
         })
     }
 

@@ -140,7 +140,7 @@ async fn gap_setup(
         .prepare()
         .await
         .unwrap();
-    let setup = feeds.setups[0].clone();
+    let setup = feeds.setups[0].gaps().cloned().unwrap();
     feeds.source.close().await;
     setup
 }

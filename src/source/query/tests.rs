@@ -20,6 +20,9 @@ fn feed() -> FeedConfig {
         notify: crate::config::Notify::Auto,
         timestamp_column: None,
         rules: Default::default(),
+        mode: crate::config::Mode::Append,
+        updated_column: None,
+        deleted_column: None,
     }
 }
 

@@ -327,7 +327,12 @@ impl Server {
         let metrics_url = metrics
             .as_ref()
             .map(|m| format!("http://{}", m.local_addr().unwrap()));
-        let (served, setups) = (feeds.served.clone(), feeds.setups.clone());
+        let served = feeds.served.clone();
+        let setups = feeds
+            .setups
+            .iter()
+            .map(|s| s.gaps().cloned().unwrap_or_else(GapSetup::in_order))
+            .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = rowcast::Listeners {
             main: listener,

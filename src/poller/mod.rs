@@ -11,12 +11,16 @@
 //! with backoff, forever, from the same cursor: an outage delays rows, never
 //! loses them, and never stops the process.
 
+mod changes;
+
+pub use changes::{starting_head as changes_head, ChangesSetup};
+
 use crate::config::{FeedConfig, GapHandling};
 use crate::cursor::Cursor;
 use crate::doorbell::Bell;
-use crate::feed::{Feed, Reader};
+use crate::feed::{CatchUpRows, Feed, Reader};
 use crate::gap::{GapPolicy, Gaps, PassedOver, Probe};
-use crate::source::{self, FeedQuery, GapSetup, Row, Source};
+use crate::source::{self, ChangesQuery, FeedQuery, GapSetup, Row, Source};
 use futures::future::BoxFuture;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +95,9 @@ pub struct Counters {
     pub gaps_capped: AtomicU64,
     /// Rows that committed after their gap was passed over.
     pub late_rows: AtomicU64,
+    /// Changes mode: transactions open longer than `max_txn_age` at the
+    /// last poll, left out of the horizon.
+    pub old_transactions: AtomicU64,
 }
 
 impl Counters {
@@ -146,11 +153,33 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a poller starts with, by the feed's mode.
+pub enum Setup {
+    /// An append feed: what the database tells about gaps in its ids.
+    Append(GapSetup),
+    /// A changes feed.
+    Changes(ChangesSetup),
+}
+
 /// A feed's catch-up reads from its table, counted with the poller's.
 pub struct TableReader {
     pub source: Source,
     pub query: FeedQuery,
+    /// A changes feed's SQL.
+    pub changes: Option<ChangesQuery>,
+    /// The feed's settings.
+    pub tuning: crate::config::Tuned,
     pub health: Arc<Health>,
+}
+
+impl Setup {
+    /// What the database tells about gaps in an append feed's ids.
+    pub fn gaps(&self) -> Option<&GapSetup> {
+        match self {
+            Setup::Append(gaps) => Some(gaps),
+            Setup::Changes(_) => None,
+        }
+    }
 }
 
 impl Reader for TableReader {
@@ -168,18 +197,69 @@ impl Reader for TableReader {
             rows
         })
     }
+
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
+        Box::pin(async move {
+            let Some(changes) = &self.changes else {
+                return Ok(CatchUpRows::default());
+            };
+            let before = self.health.counters.queries.load(Ordering::Relaxed);
+            let rows = changes::catch_up(
+                &self.source,
+                &self.query,
+                changes,
+                since_ms,
+                self.tuning.delete_retention,
+                self.tuning.batch_size,
+                &self.health,
+            )
+            .await;
+            let counters = &self.health.counters;
+            let read = counters.queries.load(Ordering::Relaxed) - before;
+            counters.catch_up_queries.fetch_add(read, Ordering::Relaxed);
+            rows
+        })
+    }
+}
+
+/// A feed's poller, of either mode.
+enum Polling {
+    Append(Box<Poller>),
+    Changes(Box<changes::ChangesPoller>),
+}
+
+impl Polling {
+    async fn poll(&mut self) -> Result<Duration, source::Error> {
+        match self {
+            Polling::Append(poller) => poller.poll().await,
+            Polling::Changes(poller) => poller.poll().await,
+        }
+    }
 }
 
 /// Reads one feed until `shutdown` fires.
 pub async fn run(
     feed: Arc<Feed>,
     source: Source,
-    setup: GapSetup,
+    setup: Setup,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let config = feed.config.clone();
-    let mut poller = Poller::new(feed.clone(), source, setup, health.clone());
+    let mut poller = match setup {
+        Setup::Append(setup) => Polling::Append(Box::new(Poller::new(
+            feed.clone(),
+            source,
+            setup,
+            health.clone(),
+        ))),
+        Setup::Changes(setup) => Polling::Changes(Box::new(changes::ChangesPoller::new(
+            feed.clone(),
+            source,
+            setup,
+            health.clone(),
+        ))),
+    };
     let mut retry = config.tuning.poll_interval;
     loop {
         let started = Instant::now();

@@ -1,0 +1,367 @@
+//! The poller of a changes feed: every insert, update and delete of a
+//! table, as each row's latest state, from SELECT alone.
+//!
+//! A row's stamp is taken before it becomes visible, and may be taken by
+//! the application's clock at whole seconds, so reading `stamp > last`
+//! loses changes that commit late. Each poll instead samples the writer
+//! horizon (`source::horizon`) and re-reads every row stamped since
+//! `min(previous horizon, this horizon) − clock_skew`; a row goes out when
+//! its JSON differs from what was last sent for its id. The map of what was
+//! sent keeps only the rows of the last read, so memory follows the
+//! changes in the window, not the table. Nothing waits for the horizon: a
+//! change goes out on the first poll that sees it.
+//!
+//! Events are numbered in the order they are sent; each carries the
+//! window start of its poll, from which a client beyond the replay ring
+//! resumes (see `feed::catchup`).
+
+use super::Health;
+use crate::cursor::{self, Cursor};
+use crate::feed::{CatchUpRows, Feed};
+use crate::source::horizon::{Horizon, Sample};
+use crate::source::{self, Change, ChangesQuery, Row, Source};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How far the head's window start may lag before an empty poll moves it:
+/// a client resuming elsewhere reads from there.
+const HEAD_STEP_MS: i64 = 1000;
+/// How often transactions older than `max_txn_age` are warned of.
+const OLD_TXN_WARNING: Duration = Duration::from_secs(60);
+
+/// What a changes feed's poller starts with, found at start-up.
+pub struct ChangesSetup {
+    /// The feed's changes SQL.
+    pub query: ChangesQuery,
+    /// How the horizon is sampled.
+    pub horizon: Horizon,
+    /// The horizon at start-up.
+    pub first: Sample,
+    /// The greatest id at start-up: rows above it first seen are inserts.
+    pub max_id: Cursor,
+}
+
+/// The window start a feed whose horizon is `first` begins at.
+pub fn starting_head(first: &Sample, skew: Duration) -> Cursor {
+    cursor::change(1, first.horizon_ms - millis(skew))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One changes feed's polling state.
+pub(super) struct ChangesPoller {
+    feed: Arc<Feed>,
+    source: Source,
+    health: Arc<Health>,
+    query: ChangesQuery,
+    horizon: Horizon,
+    /// The horizon of the previous poll.
+    previous: i64,
+    /// The number of the last event sent.
+    seq: u64,
+    /// The window start of the last head published.
+    head_since: i64,
+    /// The greatest id seen: a row above it is an insert.
+    max_id: i128,
+    /// Hash of what was last sent for each row of the last read.
+    sent: HashMap<i128, u64>,
+    /// Tombstones of the last read.
+    tombstones: HashSet<i128>,
+    interval: Duration,
+    warned_old: Option<Instant>,
+}
+
+/// A row's state as the hash map keeps it: 0 for a row the feed does not
+/// show (its condition excludes it).
+fn state(change: &Change) -> u64 {
+    let Some(json) = &change.json else { return 0 };
+    let mut hasher = DefaultHasher::new();
+    json.hash(&mut hasher);
+    change.deleted.hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+/// `{"op":…,"row":…}`.
+pub(crate) fn envelope(op: &str, row: &str) -> String {
+    format!(r#"{{"op":"{op}","row":{row}}}"#)
+}
+
+/// The row a delete names when its last state is not known: its key.
+fn key_only(id_column: &str, id: i128) -> String {
+    let key = serde_json::to_string(id_column).unwrap_or_else(|_| "\"id\"".to_owned());
+    format!("{{{key}:{id}}}")
+}
+
+impl ChangesPoller {
+    pub(super) fn new(
+        feed: Arc<Feed>,
+        source: Source,
+        setup: ChangesSetup,
+        health: Arc<Health>,
+    ) -> ChangesPoller {
+        let (_, head_since) = cursor::unchange(feed.head().0);
+        ChangesPoller {
+            interval: feed.config.tuning.poll_interval,
+            previous: setup.first.horizon_ms,
+            seq: 1,
+            head_since,
+            max_id: match setup.max_id {
+                Cursor::At(id) => id,
+                Cursor::Start => i128::MIN,
+            },
+            sent: HashMap::new(),
+            tombstones: HashSet::new(),
+            query: setup.query,
+            horizon: setup.horizon,
+            warned_old: None,
+            source,
+            health,
+            feed,
+        }
+    }
+
+    /// Reads the window and publishes what changed; returns how long to
+    /// wait before the next poll.
+    pub(super) async fn poll(&mut self) -> Result<Duration, source::Error> {
+        let feed = self.feed.clone();
+        let _poll = feed.poll_lock.lock().await;
+        let tuning = &feed.config.tuning;
+        let health = self.health.clone();
+        let counters = &health.counters;
+        let sample = self.horizon.sample(&self.source, tuning.max_txn_age).await;
+        counters.query(&sample);
+        let sample = sample?;
+        self.warn_old(&sample);
+        let since = self.previous.min(sample.horizon_ms) - millis(tuning.clock_skew);
+        self.previous = sample.horizon_ms;
+
+        let tombstones = read_all_tombstones(
+            &self.source,
+            &self.query,
+            since,
+            tuning.batch_size,
+            &self.health,
+        )
+        .await?;
+        let rows = read_window(
+            &self.source,
+            &self.query,
+            since,
+            tuning.batch_size,
+            &self.health,
+        )
+        .await?;
+
+        let mut out: Vec<(String, Vec<Option<String>>)> = Vec::new();
+        let mut tomb_ids = HashSet::with_capacity(tombstones.len());
+        for tomb in tombstones {
+            let Ok(tomb_id) = tomb.stamp.parse::<i128>() else {
+                continue;
+            };
+            tomb_ids.insert(tomb_id);
+            if self.tombstones.contains(&tomb_id) {
+                continue;
+            }
+            // The client drops the row: whatever comes next for its id is new.
+            self.sent.remove(&tomb.id);
+            let row = tomb
+                .json
+                .unwrap_or_else(|| key_only(&feed.query.id_column, tomb.id));
+            out.push((envelope("delete", &row), tomb.filters));
+        }
+        self.tombstones = tomb_ids;
+
+        let mut sent = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let now = state(&row);
+            let before = self.sent.get(&row.id).copied();
+            sent.insert(row.id, now);
+            if before == Some(now) {
+                continue;
+            }
+            let inserted = row.id > self.max_id;
+            self.max_id = self.max_id.max(row.id);
+            match (&row.json, row.deleted) {
+                // Out of the feed's condition: a delete for whoever had it.
+                (None, _) if before.is_some_and(|b| b != 0) => out.push((
+                    envelope("delete", &key_only(&feed.query.id_column, row.id)),
+                    row.filters,
+                )),
+                (None, _) => {}
+                (Some(json), true) => out.push((envelope("delete", json), row.filters)),
+                (Some(json), false) => {
+                    let op = if inserted && before.is_none() {
+                        "insert"
+                    } else {
+                        "update"
+                    };
+                    out.push((envelope(op, json), row.filters));
+                }
+            }
+        }
+        self.sent = sent;
+
+        let published = !out.is_empty();
+        let rows: Vec<Row> = out
+            .into_iter()
+            .map(|(json, filters)| {
+                self.seq += 1;
+                let Cursor::At(id) = cursor::change(self.seq, since) else {
+                    unreachable!("a changes cursor is a number")
+                };
+                Row {
+                    id,
+                    json: Some(json),
+                    filters,
+                }
+            })
+            .collect();
+        if published || since - self.head_since >= HEAD_STEP_MS {
+            self.head_since = since;
+            let events = feed.publish(rows, cursor::change(self.seq, since));
+            counters.events.fetch_add(events as u64, Ordering::Relaxed);
+        }
+        self.interval = if published {
+            tuning.poll_interval
+        } else {
+            // With a working doorbell, idle polls are only a fallback.
+            let longest = match self.health.doorbell_live() {
+                true => tuning.notify_interval,
+                false => tuning.max_poll_interval,
+            };
+            (self.interval * 2).min(longest)
+        };
+        Ok(self.interval)
+    }
+
+    fn warn_old(&mut self, sample: &Sample) {
+        if sample.too_old == 0 {
+            return;
+        }
+        let counters = &self.health.counters;
+        counters
+            .old_transactions
+            .store(sample.too_old, Ordering::Relaxed);
+        if self
+            .warned_old
+            .is_none_or(|at| at.elapsed() >= OLD_TXN_WARNING)
+        {
+            self.warned_old = Some(Instant::now());
+            tracing::warn!(feed = %self.feed.name(), open = sample.too_old, max_txn_age = ?self.feed.config.tuning.max_txn_age,
+                "transactions open longer than max_txn_age no longer hold back the window; a change they commit with an older stamp may be missed");
+        }
+    }
+}
+
+/// Every page of the rows stamped at or after `since`.
+async fn read_window(
+    source: &Source,
+    query: &ChangesQuery,
+    since: i64,
+    batch: u32,
+    health: &Health,
+) -> Result<Vec<Change>, source::Error> {
+    let mut rows: Vec<Change> = Vec::new();
+    loop {
+        let after = rows.last().map(|r| (r.stamp.as_str(), r.id));
+        let page = source.read_window(query, since, after, batch).await;
+        health.counters.query(&page);
+        let page = page?;
+        let full = page.len() == batch as usize;
+        rows.extend(page);
+        if !full {
+            return Ok(rows);
+        }
+    }
+}
+
+/// Every page of the feed's tombstones stamped at or after `since`.
+async fn read_all_tombstones(
+    source: &Source,
+    query: &ChangesQuery,
+    since: i64,
+    batch: u32,
+    health: &Health,
+) -> Result<Vec<Change>, source::Error> {
+    if !query.reads_tombstones() {
+        return Ok(Vec::new());
+    }
+    let mut tombs: Vec<Change> = Vec::new();
+    loop {
+        let after = tombs.last().and_then(|t| t.stamp.parse().ok()).unwrap_or(0);
+        let page = source.read_tombstones(query, since, after, batch).await;
+        health.counters.query(&page);
+        let page = page?;
+        let full = page.len() == batch as usize;
+        tombs.extend(page);
+        if !full {
+            return Ok(tombs);
+        }
+    }
+}
+
+/// A changes feed's catch-up: see [`crate::feed::Reader::changes`].
+pub(super) async fn catch_up(
+    source: &Source,
+    feed_query: &source::FeedQuery,
+    query: &ChangesQuery,
+    since: i64,
+    retention: Duration,
+    batch: u32,
+    health: &Health,
+) -> Result<CatchUpRows, source::Error> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, millis);
+    let reset = since != 0 && query.reads_tombstones() && since < now - millis(retention);
+    let mut rows = Vec::new();
+    if since == 0 || reset {
+        let mut after = i128::MIN;
+        loop {
+            let page = source.read_snapshot(query, after, batch).await;
+            health.counters.query(&page);
+            let page = page?;
+            let full = page.len() == batch as usize;
+            if let Some(last) = page.last() {
+                after = last.id;
+            }
+            rows.extend(page.into_iter().filter_map(|row| {
+                let json = row.json?;
+                Some(Row {
+                    id: row.id,
+                    json: Some(envelope("insert", &json)),
+                    filters: row.filters,
+                })
+            }));
+            if !full {
+                return Ok(CatchUpRows { reset, rows });
+            }
+        }
+    }
+    for tomb in read_all_tombstones(source, query, since, batch, health).await? {
+        let row = tomb
+            .json
+            .unwrap_or_else(|| key_only(&feed_query.id_column, tomb.id));
+        rows.push(Row {
+            id: tomb.id,
+            json: Some(envelope("delete", &row)),
+            filters: tomb.filters,
+        });
+    }
+    for row in read_window(source, query, since, batch, health).await? {
+        let Some(json) = row.json else { continue };
+        let op = if row.deleted { "delete" } else { "update" };
+        rows.push(Row {
+            id: row.id,
+            json: Some(envelope(op, &json)),
+            filters: row.filters,
+        });
+    }
+    Ok(CatchUpRows { reset: false, rows })
+}

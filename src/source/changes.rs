@@ -1,0 +1,371 @@
+//! The SQL of a changes feed: rows by the time they were last stamped,
+//! keyset-paged on `(updated_column, id)`, the live rows of a snapshot by
+//! id, and the feed's tombstones in `rowcast_deletes`.
+//!
+//! Window bounds come from the database's clock, in milliseconds since
+//! 1970, and are compared in the column's own type; a page's last stamp
+//! goes back to the database as the text it sent, so no precision is lost
+//! between pages. Like [`super::query`], only bounds are parameters.
+
+use super::query::{qualified, Dialect, FeedQuery};
+use super::{Error, Source};
+use crate::config::FeedConfig;
+
+/// The shared table the `rowcast sql deletes` trigger records hard
+/// deletes in.
+pub const DELETES_TABLE: &str = "rowcast_deletes";
+
+/// A changes feed's checked columns and SQL.
+#[derive(Clone, Debug)]
+pub struct ChangesQuery {
+    /// The column stamped on every insert and update.
+    pub updated_column: String,
+    /// The column a soft delete sets, when the feed has one.
+    pub deleted_column: Option<String>,
+    /// The first page of a window: rows stamped at or after `$1` ms.
+    window_sql: String,
+    /// A later page: rows after the stamp `$1` = `$2` (as the database
+    /// wrote it) and id `$3`.
+    window_next_sql: String,
+    /// Live rows with an id above `$1`, in id order.
+    snapshot_sql: String,
+    /// The feed's tombstones stamped at or after `$1` ms with an id above
+    /// `$2`, when the database has `rowcast_deletes`.
+    tombstones_sql: Option<String>,
+}
+
+/// A row of a changes read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The row's key.
+    pub id: i128,
+    /// The row as JSON; `None` when the feed's condition excludes it.
+    pub json: Option<String>,
+    /// Filter column values as text, in the feed's filter order.
+    pub filters: Vec<Option<String>>,
+    /// The updated column, as the database writes it (the next page's
+    /// bound); the tombstone's own id for a tombstone.
+    pub stamp: String,
+    /// Whether the row is soft-deleted, or a tombstone.
+    pub deleted: bool,
+}
+
+/// Which of a table's columns are a changes feed's.
+fn pick_columns(
+    feed: &FeedConfig,
+    query: &FeedQuery,
+    read_columns: &[String],
+) -> Result<(String, Option<String>), Error> {
+    let updated = feed
+        .updated_column
+        .clone()
+        .unwrap_or_else(|| "updated_at".to_owned());
+    if !read_columns.contains(&updated) {
+        return Err(Error::NoUpdatedColumn {
+            feed: feed.name.clone(),
+            column: updated,
+            configured: feed.updated_column.is_some(),
+            table: query.source.clone(),
+            available: read_columns.to_vec(),
+        });
+    }
+    let deleted = match &feed.deleted_column {
+        Some(column) if !read_columns.contains(column) => {
+            return Err(Error::UnknownColumn {
+                feed: feed.name.clone(),
+                key: "deleted_column",
+                column: column.clone(),
+                table: query.source.clone(),
+                available: read_columns.to_vec(),
+            })
+        }
+        Some(column) => Some(column.clone()),
+        None => Some("deleted_at".to_owned()).filter(|c| read_columns.contains(c)),
+    };
+    Ok((updated, deleted))
+}
+
+impl Source {
+    /// Checks a changes feed's columns and writes its SQL; `deletes` says
+    /// whether the database has `rowcast_deletes` to read tombstones from.
+    pub async fn plan_changes(
+        &self,
+        feed: &FeedConfig,
+        query: &FeedQuery,
+    ) -> Result<(ChangesQuery, bool), Error> {
+        let read_columns: Vec<String> = self
+            .describe(feed, &format!("SELECT * FROM {} WHERE 1 = 0", query.from))
+            .await?;
+        let (updated, deleted) = pick_columns(feed, query, &read_columns)?;
+        let d = self.dialect();
+        let stamp_type = self.stamp_type(feed, query, &updated).await?;
+        let deletes = self.has_deletes_table(feed).await;
+        let changes = ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes);
+        Ok((changes, deletes))
+    }
+
+    /// The SQL type a stamp read back as text is cast to, checked to be a
+    /// time.
+    async fn stamp_type(
+        &self,
+        feed: &FeedConfig,
+        query: &FeedQuery,
+        column: &str,
+    ) -> Result<String, Error> {
+        use sqlx::{Column, Executor, TypeInfo};
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT t.{} FROM {} WHERE 1 = 0",
+            d.quote(column),
+            query.from
+        );
+        let bad = |source| Error::BadReadFrom {
+            feed: feed.name.clone(),
+            source,
+        };
+        let name = match self {
+            Source::Postgres(pool) => {
+                let described = pool.describe(&sql).await.map_err(bad)?;
+                described.columns()[0].type_info().name().to_owned()
+            }
+            Source::MySql(pool) => {
+                let described = pool.describe(&sql).await.map_err(bad)?;
+                described.columns()[0].type_info().name().to_owned()
+            }
+            // SQLite stores stamps as text and compares them as text.
+            Source::Sqlite(_) => return Ok(String::new()),
+        };
+        let cast = match (d, name.as_str()) {
+            (Dialect::Postgres, "TIMESTAMPTZ") => "timestamptz",
+            (Dialect::Postgres, "TIMESTAMP") => "timestamp",
+            (Dialect::Postgres, "DATE") => "date",
+            (Dialect::MySql, "DATETIME" | "TIMESTAMP") => "DATETIME(6)",
+            (Dialect::MySql, "DATE") => "DATE",
+            _ => {
+                return Err(Error::UpdatedNotATime {
+                    feed: feed.name.clone(),
+                    column: column.to_owned(),
+                    found: name,
+                })
+            }
+        };
+        Ok(cast.to_owned())
+    }
+
+    /// Whether `rowcast_deletes` can be read, in the feed's schema.
+    async fn has_deletes_table(&self, feed: &FeedConfig) -> bool {
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE 1 = 0",
+            qualified(d, feed, DELETES_TABLE)
+        );
+        let result = match self {
+            Source::Postgres(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
+            Source::MySql(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
+            Source::Sqlite(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
+        };
+        result.is_ok()
+    }
+
+    /// One page of a poll's window: rows stamped at or after `since_ms`,
+    /// or, with `after`, rows after that stamp and id.
+    pub async fn read_window(
+        &self,
+        query: &ChangesQuery,
+        since_ms: i64,
+        after: Option<(&str, i128)>,
+        limit: u32,
+    ) -> Result<Vec<Change>, Error> {
+        let limit = i64::from(limit);
+        let raw = match after {
+            None => read_changes!(self, &query.window_sql, since_ms, limit),
+            Some((stamp, id)) => {
+                let id = i64::try_from(id).map_err(|_| Error::BadId(id.to_string()))?;
+                read_changes!(self, &query.window_next_sql, stamp, stamp, id, limit)
+            }
+        };
+        raw.into_iter().map(RawChange::parse).collect()
+    }
+
+    /// One page of the live rows with an id above `after`, in id order.
+    pub async fn read_snapshot(
+        &self,
+        query: &ChangesQuery,
+        after: i128,
+        limit: u32,
+    ) -> Result<Vec<Change>, Error> {
+        let after = i64::try_from(after.max(i128::from(i64::MIN))).unwrap_or(i64::MAX);
+        let raw = read_changes!(self, &query.snapshot_sql, after, i64::from(limit));
+        raw.into_iter().map(RawChange::parse).collect()
+    }
+
+    /// One page of the feed's tombstones stamped at or after `since_ms`
+    /// with a tombstone id above `after`; none without `rowcast_deletes`.
+    pub async fn read_tombstones(
+        &self,
+        query: &ChangesQuery,
+        since_ms: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Change>, Error> {
+        let Some(sql) = &query.tombstones_sql else {
+            return Ok(Vec::new());
+        };
+        let raw = read_changes!(self, sql, since_ms, after, i64::from(limit));
+        raw.into_iter().map(RawChange::parse).collect()
+    }
+}
+
+impl ChangesQuery {
+    /// Whether hard deletes are read from `rowcast_deletes`.
+    pub fn reads_tombstones(&self) -> bool {
+        self.tombstones_sql.is_some()
+    }
+
+    fn new(
+        d: Dialect,
+        feed: &FeedConfig,
+        query: &FeedQuery,
+        updated: String,
+        deleted: Option<String>,
+        stamp_type: &str,
+        deletes: bool,
+    ) -> ChangesQuery {
+        let p = |n| d.placeholder(n);
+        let id = format!("t.{}", d.quote(&query.id_column));
+        let stamp = format!("t.{}", d.quote(&updated));
+        let since = |n| match d {
+            Dialect::Postgres => format!("to_timestamp({}::int8 / 1000.0)", p(n)),
+            Dialect::MySql => format!("FROM_UNIXTIME({} / 1000)", p(n)),
+            Dialect::Sqlite => format!(
+                "strftime('%Y-%m-%d %H:%M:%f', {} / 1000.0, 'unixepoch')",
+                p(n)
+            ),
+        };
+        let stamp_bound = |n| match d {
+            Dialect::Sqlite => p(n),
+            _ => format!("CAST({} AS {stamp_type})", p(n)),
+        };
+        let is_deleted = match &deleted {
+            Some(column) => d.as_text(&format!(
+                "CASE WHEN t.{} IS NULL THEN 0 ELSE 1 END",
+                d.quote(column)
+            )),
+            None => d.as_text("0"),
+        };
+        let select = format!("{}, {}, {is_deleted}", query.select, d.as_text(&stamp));
+        let from = &query.from;
+        let window_sql = format!(
+            "SELECT {select} FROM {from} WHERE {stamp} >= {} ORDER BY {stamp}, {id} LIMIT {}",
+            since(1),
+            p(2)
+        );
+        let window_next_sql = format!(
+            "SELECT {select} FROM {from} WHERE {stamp} >= {} AND ({stamp} > {} OR {id} > {}) \
+             ORDER BY {stamp}, {id} LIMIT {}",
+            stamp_bound(1),
+            stamp_bound(2),
+            p(3),
+            p(4),
+        );
+        let live = match &deleted {
+            Some(column) => format!(" AND t.{} IS NULL", d.quote(column)),
+            None => String::new(),
+        };
+        let snapshot_sql = format!(
+            "SELECT {select} FROM {from} WHERE {id} > {}{live} ORDER BY {id} LIMIT {}",
+            p(1),
+            p(2)
+        );
+        let tombstones_sql = deletes.then(|| {
+            let data = "t.row_data";
+            let filters = feed.filter_columns.iter().map(|c| {
+                let key = d.literal(c);
+                match d {
+                    Dialect::Postgres => format!("(({data})::json ->> {key})"),
+                    Dialect::MySql => format!(
+                        "JSON_UNQUOTE(JSON_EXTRACT({data}, CONCAT('$.', JSON_QUOTE({key}))))"
+                    ),
+                    Dialect::Sqlite => format!("({data} ->> {key})"),
+                }
+            });
+            let select: Vec<String> = [d.as_text("t.row_key"), data.to_owned()]
+                .into_iter()
+                .chain(filters)
+                .chain([d.as_text("t.id"), d.as_text("1")])
+                .collect();
+            let table = qualified(d, feed, DELETES_TABLE);
+            // The trigger's stamps are `timestamptz`, `DATETIME(6)` and
+            // text: a row stamp's bound fits them as it is.
+            let since = since(1);
+            format!(
+                "SELECT {} FROM {table} AS t WHERE t.table_name = {} AND t.deleted_at >= {since} \
+                 AND t.id > {} ORDER BY t.id LIMIT {}",
+                select.join(", "),
+                d.literal(&query.table),
+                p(2),
+                p(3),
+            )
+        });
+        ChangesQuery {
+            updated_column: updated,
+            deleted_column: deleted,
+            window_sql,
+            window_next_sql,
+            snapshot_sql,
+            tombstones_sql,
+        }
+    }
+}
+
+/// A changes row as the driver returns it: all text.
+pub(super) struct RawChange {
+    pub(super) id: String,
+    pub(super) json: Option<String>,
+    pub(super) filters: Vec<Option<String>>,
+    pub(super) stamp: Option<String>,
+    pub(super) deleted: Option<String>,
+}
+
+impl RawChange {
+    fn parse(self) -> Result<Change, Error> {
+        Ok(Change {
+            id: super::parse_id(&self.id)?,
+            json: self.json.map(crate::sse::one_line),
+            filters: self.filters,
+            stamp: self.stamp.unwrap_or_default(),
+            deleted: self.deleted.as_deref() == Some("1"),
+        })
+    }
+}
+
+/// Runs a changes read on any driver's pool: the id, the JSON, the
+/// filters, then the stamp and whether the row is deleted.
+macro_rules! read_changes {
+    ($source:expr, $sql:expr, $($bind:expr),+) => {
+        match $source {
+            Source::Postgres(pool) => read_changes!(@pool pool, $sql, $($bind),+),
+            Source::MySql(pool) => read_changes!(@pool pool, $sql, $($bind),+),
+            Source::Sqlite(pool) => read_changes!(@pool pool, $sql, $($bind),+),
+        }
+    };
+    (@pool $pool:expr, $sql:expr, $($bind:expr),+) => {{
+        use sqlx::Row as _;
+        let rows = sqlx::query($sql)$(.bind($bind))+.fetch_all($pool).await?;
+        rows.iter()
+            .map(|row| {
+                let n = row.len();
+                Ok(RawChange {
+                    id: row.try_get(0)?,
+                    json: row.try_get(1)?,
+                    filters: (2..n - 2)
+                        .map(|i| row.try_get(i))
+                        .collect::<Result<_, sqlx::Error>>()?,
+                    stamp: row.try_get(n - 2)?,
+                    deleted: row.try_get(n - 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }};
+}
+use read_changes;
