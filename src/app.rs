@@ -8,7 +8,7 @@ use crate::doorbell;
 use crate::fanout::Fanout;
 use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
-use crate::poller::{self, ChangesSetup, Health, Setup, TableReader};
+use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
 use crate::source::horizon::Horizon;
 use crate::source::{self, FeedQuery, Source};
 use std::future::Future;
@@ -110,22 +110,24 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             .map(|(feed, query, gaps)| poller::starting_head(&source, feed, query, gaps)),
     )
     .await?;
-    let mut started: Vec<(&FeedConfig, FeedQuery, Setup, Cursor)> = plans
+    let mut started: Vec<(&FeedConfig, FeedQuery, Setup, Cursor, Arc<Health>)> = plans
         .into_iter()
         .zip(heads)
-        .map(|((feed, query, setup), head)| (feed, query, Setup::Append(setup), head))
+        .map(|((feed, query, setup), head)| {
+            (feed, query, Setup::Append(setup), head, Arc::default())
+        })
         .collect();
     for (feed, query) in changes {
-        let setup = prepare_changes(&source, feed, &query).await?;
+        let health = Arc::new(Health::default());
+        let setup = prepare_changes(&source, feed, &query, &health).await?;
         let head = poller::changes_head(&setup.first, feed.tuning.clock_skew);
-        started.push((feed, query, Setup::Changes(setup), head));
+        started.push((feed, query, Setup::Changes(setup), head, health));
     }
     // In configuration order, whatever the mode.
     started.sort_by_key(|(feed, ..)| config.feeds.iter().position(|f| f.name == feed.name));
     let mut served = Vec::with_capacity(started.len());
     let mut setups = Vec::with_capacity(started.len());
-    for (feed, query, setup, head) in started {
-        let health = Arc::new(Health::default());
+    for (feed, query, setup, head, health) in started {
         let reader = Arc::new(TableReader {
             source: source.clone(),
             query: query.clone(),
@@ -164,6 +166,7 @@ async fn prepare_changes(
     source: &Source,
     feed: &FeedConfig,
     query: &FeedQuery,
+    health: &Health,
 ) -> Result<ChangesSetup, Error> {
     let (changes, deletes) = source.plan_changes(feed, query).await?;
     let bad = |source| source::Error::BadQuery {
@@ -203,8 +206,11 @@ async fn prepare_changes(
     }
     let mut horizon = method.horizon;
     let first = horizon.sample(source, feed.tuning.max_txn_age).await?;
+    let since = first.horizon_ms - i64::try_from(feed.tuning.clock_skew.as_millis()).unwrap_or(0);
+    let primed = Primed::read(source, &changes, since, feed.tuning.batch_size, health).await?;
     tracing::info!(feed = %feed.name, column = %changes.updated_column, "changes feed: following inserts, updates and deletes by this column");
     Ok(ChangesSetup {
+        primed,
         max_id: source.max_id(query).await?,
         query: changes,
         horizon,

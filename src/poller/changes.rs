@@ -43,6 +43,38 @@ pub struct ChangesSetup {
     pub first: Sample,
     /// The greatest id at start-up: rows above it first seen are inserts.
     pub max_id: Cursor,
+    /// What the window held at start-up, which no client is sent: a
+    /// client that was there before comes back with a cursor, and reads
+    /// the table from it.
+    pub primed: Primed,
+}
+
+/// A read's rows and tombstones, as the poller remembers them.
+#[derive(Debug, Default)]
+pub struct Primed {
+    sent: HashMap<i128, u64>,
+    tombstones: HashSet<i128>,
+}
+
+impl Primed {
+    /// Reads the window from `since`.
+    pub async fn read(
+        source: &Source,
+        query: &ChangesQuery,
+        since: i64,
+        batch: u32,
+        health: &Health,
+    ) -> Result<Primed, source::Error> {
+        let tombstones = read_all_tombstones(source, query, since, batch, health).await?;
+        let rows = read_window(source, query, since, batch, health).await?;
+        Ok(Primed {
+            sent: rows.iter().map(|r| (r.id, state(r))).collect(),
+            tombstones: tombstones
+                .iter()
+                .filter_map(|t| t.stamp.parse().ok())
+                .collect(),
+        })
+    }
 }
 
 /// The window start a feed whose horizon is `first` begins at.
@@ -115,8 +147,8 @@ impl ChangesPoller {
                 Cursor::At(id) => id,
                 Cursor::Start => i128::MIN,
             },
-            sent: HashMap::new(),
-            tombstones: HashSet::new(),
+            sent: setup.primed.sent,
+            tombstones: setup.primed.tombstones,
             query: setup.query,
             horizon: setup.horizon,
             warned_old: None,

@@ -13,7 +13,7 @@
 
 mod changes;
 
-pub use changes::{starting_head as changes_head, ChangesSetup};
+pub use changes::{starting_head as changes_head, ChangesSetup, Primed};
 
 use crate::config::{FeedConfig, GapHandling};
 use crate::cursor::Cursor;

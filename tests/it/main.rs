@@ -21,6 +21,7 @@ mod common;
 
 mod apps;
 mod auth;
+mod changes;
 mod cli;
 mod clients;
 mod cursors;
