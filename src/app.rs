@@ -121,7 +121,7 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
         let health = Arc::new(Health::default());
         let setup = prepare_changes(&source, feed, &query, &health).await?;
         let head = poller::changes_head(&setup.first, feed.tuning.clock_skew);
-        started.push((feed, query, Setup::Changes(setup), head, health));
+        started.push((feed, query, Setup::Changes(Box::new(setup)), head, health));
     }
     // In configuration order, whatever the mode.
     started.sort_by_key(|(feed, ..)| config.feeds.iter().position(|f| f.name == feed.name));

@@ -158,7 +158,7 @@ pub enum Setup {
     /// An append feed: what the database tells about gaps in its ids.
     Append(GapSetup),
     /// A changes feed.
-    Changes(ChangesSetup),
+    Changes(Box<ChangesSetup>),
 }
 
 /// A feed's catch-up reads from its table, counted with the poller's.
@@ -256,7 +256,7 @@ pub async fn run(
         Setup::Changes(setup) => Polling::Changes(Box::new(changes::ChangesPoller::new(
             feed.clone(),
             source,
-            setup,
+            *setup,
             health.clone(),
         ))),
     };
