@@ -139,6 +139,7 @@ impl Feed {
                     id: key_id,
                     json: Some(RESET.to_owned()),
                     filters: Vec::new(),
+                    unless_filters: None,
                 });
                 let rows = reset
                     .into_iter()

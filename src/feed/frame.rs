@@ -18,6 +18,9 @@ pub struct Event {
     pub data: Bytes,
     /// Filter column values as text, in the feed's filter order.
     pub filters: Box<[Option<Box<str>>]>,
+    /// The notice that a change moved the row out of a filter: the row's
+    /// new filter values, which the clients that get it do not pass.
+    pub unless_filters: Option<Box<[Option<Box<str>>]>>,
     /// A row that committed after its gap was passed over: delivered out of
     /// order, without an `id:` so that no client's cursor moves back.
     pub late: bool,
@@ -30,7 +33,12 @@ pub struct Event {
 impl Event {
     /// Whether a client with `filter` gets this event.
     pub fn passes(&self, filter: &Filter) -> bool {
-        self.marker || filter.matches(&self.filters)
+        self.marker
+            || (filter.matches(&self.filters)
+                && !self
+                    .unless_filters
+                    .as_ref()
+                    .is_some_and(|now| filter.matches(now)))
     }
 
     /// The same event, for every client whatever its filter.
@@ -40,6 +48,7 @@ impl Event {
             frame: self.frame.clone(),
             data: self.data.clone(),
             filters: Box::new([]),
+            unless_filters: None,
             late: self.late,
             marker: true,
         }
@@ -56,6 +65,7 @@ impl Event {
             data: frame.slice(0..0),
             frame,
             filters: Box::new([]),
+            unless_filters: None,
             late: false,
             marker: true,
         }
@@ -82,9 +92,18 @@ pub fn after(events: &[Arc<Event>], cursor: Cursor) -> &[Arc<Event>] {
     &events[events.partition_point(|e| Cursor::At(e.id) <= cursor)..]
 }
 
+fn boxed(values: Vec<Option<String>>) -> Box<[Option<Box<str>>]> {
+    values
+        .into_iter()
+        .map(|v| v.map(String::into_boxed_str))
+        .collect()
+}
+
 /// Frames rows into events, once, for everyone: every event's frame back to
 /// back in one buffer, and each event a slice of it. Rows without JSON (the
-/// feed's condition excludes them) make no event.
+/// feed's condition excludes them) make no event. Notices that a row left a
+/// filter come last (they are numbered so), and the frames that every
+/// unfiltered client gets end before them: no such client gets one.
 pub(super) fn frame(
     rows: Vec<Row>,
     event_name: Option<&str>,
@@ -93,7 +112,11 @@ pub(super) fn frame(
 ) -> (Vec<Arc<Event>>, Bytes) {
     let mut buf = BytesMut::new();
     let mut spans = Vec::with_capacity(rows.len());
+    let mut for_all = None;
     for row in rows {
+        if row.unless_filters.is_some() && for_all.is_none() {
+            for_all = Some(buf.len());
+        }
         let Some(json) = row.json else { continue };
         let start = buf.len();
         let id = (!late).then(|| style.format(Cursor::At(row.id)));
@@ -101,20 +124,26 @@ pub(super) fn frame(
         // `data: <json>\n\n` ends the frame.
         let data_end = buf.len() - 2;
         let data_start = data_end - json.len();
-        spans.push((row.id, start, data_start, data_end, row.filters));
+        spans.push((
+            row.id,
+            start,
+            data_start,
+            data_end,
+            row.filters,
+            row.unless_filters,
+        ));
     }
-    let frames = buf.freeze();
+    let buf = buf.freeze();
+    let frames = buf.slice(..for_all.unwrap_or(buf.len()));
     let events = spans
         .into_iter()
-        .map(|(id, start, data_start, data_end, filters)| {
+        .map(|(id, start, data_start, data_end, filters, unless)| {
             Arc::new(Event {
                 id,
-                frame: frames.slice(start..data_end + 2),
-                data: frames.slice(data_start..data_end),
-                filters: filters
-                    .into_iter()
-                    .map(|v| v.map(String::into_boxed_str))
-                    .collect(),
+                frame: buf.slice(start..data_end + 2),
+                data: buf.slice(data_start..data_end),
+                filters: boxed(filters),
+                unless_filters: unless.map(boxed),
                 late,
                 marker: false,
             })

@@ -10,6 +10,7 @@ fn rows(ids: &[i128]) -> Vec<Row> {
             id,
             json: Some(format!("{{\"id\":{id}}}")),
             filters: vec![Some((id % 2).to_string())],
+            unless_filters: None,
         })
         .collect()
 }

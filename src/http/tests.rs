@@ -81,6 +81,7 @@ async fn feeds_and_health_answer_from_memory() {
             id: 7,
             json: Some("{\"id\":7}".into()),
             filters: vec![Some("1".into())],
+            unless_filters: None,
         }],
         Cursor::At(7),
     );
@@ -119,6 +120,7 @@ async fn a_stream_through_the_router_gets_what_the_feed_publishes() {
         id,
         json: Some(format!("{{\"id\":{id}}}")),
         filters: vec![Some(room.into())],
+        unless_filters: None,
     };
     feed.publish(vec![row(1, "2"), row(2, "1")], Cursor::At(2));
     let chunk = body.next().await.unwrap().unwrap();

@@ -52,7 +52,7 @@ pub struct ChangesSetup {
 /// A read's rows and tombstones, as the poller remembers them.
 #[derive(Debug, Default)]
 pub struct Primed {
-    sent: HashMap<i128, u64>,
+    sent: HashMap<i128, Sent>,
     tombstones: HashSet<i128>,
 }
 
@@ -68,7 +68,7 @@ impl Primed {
         let tombstones = read_all_tombstones(source, query, since, batch, health).await?;
         let rows = read_window(source, query, since, batch, health).await?;
         Ok(Primed {
-            sent: rows.iter().map(|r| (r.id, state(r))).collect(),
+            sent: rows.into_iter().map(|r| (r.id, Sent::of(r))).collect(),
             tombstones: tombstones
                 .iter()
                 .filter_map(|t| t.stamp.parse().ok())
@@ -101,12 +101,30 @@ pub(super) struct ChangesPoller {
     head_since: i64,
     /// The greatest id seen: a row above it is an insert.
     max_id: i128,
-    /// Hash of what was last sent for each row of the last read.
-    sent: HashMap<i128, u64>,
+    /// What was last sent for each row of the last read.
+    sent: HashMap<i128, Sent>,
     /// Tombstones of the last read.
     tombstones: HashSet<i128>,
     interval: Duration,
     warned_old: Option<Instant>,
+}
+
+/// What was last sent for a row: about 40 bytes and its filter values.
+#[derive(Debug, PartialEq, Eq)]
+struct Sent {
+    /// See [`state`].
+    state: u64,
+    /// Its filter values, to tell the clients it left.
+    filters: Vec<Option<String>>,
+}
+
+impl Sent {
+    fn of(change: Change) -> Sent {
+        Sent {
+            state: state(&change),
+            filters: change.filters,
+        }
+    }
 }
 
 /// A row's state as the hash map keeps it: 0 for a row the feed does not
@@ -122,6 +140,16 @@ fn state(change: &Change) -> u64 {
 /// `{"op":…,"row":…}`.
 pub(crate) fn envelope(op: &str, row: &str) -> String {
     format!(r#"{{"op":"{op}","row":{row}}}"#)
+}
+
+/// A row of `json` whose id the poller sets when it numbers it.
+fn change_row(json: String, filters: Vec<Option<String>>) -> Row {
+    Row {
+        id: 0,
+        json: Some(json),
+        filters,
+        unless_filters: None,
+    }
 }
 
 /// The row a delete names when its last state is not known: its key.
@@ -190,7 +218,8 @@ impl ChangesPoller {
         )
         .await?;
 
-        let mut out: Vec<(String, Vec<Option<String>>)> = Vec::new();
+        let mut out: Vec<Row> = Vec::new();
+        let mut left: Vec<Row> = Vec::new();
         let mut tomb_ids = HashSet::with_capacity(tombstones.len());
         for tomb in tombstones {
             let Ok(tomb_id) = tomb.stamp.parse::<i128>() else {
@@ -205,53 +234,60 @@ impl ChangesPoller {
             let row = tomb
                 .json
                 .unwrap_or_else(|| key_only(&feed.query.id_column, tomb.id));
-            out.push((envelope("delete", &row), tomb.filters));
+            out.push(change_row(envelope("delete", &row), tomb.filters));
         }
         self.tombstones = tomb_ids;
 
         let mut sent = HashMap::with_capacity(rows.len());
         for row in rows {
             let now = state(&row);
-            let before = self.sent.get(&row.id).copied();
-            sent.insert(row.id, now);
-            if before == Some(now) {
+            let before = self.sent.remove(&row.id);
+            let id = row.id;
+            if before.as_ref().is_some_and(|b| b.state == now) {
+                sent.insert(id, Sent::of(row));
                 continue;
             }
-            let inserted = row.id > self.max_id;
-            self.max_id = self.max_id.max(row.id);
+            let inserted = id > self.max_id;
+            self.max_id = self.max_id.max(id);
+            let filters = row.filters.clone();
             match (&row.json, row.deleted) {
                 // Out of the feed's condition: a delete for whoever had it.
-                (None, _) if before.is_some_and(|b| b != 0) => out.push((
-                    envelope("delete", &key_only(&feed.query.id_column, row.id)),
-                    row.filters,
-                )),
+                (None, _) if before.as_ref().is_some_and(|b| b.state != 0) => {
+                    let key = key_only(&feed.query.id_column, id);
+                    out.push(change_row(envelope("delete", &key), filters));
+                }
                 (None, _) => {}
-                (Some(json), true) => out.push((envelope("delete", json), row.filters)),
+                (Some(json), true) => out.push(change_row(envelope("delete", json), filters)),
                 (Some(json), false) => {
-                    let op = if inserted && before.is_none() {
-                        "insert"
-                    } else {
-                        "update"
+                    let op = match inserted && before.is_none() {
+                        true => "insert",
+                        false => "update",
                     };
-                    out.push((envelope(op, json), row.filters));
+                    out.push(change_row(envelope(op, json), filters.clone()));
+                    // Clients whose filter the old values passed and the new
+                    // ones do not see the row leave their view.
+                    if let Some(before) = before.filter(|b| b.state != 0 && b.filters != filters) {
+                        left.push(Row {
+                            unless_filters: Some(filters),
+                            ..change_row(envelope("delete", json), before.filters)
+                        });
+                    }
                 }
             }
+            sent.insert(id, Sent::of(row));
         }
         self.sent = sent;
+        out.extend(left);
 
         let published = !out.is_empty();
         let rows: Vec<Row> = out
             .into_iter()
-            .map(|(json, filters)| {
+            .map(|row| {
                 self.seq += 1;
                 let Cursor::At(id) = cursor::change(self.seq, since) else {
                     unreachable!("a changes cursor is a number")
                 };
-                Row {
-                    id,
-                    json: Some(json),
-                    filters,
-                }
+                Row { id, ..row }
             })
             .collect();
         if published || since - self.head_since >= HEAD_STEP_MS {
@@ -365,11 +401,7 @@ pub(super) async fn catch_up(
             }
             rows.extend(page.into_iter().filter_map(|row| {
                 let json = row.json?;
-                Some(Row {
-                    id: row.id,
-                    json: Some(envelope("insert", &json)),
-                    filters: row.filters,
-                })
+                Some(change_row(envelope("insert", &json), row.filters))
             }));
             if !full {
                 return Ok(CatchUpRows { reset, rows });
@@ -380,20 +412,12 @@ pub(super) async fn catch_up(
         let row = tomb
             .json
             .unwrap_or_else(|| key_only(&feed_query.id_column, tomb.id));
-        rows.push(Row {
-            id: tomb.id,
-            json: Some(envelope("delete", &row)),
-            filters: tomb.filters,
-        });
+        rows.push(change_row(envelope("delete", &row), tomb.filters));
     }
     for row in read_window(source, query, since, batch, health).await? {
         let Some(json) = row.json else { continue };
         let op = if row.deleted { "delete" } else { "update" };
-        rows.push(Row {
-            id: row.id,
-            json: Some(envelope(op, &json)),
-            filters: row.filters,
-        });
+        rows.push(change_row(envelope(op, &json), row.filters));
     }
     Ok(CatchUpRows { reset: false, rows })
 }

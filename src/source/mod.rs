@@ -44,6 +44,10 @@ pub struct Row {
     pub json: Option<String>,
     /// The filter columns' values as text, in the feed's filter order.
     pub filters: Vec<Option<String>>,
+    /// Set on the notice that a change moved a row out of a filter (changes
+    /// mode): the row's new filter values. The notice goes to the clients
+    /// that `filters` (the old values) pass and these do not.
+    pub unless_filters: Option<Vec<Option<String>>>,
 }
 
 /// What a database can tell about gaps in a feed's ids.
@@ -406,6 +410,7 @@ impl RawRow {
             id: parse_id(&self.id)?,
             json: self.json.map(crate::sse::one_line),
             filters: self.filters,
+            unless_filters: None,
         })
     }
 }

@@ -13,6 +13,7 @@ each_db!(
     a_restart_resends_current_state_never_an_older_one,
     one_stream_follows_an_append_and_a_changes_feed,
     rows_answers_envelopes_with_a_cursor,
+    a_row_that_leaves_a_filter_is_deleted_for_its_clients,
     a_changes_feed_needs_a_stamped_column,
 );
 
@@ -428,4 +429,35 @@ async fn a_changes_feed_needs_a_stamped_column(kind: Kind) {
             "{error}"
         );
     }
+}
+
+async fn a_row_that_leaves_a_filter_is_deleted_for_its_clients(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let orders = Orders::create(&db, "orders").await;
+    let server = Rowcast::on(&db)
+        .feed("orders", &orders.t, changes_feed)
+        .start()
+        .await;
+    let url = format!("{}/events/orders", server.url);
+    let mut all = Client::connect(&url, None).await;
+    let mut one = Client::connect(&format!("{url}?room_id=1"), None).await;
+    let mut two = Client::connect(&format!("{url}?room_id=2"), None).await;
+    let mut both = Client::connect(&format!("{url}?room_id=1&room_id=2"), None).await;
+    let a = orders.insert(1, "new").await;
+    for client in [&mut all, &mut one, &mut both] {
+        assert_eq!(changes(&client.take(1).await), [change("insert", a, "new")]);
+    }
+    orders.move_to(a, 2).await;
+    // Room 1 sees it go; room 2 sees it come; whoever sees both rooms, or
+    // every row, sees one update.
+    let gone = one.take(1).await;
+    assert_eq!(changes(&gone), [change("delete", a, "new")]);
+    assert_eq!(gone[0].json()["row"]["room_id"], json!(2));
+    assert_eq!(changes(&two.take(1).await), [change("update", a, "new")]);
+    assert_eq!(changes(&both.take(1).await), [change("update", a, "new")]);
+    assert_eq!(changes(&all.take(1).await), [change("update", a, "new")]);
+    for client in [&mut all, &mut one, &mut two, &mut both] {
+        client.expect_quiet(Duration::from_millis(300)).await;
+    }
+    server.stop().await;
 }
