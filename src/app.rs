@@ -195,6 +195,9 @@ async fn prepare_changes(
     if let Some(column) = &changes.deleted_column {
         tracing::info!(feed = %feed.name, %column, "changes feed: a row whose column is set is sent as a delete (soft delete)")
     }
+    if changes.indexed == Some(false) {
+        tracing::warn!(feed = %feed.name, "no index of {} starts with `{}`: every poll scans the table; add one: {}", query.table, changes.updated_column, changes.index_sql(query));
+    }
     if deletes {
         tracing::info!(feed = %feed.name, table = source::changes::DELETES_TABLE, "changes feed: hard deletes are read from the rowcast_deletes table");
     } else {

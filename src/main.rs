@@ -51,18 +51,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => {
             let config = Config::load(&args)?;
             let feeds = rowcast::prepare(&config).await?;
-            for served in &feeds.served {
+            for (served, setup) in feeds.served.iter().zip(&feeds.setups) {
                 let feed = &served.feed;
                 let q = &feed.query;
                 println!("feed {}", feed.name());
                 println!("  reads      {}", q.source);
-                println!("  cursor     {} (now at {})", q.id_column, feed.head().0);
+                if let rowcast::poller::Setup::Changes(changes) = setup {
+                    let c = &changes.query;
+                    println!(
+                        "  changes    every insert, update and delete, by `{}`",
+                        c.updated_column
+                    );
+                    if let Some(column) = &c.deleted_column {
+                        println!("  soft       a row whose `{column}` is set is a delete");
+                    }
+                    println!(
+                        "  hard       {}",
+                        match c.reads_tombstones() {
+                            true => "deletes read from rowcast_deletes",
+                            false => "deletes not seen (see `rowcast sql deletes`)",
+                        }
+                    );
+                    if c.indexed == Some(false) {
+                        println!(
+                            "  index      missing: every poll scans the table; add one: {}",
+                            c.index_sql(q)
+                        );
+                    }
+                }
+                println!(
+                    "  cursor     {} (now at {})",
+                    q.id_column,
+                    feed.cursor_text(feed.head().0)
+                );
                 if let Some(txid) = &q.txid_column {
                     println!("  exact      rows read in transaction order by `{txid}`");
                 }
                 println!("  columns    {}", q.columns.join(", "));
                 println!("  filters    {}", q.filter_columns.join(", "));
-                println!("  query      {}", q.read_sql);
+                match setup {
+                    rowcast::poller::Setup::Changes(changes) => {
+                        println!("  query      {}", changes.query.window_sql())
+                    }
+                    rowcast::poller::Setup::Append(_) => println!("  query      {}", q.read_sql),
+                }
             }
             println!(
                 "ok: {} feed(s) on {}",

@@ -22,6 +22,11 @@ pub struct ChangesQuery {
     pub updated_column: String,
     /// The column a soft delete sets, when the feed has one.
     pub deleted_column: Option<String>,
+    /// How the database spells SQL.
+    dialect: Dialect,
+    /// Whether an index of the base table starts with the updated column
+    /// (`None` when the catalog cannot tell, as through a `select`).
+    pub indexed: Option<bool>,
     /// The first page of a window: rows stamped at or after `$1` ms.
     window_sql: String,
     /// A later page: rows after the stamp `$1` = `$2` (as the database
@@ -100,8 +105,51 @@ impl Source {
         let d = self.dialect();
         let stamp_type = self.stamp_type(feed, query, &updated).await?;
         let deletes = self.has_deletes_table(feed).await;
-        let changes = ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes);
+        let indexed = match &feed.read_from {
+            None => Some(self.stamp_indexed(feed, query, &updated).await?),
+            Some(_) => None,
+        };
+        let mut changes = ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes);
+        changes.indexed = indexed;
         Ok((changes, deletes))
+    }
+
+    /// Whether an index of the feed's table starts with `column`: without
+    /// one, every poll scans the table.
+    async fn stamp_indexed(
+        &self,
+        feed: &FeedConfig,
+        query: &FeedQuery,
+        column: &str,
+    ) -> Result<bool, Error> {
+        let count: i64 = match self {
+            Source::Postgres(pool) => sqlx::query_scalar(
+                "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                 AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2",
+            )
+            .bind(&query.table_sql)
+            .bind(column)
+            .fetch_one(pool)
+            .await?,
+            Source::MySql(pool) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+                 AND TABLE_NAME = ? AND COLUMN_NAME = ? AND SEQ_IN_INDEX = 1",
+            )
+            .bind(&feed.schema)
+            .bind(&feed.table)
+            .bind(column)
+            .fetch_one(pool)
+            .await?,
+            Source::Sqlite(pool) => sqlx::query_scalar(
+                "SELECT count(*) FROM pragma_index_list(?1) AS l, pragma_index_info(l.name) AS i \
+                 WHERE i.seqno = 0 AND i.name = ?2",
+            )
+            .bind(&feed.table)
+            .bind(column)
+            .fetch_one(pool)
+            .await?,
+        };
+        Ok(count > 0)
     }
 
     /// The SQL type a stamp read back as text is cast to, checked to be a
@@ -217,6 +265,27 @@ impl Source {
 }
 
 impl ChangesQuery {
+    /// The index that keeps each poll off a table scan.
+    pub fn index_sql(&self, query: &FeedQuery) -> String {
+        let d = self.dialect;
+        format!(
+            "CREATE INDEX {} ON {} ({}, {})",
+            d.quote(&format!(
+                "{}_{}_rowcast",
+                query.table.rsplit('.').next().unwrap_or_default(),
+                self.updated_column
+            )),
+            query.table_sql,
+            d.quote(&self.updated_column),
+            d.quote(&query.id_column)
+        )
+    }
+
+    /// What each poll runs first: rows stamped since the window start.
+    pub fn window_sql(&self) -> &str {
+        &self.window_sql
+    }
+
     /// Whether hard deletes are read from `rowcast_deletes`.
     pub fn reads_tombstones(&self) -> bool {
         self.tombstones_sql.is_some()
@@ -308,6 +377,8 @@ impl ChangesQuery {
             )
         });
         ChangesQuery {
+            dialect: d,
+            indexed: None,
             updated_column: updated,
             deleted_column: deleted,
             window_sql,
