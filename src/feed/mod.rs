@@ -176,6 +176,13 @@ impl Feed {
         let (column, event) = (self.timestamp_column.as_ref()?, event?);
         let mut row: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&event.data).ok()?;
+        if self.is_changes() {
+            // `{"op":…,"row":{…}}`
+            let serde_json::Value::Object(inner) = row.remove("row")? else {
+                return None;
+            };
+            row = inner;
+        }
         row.remove(column)
     }
 

@@ -74,7 +74,7 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let families: [Family; 12] = [
+    let families: [Family; 15] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -137,6 +137,24 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "gauge",
             "How long rows have been held back behind a gap (0 when none are).",
             |s| (s.health.holding_since()).map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        ),
+        (
+            "rowcast_old_transactions",
+            "gauge",
+            "Changes feeds: transactions open longer than max_txn_age at the last poll, left out of the window.",
+            |s| count(&s.health.counters.old_transactions),
+        ),
+        (
+            "rowcast_window_rows",
+            "gauge",
+            "Changes feeds: rows the last poll re-read (what the feed keeps a hash of).",
+            |s| count(&s.health.counters.window_rows),
+        ),
+        (
+            "rowcast_window_seconds",
+            "gauge",
+            "Changes feeds: how far back from the database's clock the last poll read.",
+            |s| count(&s.health.counters.window_ms) / 1000.0,
         ),
         (
             "rowcast_doorbell_up",

@@ -217,6 +217,9 @@ impl ChangesPoller {
             &self.health,
         )
         .await?;
+        counters.window_rows.store(rows.len() as u64, Ordering::Relaxed);
+        let reach = u64::try_from(sample.now_ms - since).unwrap_or(0);
+        counters.window_ms.store(reach, Ordering::Relaxed);
 
         let mut out: Vec<Row> = Vec::new();
         let mut left: Vec<Row> = Vec::new();
@@ -309,13 +312,13 @@ impl ChangesPoller {
     }
 
     fn warn_old(&mut self, sample: &Sample) {
-        if sample.too_old == 0 {
-            return;
-        }
         let counters = &self.health.counters;
         counters
             .old_transactions
             .store(sample.too_old, Ordering::Relaxed);
+        if sample.too_old == 0 {
+            return;
+        }
         if self
             .warned_old
             .is_none_or(|at| at.elapsed() >= OLD_TXN_WARNING)

@@ -98,6 +98,10 @@ pub struct Counters {
     /// Changes mode: transactions open longer than `max_txn_age` at the
     /// last poll, left out of the horizon.
     pub old_transactions: AtomicU64,
+    /// Changes mode: rows the last poll re-read.
+    pub window_rows: AtomicU64,
+    /// Changes mode: how far back the last poll read, in ms.
+    pub window_ms: AtomicU64,
 }
 
 impl Counters {
