@@ -3,11 +3,13 @@
 //!
 //! One file per database (`postgres`, `mysql`, `sqlite`) for what differs —
 //! catalog queries, quoting, JSON rendering — and [`query`] for the one SQL
-//! shape they share. Identifiers come only from configuration and are quoted;
-//! request values are never part of the SQL text. This module never decides
-//! what a client sees: it returns raw rows, in id order.
+//! shape they share; `deletes` writes the hard-delete trigger of `rowcast sql
+//! deletes`. Identifiers come only from configuration and are quoted; request
+//! values are never part of the SQL text. This module never decides what a
+//! client sees: it returns raw rows, in id order.
 
 mod catalog;
+mod deletes;
 mod error;
 mod mysql;
 mod postgres;
@@ -17,6 +19,7 @@ pub(crate) mod sqlite;
 use crate::config::{FeedConfig, ReadFrom};
 use crate::cursor::Cursor;
 use catalog::Catalog;
+pub use deletes::{DeleteTrigger, DELETES_TABLE};
 pub use error::Error;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;
