@@ -199,7 +199,7 @@ async fn prepare_changes(
         tracing::warn!(feed = %feed.name, "no index of {} starts with `{}`: every poll scans the table; add one: {}", query.table, changes.updated_column, changes.index_sql(query));
     }
     if deletes {
-        tracing::info!(feed = %feed.name, table = source::changes::DELETES_TABLE, "changes feed: hard deletes are read from the rowcast_deletes table");
+        tracing::info!(feed = %feed.name, table = source::DELETES_TABLE, "changes feed: hard deletes are read from the rowcast_deletes table");
     } else {
         tracing::info!(feed = %feed.name, "changes feed: no rowcast_deletes table, so hard deletes are not seen (install it with `rowcast sql deletes --table … --apply`)");
     }

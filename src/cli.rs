@@ -2,7 +2,7 @@
 //! are not `serve` and `check` (whose flags are the configuration's, in
 //! [`crate::config::ServeArgs`]).
 
-use crate::config::ServeArgs;
+use crate::config::{Interval, ServeArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -45,6 +45,46 @@ pub enum SqlCommand {
     /// Postgres NOTIFY doorbell: a statement-level trigger that makes rowcast
     /// poll as soon as the table changes.
     Notify(SqlNotifyArgs),
+    /// Hard deletes for `changes` feeds: a row-level trigger that records each
+    /// deleted row in `rowcast_deletes` (Postgres, MySQL/MariaDB, SQLite).
+    Deletes(SqlDeletesArgs),
+}
+
+/// Flags of `rowcast sql deletes`.
+#[derive(Debug, Clone, Args)]
+pub struct SqlDeletesArgs {
+    /// The table whose deleted rows are recorded.
+    #[arg(long)]
+    pub table: String,
+    /// Its schema (MySQL: database), where `rowcast_deletes` is created too
+    /// [default: the connection's].
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// The column that names a deleted row [default: the primary key].
+    #[arg(long)]
+    pub id_column: Option<String>,
+    /// How long the table's deleted rows are kept (whole seconds, at least 1s).
+    #[arg(long, default_value = "7d", value_parser = retention)]
+    pub retention: Interval,
+    /// Print the SQL that removes the trigger instead.
+    #[arg(long)]
+    pub remove: bool,
+    /// Run the SQL on the database as well as printing it.
+    #[arg(long)]
+    pub apply: bool,
+    /// Database whose catalog lists the table's columns (and to apply to).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// A retention of at least a second: the trigger counts in whole seconds,
+/// and none at all would delete records before a feed reads them.
+fn retention(text: &str) -> Result<Interval, String> {
+    let retention: Interval = text.parse().map_err(|e| format!("{e}"))?;
+    if retention.0.as_secs() == 0 {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(retention)
 }
 
 /// Flags of `rowcast sql notify`.

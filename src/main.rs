@@ -124,6 +124,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("rowcast: applied to {}", rowcast::source::redact(&url));
             }
         }
+        Command::Sql(SqlCommand::Deletes(args)) => {
+            let source = rowcast::source::Source::connect(&args.database_url, 2).await?;
+            let trigger = source
+                .delete_trigger(
+                    &args.table,
+                    args.schema.as_deref(),
+                    args.id_column.as_deref(),
+                )
+                .await?;
+            let sql = if args.remove {
+                trigger.remove_sql()
+            } else {
+                trigger.install_sql(args.retention.0)
+            };
+            print!("{sql}");
+            if args.apply {
+                source.apply(&sql).await?;
+                let url = rowcast::source::redact(&args.database_url);
+                eprintln!("rowcast: applied to {url}");
+            }
+        }
     }
     Ok(())
 }

@@ -8,12 +8,8 @@
 //! between pages. Like [`super::query`], only bounds are parameters.
 
 use super::query::{qualified, Dialect, FeedQuery};
-use super::{Error, Source};
+use super::{Error, Source, DELETES_TABLE};
 use crate::config::FeedConfig;
-
-/// The shared table the `rowcast sql deletes` trigger records hard
-/// deletes in.
-pub const DELETES_TABLE: &str = "rowcast_deletes";
 
 /// A changes feed's checked columns and SQL.
 #[derive(Clone, Debug)]

@@ -3,12 +3,14 @@
 //!
 //! One file per database (`postgres`, `mysql`, `sqlite`) for what differs —
 //! catalog queries, quoting, JSON rendering — and [`query`] for the one SQL
-//! shape they share. Identifiers come only from configuration and are quoted;
-//! request values are never part of the SQL text. This module never decides
-//! what a client sees: it returns raw rows, in id order.
+//! shape they share; `deletes` writes the hard-delete trigger of `rowcast sql
+//! deletes`. Identifiers come only from configuration and are quoted; request
+//! values are never part of the SQL text. This module never decides what a
+//! client sees: it returns raw rows, in id order.
 
 mod catalog;
 pub mod changes;
+mod deletes;
 mod error;
 pub mod horizon;
 mod mysql;
@@ -20,6 +22,7 @@ use crate::config::{FeedConfig, ReadFrom};
 use crate::cursor::Cursor;
 use catalog::Catalog;
 pub use changes::{Change, ChangesQuery};
+pub use deletes::{DeleteTrigger, DELETES_TABLE};
 pub use error::Error;
 pub use postgres::{notify_sql, txid_sql, unnotify_sql, NOTIFY_CHANNEL, TXID_COLUMN};
 pub use query::FeedQuery;

@@ -289,7 +289,7 @@ pub fn unnotify_sql(table: &str, schema: Option<&str>) -> String {
 
 /// `name` for a `--` comment, which a line break in a quoted name would
 /// end, turning the rest of the name into SQL.
-fn one_line(name: &str) -> String {
+pub(super) fn one_line(name: &str) -> String {
     name.replace(|c: char| c.is_control(), " ")
 }
 

@@ -51,6 +51,7 @@ impl Dialect {
         }
     }
 
+    /// `expr` cast to text.
     pub(super) fn as_text(self, expr: &str) -> String {
         match self {
             Dialect::Postgres => format!("({expr})::text"),
@@ -76,25 +77,33 @@ impl Dialect {
             return "row_to_json(t.*)::text".to_owned();
         }
         let columns = columns.unwrap_or(all);
-        let col = |c: &String| format!("t.{}", self.quote(c));
         match self {
             // json_build_object takes at most 100 arguments; a sub-select has no limit.
             Dialect::Postgres => format!(
                 "(SELECT row_to_json(r.*) FROM (SELECT {}) AS r)::text",
-                columns.iter().map(col).collect::<Vec<_>>().join(", ")
-            ),
-            Dialect::MySql | Dialect::Sqlite => {
-                let pairs = columns
+                columns
                     .iter()
-                    .map(|c| format!("{}, {}", self.literal(c), col(c)))
+                    .map(|c| format!("t.{}", self.quote(c)))
                     .collect::<Vec<_>>()
-                    .join(", ");
-                if self == Dialect::MySql {
-                    format!("CAST(JSON_OBJECT({pairs}) AS CHAR)")
-                } else {
-                    format!("json_object({pairs})")
-                }
-            }
+                    .join(", ")
+            ),
+            Dialect::MySql | Dialect::Sqlite => self.json_object("t", columns),
+        }
+    }
+
+    /// The JSON object text of `columns` of `row` (a relation's alias, or a
+    /// trigger's `OLD`), each under its own name (MySQL and SQLite, where
+    /// a row has no JSON form of its own).
+    pub(super) fn json_object(self, row: &str, columns: &[String]) -> String {
+        let pairs = columns
+            .iter()
+            .map(|c| format!("{}, {row}.{}", self.literal(c), self.quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self == Dialect::MySql {
+            format!("CAST(JSON_OBJECT({pairs}) AS CHAR)")
+        } else {
+            format!("json_object({pairs})")
         }
     }
 }

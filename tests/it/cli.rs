@@ -1,6 +1,7 @@
 //! The `rowcast` command as a user runs it: start-up errors on one readable
 //! line with a failing exit code, `check`, configuration from environment
-//! variables, and a clean stop on SIGTERM with open streams.
+//! variables, and a clean stop on SIGTERM with open streams. Other areas
+//! that run the binary (`deletes`) use its [`rowcast`] and [`finish`].
 
 use crate::common::*;
 use std::process::{Output, Stdio};
@@ -9,7 +10,7 @@ use tokio::process::{Child, Command};
 
 /// The rowcast binary, with none of the caller's `ROWCAST_*`,
 /// `DATABASE_URL` or `RUST_LOG` variables, so each test sets only its own.
-fn rowcast(args: &[&str]) -> Command {
+pub(crate) fn rowcast(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rowcast"));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
@@ -27,14 +28,15 @@ fn rowcast(args: &[&str]) -> Command {
 }
 
 /// Runs a command that should end by itself within `within`.
-async fn finish(mut command: Command, within: Duration) -> Output {
+pub(crate) async fn finish(mut command: Command, within: Duration) -> Output {
     tokio::time::timeout(within, command.output())
         .await
         .unwrap_or_else(|_| panic!("rowcast still running after {within:?}"))
         .expect("rowcast runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+/// A command's output as text.
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

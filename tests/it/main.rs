@@ -16,6 +16,7 @@
 //! - [`auth`], [`visibility`]: tokens, claim rules, what a token may see.
 //! - [`cli`], [`clients`]: the binary as a user runs it; the strictest real
 //!   SSE clients, directly and behind nginx.
+//! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
 
 mod common;
 
@@ -25,6 +26,7 @@ mod changes;
 mod cli;
 mod clients;
 mod cursors;
+mod deletes;
 mod fanout;
 mod gap_limits;
 mod gaps;
