@@ -74,7 +74,7 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let families: [Family; 15] = [
+    let families: [Family; 16] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -92,6 +92,12 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "counter",
             "Row queries that failed.",
             |s| count(&s.health.counters.errors),
+        ),
+        (
+            "rowcast_polls_total",
+            "counter",
+            "Polls of the feed's table by its poller.",
+            |s| count(&s.health.counters.polls),
         ),
         (
             "rowcast_events_total",

@@ -217,7 +217,9 @@ impl ChangesPoller {
             &self.health,
         )
         .await?;
-        counters.window_rows.store(rows.len() as u64, Ordering::Relaxed);
+        counters
+            .window_rows
+            .store(rows.len() as u64, Ordering::Relaxed);
         let reach = u64::try_from(sample.now_ms - since).unwrap_or(0);
         counters.window_ms.store(reach, Ordering::Relaxed);
 

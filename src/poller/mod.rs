@@ -83,6 +83,8 @@ pub async fn starting_head(
 pub struct Counters {
     /// Queries of the feed's table: polls, catch-up reads and gap checks.
     pub queries: AtomicU64,
+    /// Polls, each one or more of those queries.
+    pub polls: AtomicU64,
     /// Of those, catch-up reads for clients behind the ring.
     pub catch_up_queries: AtomicU64,
     /// Queries that failed.
@@ -233,7 +235,8 @@ enum Polling {
 }
 
 impl Polling {
-    async fn poll(&mut self) -> Result<Duration, source::Error> {
+    async fn poll(&mut self, counters: &Counters) -> Result<Duration, source::Error> {
+        counters.polls.fetch_add(1, Ordering::Relaxed);
         match self {
             Polling::Append(poller) => poller.poll().await,
             Polling::Changes(poller) => poller.poll().await,
@@ -267,7 +270,7 @@ pub async fn run(
     let mut retry = config.tuning.poll_interval;
     loop {
         let started = Instant::now();
-        let wait = match poller.poll().await {
+        let wait = match poller.poll(&health.counters).await {
             Ok(wait) => {
                 if health.failure().is_some() {
                     tracing::info!(feed = %config.name, cursor = %feed.head().0, "database answers again; resuming");

@@ -346,13 +346,13 @@ impl ChangesQuery {
             let data = "t.row_data";
             let filters = feed.filter_columns.iter().map(|c| {
                 let key = d.literal(c);
-                match d {
-                    Dialect::Postgres => format!("(({data})::json ->> {key})"),
+                d.as_text(&match d {
+                    Dialect::Postgres => format!("({data})::json ->> {key}"),
                     Dialect::MySql => format!(
                         "JSON_UNQUOTE(JSON_EXTRACT({data}, CONCAT('$.', JSON_QUOTE({key}))))"
                     ),
-                    Dialect::Sqlite => format!("({data} ->> {key})"),
-                }
+                    Dialect::Sqlite => format!("{data} ->> {key}"),
+                })
             });
             let select: Vec<String> = [d.as_text("t.row_key"), data.to_owned()]
                 .into_iter()

@@ -14,6 +14,8 @@ each_db!(
     one_stream_follows_an_append_and_a_changes_feed,
     rows_answers_envelopes_with_a_cursor,
     a_row_that_leaves_a_filter_is_deleted_for_its_clients,
+    hard_deletes_arrive_with_the_rows_last_state,
+    a_client_from_before_the_retention_starts_over,
     a_changes_feed_needs_a_stamped_column,
 );
 
@@ -100,6 +102,19 @@ impl<'a> Orders<'a> {
             ))
             .await;
     }
+}
+
+/// Installs the hard-delete trigger, with the SQL `rowcast sql deletes`
+/// applies.
+pub async fn install_deletes(db: &TestDb, t: &str) {
+    let source = rowcast::source::Source::connect(&db.url, 1).await.unwrap();
+    let trigger = source.delete_trigger(t, None, None).await.unwrap();
+    source
+        .apply(&trigger.install_sql(Duration::from_secs(7 * 86_400)))
+        .await
+        .unwrap();
+    db.on_drop(trigger.remove_sql());
+    source.close().await;
 }
 
 /// Each event's op, id and status.
@@ -459,5 +474,96 @@ async fn a_row_that_leaves_a_filter_is_deleted_for_its_clients(kind: Kind) {
     for client in [&mut all, &mut one, &mut two, &mut both] {
         client.expect_quiet(Duration::from_millis(300)).await;
     }
+    server.stop().await;
+}
+
+async fn hard_deletes_arrive_with_the_rows_last_state(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let orders = Orders::create(&db, "orders").await;
+    install_deletes(&db, &orders.t).await;
+    let server = Rowcast::on(&db)
+        .feed("orders", &orders.t, changes_feed)
+        .start()
+        .await;
+    let url = format!("{}/events/orders", server.url);
+    let mut client = Client::connect(&url, None).await;
+    let mut other_room = Client::connect(&format!("{url}?room_id=2"), None).await;
+    let a = orders.insert(1, "new").await;
+    assert_eq!(changes(&client.take(1).await), [change("insert", a, "new")]);
+    orders.update(a, "paid").await;
+    assert_eq!(
+        changes(&client.take(1).await),
+        [change("update", a, "paid")]
+    );
+    db.exec(&format!("DELETE FROM {} WHERE id = {a}", orders.t))
+        .await;
+    let deleted = client.take(1).await;
+    assert_eq!(changes(&deleted), [change("delete", a, "paid")]);
+    assert_eq!(deleted[0].json()["row"]["room_id"], json!(1));
+    // The tombstone's filter values are the row's: room 2 saw nothing.
+    other_room.expect_quiet(Duration::from_millis(300)).await;
+    // A client that resumes from before the delete gets it from the table.
+    let first = orders.insert(1, "first").await;
+    let got = client.take(1).await;
+    assert_eq!(changes(&got), [change("insert", first, "first")]);
+    server.stop().await;
+    db.exec(&format!("DELETE FROM {} WHERE id = {first}", orders.t))
+        .await;
+    let server = Rowcast::on(&db)
+        .feed("orders", &orders.t, changes_feed)
+        .start()
+        .await;
+    let mut client =
+        Client::connect(&format!("{}/events/orders", server.url), Some(&got[0].id)).await;
+    let mut seen = Vec::new();
+    while let Some(event) = client.next(Duration::from_millis(1000)).await {
+        if !event.data.is_empty() {
+            seen.extend(changes(&[event]));
+        }
+    }
+    assert!(seen.contains(&change("delete", first, "first")), "{seen:?}");
+    assert!(
+        !seen.iter().any(|c| c.1 == first && c.0 != "delete"),
+        "{seen:?}"
+    );
+    server.stop().await;
+}
+
+async fn a_client_from_before_the_retention_starts_over(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let orders = Orders::create(&db, "orders").await;
+    install_deletes(&db, &orders.t).await;
+    let config = Rowcast::on(&db).feed("orders", &orders.t, |f| {
+        changes_feed(f).set("delete_retention", "1s")
+    });
+    let server = config.start().await;
+    let mut client = Client::connect(&format!("{}/events/orders", server.url), None).await;
+    let a = orders.insert(1, "new").await;
+    let got = client.take(1).await;
+    let b = orders.insert(2, "new").await;
+    client.take(1).await;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Tombstones from then may be gone: the client is told to start over,
+    // then gets every live row, then live changes.
+    let server = config.start().await;
+    let url = format!("{}/events/orders", server.url);
+    let mut client = Client::connect(&url, Some(&got[0].id)).await;
+    let events = client.take(3).await;
+    assert_eq!(events[0].json(), json!({"op": "reset"}));
+    assert_eq!(
+        changes(&events[1..]),
+        [change("insert", a, "new"), change("insert", b, "new")]
+    );
+    // Whatever its filter.
+    let mut room = Client::connect(&format!("{url}?room_id=2"), Some(&got[0].id)).await;
+    let events = room.take(2).await;
+    assert_eq!(events[0].json(), json!({"op": "reset"}));
+    assert_eq!(changes(&events[1..]), [change("insert", b, "new")]);
+    orders.update(a, "paid").await;
+    assert_eq!(
+        changes(&client.take(1).await),
+        [change("update", a, "paid")]
+    );
     server.stop().await;
 }

@@ -23,6 +23,7 @@ mod common;
 mod apps;
 mod auth;
 mod changes;
+mod changes_torture;
 mod cli;
 mod clients;
 mod cursors;
