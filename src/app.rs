@@ -168,7 +168,10 @@ async fn prepare_changes(
     query: &FeedQuery,
     health: &Health,
 ) -> Result<ChangesSetup, Error> {
-    let (changes, deletes) = source.plan_changes(feed, query).await?;
+    let (changes, deletes, zone_warning) = source.plan_changes(feed, query).await?;
+    if let Some(warning) = zone_warning {
+        tracing::warn!("{warning}");
+    }
     let bad = |source| source::Error::BadQuery {
         feed: feed.name.clone(),
         source,

@@ -148,7 +148,7 @@ impl Db {
     }
 
     /// Rows the database has read from `table` so far (Postgres), or from
-    /// every InnoDB table (MySQL/MariaDB, which counts no more finely).
+    /// every table (MySQL/MariaDB, which counts no more finely).
     pub async fn rows_read(&self, table: &str) -> anyhow::Result<i64> {
         Ok(match self {
             Db::Postgres(pool) => sqlx::query_scalar(
@@ -158,14 +158,13 @@ impl Db {
             .bind(table)
             .fetch_one(pool)
             .await?,
-            Db::Mysql(pool) => {
-                let text: String = sqlx::query_scalar(
-                    "SELECT CAST(VARIABLE_VALUE AS CHAR) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_ROWS_READ'",
-                )
-                .fetch_one(pool)
-                .await?;
-                text.trim().parse()?
-            }
+            // Every row a storage engine handed out, for any table.
+            Db::Mysql(pool) => sqlx::query_scalar(
+                "SELECT CAST(SUM(VARIABLE_VALUE) AS SIGNED) FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME LIKE 'HANDLER\\_READ\\_%'",
+            )
+            .fetch_one(pool)
+            .await?,
         })
     }
 

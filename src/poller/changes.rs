@@ -199,7 +199,6 @@ impl ChangesPoller {
         let sample = sample?;
         self.warn_old(&sample);
         let since = self.previous.min(sample.horizon_ms) - millis(tuning.clock_skew);
-        self.previous = sample.horizon_ms;
 
         let tombstones = read_all_tombstones(
             &self.source,
@@ -217,6 +216,9 @@ impl ChangesPoller {
             &self.health,
         )
         .await?;
+        // Only a horizon sampled before a read that succeeded bounds the
+        // stamps of what commits after it.
+        self.previous = sample.horizon_ms;
         counters
             .window_rows
             .store(rows.len() as u64, Ordering::Relaxed);

@@ -93,7 +93,7 @@ impl Source {
         &self,
         feed: &FeedConfig,
         query: &FeedQuery,
-    ) -> Result<(ChangesQuery, bool), Error> {
+    ) -> Result<(ChangesQuery, bool, Option<String>), Error> {
         let read_columns: Vec<String> = self
             .describe(feed, &format!("SELECT * FROM {} WHERE 1 = 0", query.from))
             .await?;
@@ -107,7 +107,48 @@ impl Source {
         };
         let mut changes = ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes);
         changes.indexed = indexed;
-        Ok((changes, deletes))
+        let zone_warning = self
+            .zone_warning(feed, &changes.updated_column, &stamp_type)
+            .await?;
+        Ok((changes, deletes, zone_warning))
+    }
+
+    /// A warning when a stamp column without a time zone is compared in
+    /// another zone than the one sessions start in: `NOW()` written there
+    /// would look hours off.
+    async fn zone_warning(
+        &self,
+        feed: &FeedConfig,
+        column: &str,
+        stamp_type: &str,
+    ) -> Result<Option<String>, Error> {
+        let (ours, theirs): (String, String) = match (self, stamp_type) {
+            (Source::Postgres(pool), "timestamp") => sqlx::query_as(
+                "SELECT current_setting('TimeZone'), reset_val FROM pg_settings WHERE name = 'TimeZone'",
+            )
+            .fetch_one(pool)
+            .await?,
+            (Source::MySql(pool), "DATETIME(6)") => {
+                // NULL when the server has no time zone tables to tell.
+                let (ours, theirs, offset): (String, String, Option<i64>) = sqlx::query_as(
+                    "SELECT CAST(@@session.time_zone AS CHAR), CAST(@@global.time_zone AS CHAR), \
+                     TIMESTAMPDIFF(SECOND, NOW(), CONVERT_TZ(NOW(), @@session.time_zone, @@global.time_zone))",
+                )
+                .fetch_one(pool)
+                .await?;
+                if offset.unwrap_or(0) == 0 {
+                    return Ok(None);
+                }
+                (ours, theirs)
+            }
+            _ => return Ok(None),
+        };
+        Ok((ours != theirs).then(|| format!(
+            "feed `{}`: `{column}` holds no time zone and rowcast compares it in {ours}, while sessions start in {theirs}: \
+             stamps that an application writes with NOW() in {theirs} look shifted by the difference (missed, or re-read for hours); \
+             store them in {ours}, or use a column type with a zone (timestamptz, TIMESTAMP)",
+            feed.name
+        )))
     }
 
     /// Whether an index of the feed's table starts with `column`: without

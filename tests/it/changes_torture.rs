@@ -18,6 +18,8 @@ use tokio::sync::watch;
 
 const WRITERS: usize = 16;
 const RUN: Duration = Duration::from_secs(20);
+/// Where a statement's stamp goes, filled in just before it runs.
+const STAMP: &str = "{STAMP}";
 
 /// Each live row's version.
 type View = BTreeMap<i64, i64>;
@@ -77,32 +79,28 @@ async fn write(
         };
         let statements: Vec<String> = match (roll, target) {
             (0..30, _) | (_, None) => vec![format!(
-                "INSERT INTO {t} (writer, updated_at) VALUES ({writer}, {})",
-                stamp(kind, app_clock)
+                "INSERT INTO {t} (writer, updated_at) VALUES ({writer}, {STAMP})"
             )],
             (30..55, Some(id)) => {
                 // A burst of updates of one row within a second.
                 (0..rng.gen_range(3..6))
                     .map(|_| {
-                        format!(
-                            "UPDATE {t} SET version = version + 1, updated_at = {} WHERE id = {id}",
-                            stamp(kind, app_clock)
-                        )
+                        format!("UPDATE {t} SET version = version + 1, updated_at = {STAMP} WHERE id = {id}")
                     })
                     .collect()
             }
             (55..85, Some(id)) => vec![format!(
-                "UPDATE {t} SET version = version + 1, updated_at = {} WHERE id = {id}",
-                stamp(kind, app_clock)
+                "UPDATE {t} SET version = version + 1, updated_at = {STAMP} WHERE id = {id}"
             )],
             (85..93, Some(id)) => vec![format!(
-                "UPDATE {t} SET version = version + 1, deleted_at = {s}, updated_at = {s} WHERE id = {id}",
-                s = stamp(kind, app_clock)
+                "UPDATE {t} SET version = version + 1, deleted_at = {STAMP}, updated_at = {STAMP} WHERE id = {id}"
             )],
             (_, Some(id)) => vec![format!("DELETE FROM {t} WHERE id = {id}")],
         };
         let burst = statements.len() > 1;
         for sql in statements {
+            // Stamped as an application does: just before its transaction.
+            let sql = sql.replace(STAMP, &stamp(kind, app_clock));
             let mut tx = pool.begin().await.unwrap();
             let inserted = match (sql.starts_with("INSERT"), kind) {
                 (false, _) => {

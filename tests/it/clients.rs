@@ -54,6 +54,115 @@ client_tests! {
     httpx_sse_behind_nginx_postgres: HttpxSse, Postgres, Nginx;
 }
 
+/// Changes feeds through the strictest clients: `{"op":…,"row":…}`
+/// envelopes, opaque ids, a snapshot with `?after=0`, and a resume after a
+/// restart that ends with the client's view equal to the table.
+macro_rules! changes_client_tests {
+    ($($name:ident: $client:ident, $kind:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            follow_changes_across_a_restart(Client::$client, Kind::$kind).await
+        }
+    )*};
+}
+
+changes_client_tests! {
+    node_eventsource_changes_postgres: NodeEventSource, Postgres;
+    chromium_eventsource_changes_mysql: Chromium, MySql;
+    httpx_sse_changes_sqlite: HttpxSse, Sqlite;
+}
+
+async fn follow_changes_across_a_restart(client: Client, kind: Kind) {
+    use crate::changes::{install_deletes, Orders};
+    client.require();
+    let db = TestDb::new(kind).await;
+    let orders = Orders::create(&db, "orders").await;
+    install_deletes(&db, &orders.t).await;
+    let a = orders.insert(1, "new").await;
+    let b = orders.insert(1, "new").await;
+    let rowcast = Rowcast::on(&db)
+        .set("retry", "200ms")
+        .feed("orders", &orders.t, |f| f.set("mode", "changes"));
+    let mut server = rowcast.start().await;
+    let mut client = Driver::start(
+        client,
+        &server.url,
+        "/healthz",
+        &[Stream::new("orders", "/events/orders?after=0")],
+    );
+    let ops = |c: &Driver| -> Vec<(String, i64, String)> {
+        c.events("orders")
+            .iter()
+            .map(|e| {
+                let v = e.json();
+                let status = v["row"]["status"].as_str().unwrap_or_default().to_owned();
+                (
+                    v["op"].as_str().unwrap_or_default().to_owned(),
+                    v["row"]["id"].as_i64().unwrap_or(0),
+                    status,
+                )
+            })
+            .collect()
+    };
+    client
+        .wait_for("the snapshot", |c| c.events("orders").len() >= 2)
+        .await;
+    orders.update(a, "paid").await;
+    client
+        .wait_for("an update", |c| c.events("orders").len() >= 3)
+        .await;
+    let address = server.address;
+    server.stop().await;
+    // While rowcast is down: a change, a soft delete, a hard delete.
+    orders.update(a, "shipped").await;
+    let fresh = orders.insert(2, "new").await;
+    db.exec(&format!("DELETE FROM {} WHERE id = {b}", orders.t))
+        .await;
+    server = rowcast.start_at(address).await;
+    client
+        .wait_for("the changes made while down", |c| {
+            let seen = ops(c);
+            seen.contains(&("update".into(), a, "shipped".into()))
+                && seen.iter().any(|(op, id, _)| op == "delete" && *id == b)
+                && seen.iter().any(|(_, id, _)| *id == fresh)
+        })
+        .await;
+    client.settle(Duration::from_millis(500)).await;
+    let seen = ops(&client);
+    let own = |s: &str| s.to_owned();
+    assert_eq!(
+        seen[..3],
+        [
+            (own("insert"), a, own("new")),
+            (own("insert"), b, own("new")),
+            (own("update"), a, own("paid"))
+        ],
+        "{seen:?}"
+    );
+    // Applied in order, the events leave exactly the table's rows.
+    let mut view = std::collections::BTreeMap::new();
+    for (op, id, status) in &seen {
+        match op.as_str() {
+            "delete" => view.remove(id),
+            _ => view.insert(*id, status.clone()),
+        };
+    }
+    let expected: std::collections::BTreeMap<i64, String> =
+        [(a, own("shipped")), (fresh, own("new"))]
+            .into_iter()
+            .collect();
+    if view != expected {
+        client.fail(&format!("the view {view:?} is not the table {expected:?}"));
+    }
+    // Every event has an opaque id of rowcast's, and the reconnect sent it.
+    let events = client.events("orders");
+    if events.iter().any(|e| e.id.split('.').count() != 3) {
+        client.fail("every event has a changes id");
+    }
+    drop(client);
+    server.stop().await;
+}
+
 /// README quotes the nginx files and the Python loop the tests run, so
 /// they cannot drift apart.
 #[test]
