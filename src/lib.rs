@@ -15,7 +15,9 @@
 //!   reads rows after a cursor, rendered as JSON by the database. Knows no
 //!   clients.
 //! - [`poller`]: one task per feed; one query per poll, whatever the number
-//!   of clients; owns its gaps, its health and its doorbell. `gap` judges
+//!   of clients; owns its gaps, its health and its doorbell. A changes feed's
+//!   poller re-reads the rows stamped since the writer horizon
+//!   (`source::horizon`) and sends those whose state changed. `gap` judges
 //!   which ids it may publish when they commit out of order; `doorbell`
 //!   rings its bell on a Postgres NOTIFY.
 //! - [`feed`]: per feed, frames each row once, keeps a replay ring and the

@@ -2,6 +2,9 @@
 //! publishes them on the feed. A poller owns what only it knows — the gaps
 //! it holds rows behind, its doorbell, whether the database answers, its
 //! counters — and shows them to the rest as a read-only [`Health`].
+//! An append feed's poller is here; a changes feed's, which re-reads a
+//! window of recently stamped rows instead of following an id, is in
+//! `changes`; `reader` reads for clients behind the replay ring.
 //!
 //! One query per poll, whatever the number of clients. While rows flow the
 //! poller reads again at once (a full batch) or after the shortest interval;
@@ -12,16 +15,17 @@
 //! loses them, and never stops the process.
 
 mod changes;
+mod reader;
 
 pub use changes::{starting_head as changes_head, ChangesSetup, Primed};
+pub use reader::TableReader;
 
 use crate::config::{FeedConfig, GapHandling};
 use crate::cursor::Cursor;
 use crate::doorbell::Bell;
-use crate::feed::{CatchUpRows, Feed, Reader};
+use crate::feed::Feed;
 use crate::gap::{GapPolicy, Gaps, PassedOver, Probe};
-use crate::source::{self, ChangesQuery, FeedQuery, GapSetup, Row, Source};
-use futures::future::BoxFuture;
+use crate::source::{self, FeedQuery, GapSetup, Row, Source};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,17 +171,6 @@ pub enum Setup {
     Changes(Box<ChangesSetup>),
 }
 
-/// A feed's catch-up reads from its table, counted with the poller's.
-pub struct TableReader {
-    pub source: Source,
-    pub query: FeedQuery,
-    /// A changes feed's SQL.
-    pub changes: Option<ChangesQuery>,
-    /// The feed's settings.
-    pub tuning: crate::config::Tuned,
-    pub health: Arc<Health>,
-}
-
 impl Setup {
     /// What the database tells about gaps in an append feed's ids.
     pub fn gaps(&self) -> Option<&GapSetup> {
@@ -185,46 +178,6 @@ impl Setup {
             Setup::Append(gaps) => Some(gaps),
             Setup::Changes(_) => None,
         }
-    }
-}
-
-impl Reader for TableReader {
-    fn read(
-        &self,
-        after: Cursor,
-        upto: Cursor,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
-        Box::pin(async move {
-            let rows = self.source.read(&self.query, after, upto, limit).await;
-            let counters = &self.health.counters;
-            counters.query(&rows);
-            counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
-            rows
-        })
-    }
-
-    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
-        Box::pin(async move {
-            let Some(changes) = &self.changes else {
-                return Ok(CatchUpRows::default());
-            };
-            let before = self.health.counters.queries.load(Ordering::Relaxed);
-            let rows = changes::catch_up(
-                &self.source,
-                &self.query,
-                changes,
-                since_ms,
-                self.tuning.delete_retention,
-                self.tuning.batch_size,
-                &self.health,
-            )
-            .await;
-            let counters = &self.health.counters;
-            let read = counters.queries.load(Ordering::Relaxed) - before;
-            counters.catch_up_queries.fetch_add(read, Ordering::Relaxed);
-            rows
-        })
     }
 }
 

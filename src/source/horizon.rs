@@ -222,6 +222,10 @@ async fn mysql_now(pool: &sqlx::MySqlPool) -> Result<i64, Error> {
     )
 }
 
+/// `INNODB_TRX` as one query lists it: the server's clock, then each
+/// transaction's thread and start (none: one row of NULLs).
+type Listing = Vec<(i64, Option<u64>, Option<i64>)>;
+
 impl Canary {
     async fn sample(&mut self, age_ms: i64) -> Result<Sample, Error> {
         if let (Some(last), Some(read)) = (self.last, self.last_read) {
@@ -244,13 +248,22 @@ impl Canary {
             unreachable!("opened above")
         };
         let thread = *thread;
-        let rows: Vec<(i64, Option<u64>, Option<i64>)> = sqlx::query_as(
+        let rows: Result<Listing, sqlx::Error> = sqlx::query_as(
             "SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED), t.trx_mysql_thread_id, \
              CAST(UNIX_TIMESTAMP(t.trx_started) * 1000 AS SIGNED) \
              FROM (SELECT 1) AS one LEFT JOIN information_schema.INNODB_TRX AS t ON 1 = 1",
         )
         .fetch_all(&mut *conn)
-        .await?;
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => {
+                // A broken connection is not reused: the next sample opens
+                // a new canary.
+                self.open = None;
+                return Err(err.into());
+            }
+        };
         self.last_read = Some(Instant::now());
         let now_ms = rows.first().map_or(0, |r| r.0);
         let dated = rows.iter().any(|r| r.1 == Some(thread));

@@ -1,0 +1,61 @@
+//! A feed's catch-up reads from its table, for clients behind the replay
+//! ring, counted with the poller's queries.
+
+use super::{changes, Health};
+use crate::cursor::Cursor;
+use crate::feed::{CatchUpRows, Reader};
+use crate::source::{self, ChangesQuery, FeedQuery, Row, Source};
+use futures::future::BoxFuture;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A feed's catch-up reads from its table, counted with the poller's.
+pub struct TableReader {
+    pub source: Source,
+    pub query: FeedQuery,
+    /// A changes feed's SQL.
+    pub changes: Option<ChangesQuery>,
+    /// The feed's settings.
+    pub tuning: crate::config::Tuned,
+    pub health: Arc<Health>,
+}
+
+impl Reader for TableReader {
+    fn read(
+        &self,
+        after: Cursor,
+        upto: Cursor,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
+        Box::pin(async move {
+            let rows = self.source.read(&self.query, after, upto, limit).await;
+            let counters = &self.health.counters;
+            counters.query(&rows);
+            counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
+            rows
+        })
+    }
+
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
+        Box::pin(async move {
+            let Some(changes) = &self.changes else {
+                return Ok(CatchUpRows::default());
+            };
+            let before = self.health.counters.queries.load(Ordering::Relaxed);
+            let rows = changes::catch_up(
+                &self.source,
+                &self.query,
+                changes,
+                since_ms,
+                self.tuning.delete_retention,
+                self.tuning.batch_size,
+                &self.health,
+            )
+            .await;
+            let counters = &self.health.counters;
+            let read = counters.queries.load(Ordering::Relaxed) - before;
+            counters.catch_up_queries.fetch_add(read, Ordering::Relaxed);
+            rows
+        })
+    }
+}
