@@ -9,7 +9,7 @@ use crate::fanout::Fanout;
 use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
 use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
-use crate::source::horizon::Horizon;
+use crate::source::horizon::{self, Horizon};
 use crate::source::{self, FeedQuery, Source};
 use std::future::Future;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     for (feed, query) in changes {
         let health = Arc::new(Health::default());
         let setup = prepare_changes(&source, feed, &query, &health).await?;
-        let head = poller::changes_head(&setup.first, feed.tuning.clock_skew);
+        let head = poller::changes_head(&setup.first, setup.query.skew(feed.tuning.clock_skew));
         started.push((feed, query, Setup::Changes(Box::new(setup)), head, health));
     }
     // In configuration order, whatever the mode.
@@ -206,13 +206,23 @@ async fn prepare_changes(
     } else {
         tracing::info!(feed = %feed.name, "changes feed: no rowcast_deletes table, so hard deletes are not seen (install it with `rowcast sql deletes --table … --apply`)");
     }
-    let method = Horizon::choose(source, &feed.name).await?;
+    let method = match changes.xmin {
+        true => {
+            tracing::info!(feed = %feed.name, "changes feed in xmin mode: rows are found by the transaction that last wrote them; every poll scans the table (small tables only)");
+            horizon::Method {
+                horizon: Horizon::PgXmin,
+                warning: None,
+            }
+        }
+        false => Horizon::choose(source, &feed.name).await?,
+    };
     if let Some(warning) = &method.warning {
         tracing::warn!("{warning}");
     }
     let mut horizon = method.horizon;
     let first = horizon.sample(source, feed.tuning.max_txn_age).await?;
-    let since = first.horizon_ms - i64::try_from(feed.tuning.clock_skew.as_millis()).unwrap_or(0);
+    let skew = changes.skew(feed.tuning.clock_skew);
+    let since = first.horizon_ms - i64::try_from(skew.as_millis()).unwrap_or(0);
     let primed = Primed::read(source, &changes, since, feed.tuning.batch_size, health).await?;
     tracing::info!(feed = %feed.name, column = %changes.updated_column, "changes feed: following inserts, updates and deletes by this column");
     Ok(ChangesSetup {

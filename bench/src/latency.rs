@@ -32,7 +32,8 @@
 //! them one by one instead, each UPDATE stamping `sent_at_us` and
 //! `updated_at`. The indented line then also gives the database's cost per
 //! poll: rowcast's polls per second and the rows the database read per poll
-//! (Postgres counts the table's own; MySQL/MariaDB only all InnoDB reads).
+//! (Postgres counts the table's own; MySQL/MariaDB only every table's).
+//! `--xmin` (Postgres) runs the feed in xmin mode instead of `updated_at`.
 //!
 //! Targets: with NOTIFY, p99 under 10 ms at 1000 clients; polling only, p99
 //! under the shortest poll interval + 10 ms while rows flow. Since an idle
@@ -95,6 +96,10 @@ pub struct LatencyArgs {
     /// Changes feeds: whether the table has the index on `(updated_at, id)`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     index: bool,
+    /// Changes feeds on Postgres: find changes by `xmin` (every poll scans
+    /// the table) instead of `updated_at`.
+    #[arg(long)]
+    xmin: bool,
     /// How long rows go in, at the same rate, before the measured ones; they
     /// are not measured [default: max-poll-interval + 2 × poll-interval].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -223,6 +228,9 @@ async fn measure_table(
     ];
     if args.feed_mode == FeedMode::Changes {
         serve.push("--mode=changes".to_owned());
+        if args.xmin {
+            serve.push("--updated-column=xmin".to_owned());
+        }
     }
     let (target_ms, slowest_poll) = match mode {
         Mode::Notify => {

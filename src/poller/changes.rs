@@ -198,7 +198,8 @@ impl ChangesPoller {
         counters.query(&sample);
         let sample = sample?;
         self.warn_old(&sample);
-        let since = self.previous.min(sample.horizon_ms) - millis(tuning.clock_skew);
+        let since =
+            self.previous.min(sample.horizon_ms) - millis(self.query.skew(tuning.clock_skew));
 
         let tombstones = read_all_tombstones(
             &self.source,
@@ -394,7 +395,9 @@ pub(super) async fn catch_up(
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, millis);
-    let reset = since != 0 && query.reads_tombstones() && since < now - millis(retention);
+    // Xmin mode's cursors hold transaction ids, which say nothing of time.
+    let reset =
+        since != 0 && !query.xmin && query.reads_tombstones() && since < now - millis(retention);
     let mut rows = Vec::new();
     if since == 0 || reset {
         let mut after = i128::MIN;

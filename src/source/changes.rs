@@ -11,6 +11,10 @@ use super::query::{qualified, Dialect, FeedQuery};
 use super::{Error, Source, DELETES_TABLE};
 use crate::config::FeedConfig;
 
+/// The `updated_column` that asks for xmin mode (Postgres): rows are found
+/// by the transaction that last wrote them, with no column of their own.
+pub const XMIN: &str = "xmin";
+
 /// A changes feed's checked columns and SQL.
 #[derive(Clone, Debug)]
 pub struct ChangesQuery {
@@ -20,6 +24,9 @@ pub struct ChangesQuery {
     pub deleted_column: Option<String>,
     /// How the database spells SQL.
     dialect: Dialect,
+    /// Xmin mode (Postgres): the window starts at a transaction id, not a
+    /// time, and every poll scans the table.
+    pub xmin: bool,
     /// Whether an index of the base table starts with the updated column
     /// (`None` when the catalog cannot tell, as through a `select`).
     pub indexed: Option<bool>,
@@ -53,6 +60,7 @@ pub struct Change {
 
 /// Which of a table's columns are a changes feed's.
 fn pick_columns(
+    d: Dialect,
     feed: &FeedConfig,
     query: &FeedQuery,
     read_columns: &[String],
@@ -61,8 +69,15 @@ fn pick_columns(
         .updated_column
         .clone()
         .unwrap_or_else(|| "updated_at".to_owned());
-    if !read_columns.contains(&updated) {
+    let xmin = updated == XMIN && d == Dialect::Postgres;
+    if xmin && feed.read_from.is_some() {
+        return Err(Error::XminNeedsTable {
+            feed: feed.name.clone(),
+        });
+    }
+    if !xmin && !read_columns.contains(&updated) {
         return Err(Error::NoUpdatedColumn {
+            postgres: d == Dialect::Postgres,
             feed: feed.name.clone(),
             column: updated,
             configured: feed.updated_column.is_some(),
@@ -97,15 +112,22 @@ impl Source {
         let read_columns: Vec<String> = self
             .describe(feed, &format!("SELECT * FROM {} WHERE 1 = 0", query.from))
             .await?;
-        let (updated, deleted) = pick_columns(feed, query, &read_columns)?;
         let d = self.dialect();
-        let stamp_type = self.stamp_type(feed, query, &updated).await?;
-        let deletes = self.has_deletes_table(feed).await;
-        let indexed = match &feed.read_from {
-            None => Some(self.stamp_indexed(feed, query, &updated).await?),
-            Some(_) => None,
+        let (updated, deleted) = pick_columns(d, feed, query, &read_columns)?;
+        let xmin = updated == XMIN && d == Dialect::Postgres;
+        let stamp_type = match xmin {
+            true => String::new(),
+            false => self.stamp_type(feed, query, &updated).await?,
         };
-        let mut changes = ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes);
+        let deletes = self.has_deletes_table(feed).await;
+        let indexed = match (&feed.read_from, xmin) {
+            (None, false) => Some(self.stamp_indexed(feed, query, &updated).await?),
+            _ => None,
+        };
+        let mut changes = match xmin {
+            true => ChangesQuery::xmin(feed, query, deleted, deletes),
+            false => ChangesQuery::new(d, feed, query, updated, deleted, &stamp_type, deletes),
+        };
         changes.indexed = indexed;
         let zone_warning = self
             .zone_warning(feed, &changes.updated_column, &stamp_type)
@@ -262,6 +284,15 @@ impl Source {
         limit: u32,
     ) -> Result<Vec<Change>, Error> {
         let limit = i64::from(limit);
+        if query.xmin {
+            // Pages by id; the window is the transaction id `since_ms`.
+            let after = match after {
+                Some((_, id)) => i64::try_from(id).map_err(|_| Error::BadId(id.to_string()))?,
+                None => i64::MIN,
+            };
+            let raw = read_changes!(self, &query.window_sql, since_ms.to_string(), after, limit);
+            return raw.into_iter().map(RawChange::parse).collect();
+        }
         let raw = match after {
             None => read_changes!(self, &query.window_sql, since_ms, limit),
             Some((stamp, id)) => {
@@ -296,7 +327,10 @@ impl Source {
         let Some(sql) = &query.tombstones_sql else {
             return Ok(Vec::new());
         };
-        let raw = read_changes!(self, sql, since_ms, after, i64::from(limit));
+        let raw = match query.xmin {
+            true => read_changes!(self, sql, since_ms.to_string(), after, i64::from(limit)),
+            false => read_changes!(self, sql, since_ms, after, i64::from(limit)),
+        };
         raw.into_iter().map(RawChange::parse).collect()
     }
 }
@@ -318,6 +352,14 @@ impl ChangesQuery {
         )
     }
 
+    /// How far a stamp may precede its transaction: none for transaction ids.
+    pub fn skew(&self, configured: std::time::Duration) -> std::time::Duration {
+        match self.xmin {
+            true => std::time::Duration::ZERO,
+            false => configured,
+        }
+    }
+
     /// What each poll runs first: rows stamped since the window start.
     pub fn window_sql(&self) -> &str {
         &self.window_sql
@@ -326,6 +368,47 @@ impl ChangesQuery {
     /// Whether hard deletes are read from `rowcast_deletes`.
     pub fn reads_tombstones(&self) -> bool {
         self.tombstones_sql.is_some()
+    }
+
+    /// Xmin mode: rows whose last writer is not older than the oldest
+    /// transaction that was open at the previous read (`$1`, an `xid8` as
+    /// text), paged by id. `age()` compares the 32-bit `xmin` of a row with
+    /// it across wraparound; frozen rows are as old as can be.
+    fn xmin(
+        feed: &FeedConfig,
+        query: &FeedQuery,
+        deleted: Option<String>,
+        deletes: bool,
+    ) -> ChangesQuery {
+        let d = Dialect::Postgres;
+        let id = format!("t.{}", d.quote(&query.id_column));
+        let written_since = |n: usize| format!("age(t.xmin) <= age((${n}::text)::xid8::xid)");
+        let is_deleted = match &deleted {
+            Some(column) => format!(
+                "(CASE WHEN t.{} IS NULL THEN 0 ELSE 1 END)::text",
+                d.quote(column)
+            ),
+            None => "'0'".to_owned(),
+        };
+        let select = format!("{}, (t.xmin)::text, {is_deleted}", query.select);
+        let window_sql = format!(
+            "SELECT {select} FROM {} WHERE {} AND {id} > $2 ORDER BY {id} LIMIT $3",
+            query.from,
+            written_since(1)
+        );
+        let stamped = ChangesQuery::new(d, feed, query, XMIN.to_owned(), deleted, "", deletes);
+        ChangesQuery {
+            xmin: true,
+            window_next_sql: window_sql.clone(),
+            tombstones_sql: stamped.tombstones_sql.as_ref().map(|sql| {
+                sql.replace(
+                    "t.deleted_at >= to_timestamp($1::int8 / 1000.0)",
+                    &written_since(1),
+                )
+            }),
+            window_sql,
+            ..stamped
+        }
     }
 
     fn new(
@@ -415,6 +498,7 @@ impl ChangesQuery {
         });
         ChangesQuery {
             dialect: d,
+            xmin: false,
             indexed: None,
             updated_column: updated,
             deleted_column: deleted,

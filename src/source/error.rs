@@ -50,8 +50,10 @@ pub enum Error {
     BadQuery { feed: String, source: sqlx::Error },
     #[error("feed `{feed}`: `notify` is on but `{table}` has no rowcast_notify trigger (Postgres only); install it with `rowcast sql notify --table … --apply`, or set `notify = false`")]
     NoTrigger { feed: String, table: String },
-    #[error("feed `{feed}`: a `changes` feed needs a column stamped on every insert and update: {}; columns of `{table}`: {}", if *.configured { format!("`updated_column` = `{column}` is not one of them") } else { format!("`{column}` (the default of `updated_column`) is not one of them; name the table's column with `updated_column`") }, list(.available))]
+    #[error("feed `{feed}`: a `changes` feed needs a column stamped on every insert and update: {}; columns of `{table}`: {}{}", if *.configured { format!("`updated_column` = `{column}` is not one of them") } else { format!("`{column}` (the default of `updated_column`) is not one of them; name the table's column with `updated_column`") }, list(.available), if *.postgres { "; without one, `updated_column = \"xmin\"` finds changes by transaction id (a scan per poll: small tables only)" } else { "" })]
     NoUpdatedColumn {
+        /// Whether xmin mode is there to offer.
+        postgres: bool,
         feed: String,
         column: String,
         /// Whether the column was named by `updated_column`.
@@ -59,6 +61,8 @@ pub enum Error {
         table: String,
         available: Vec<String>,
     },
+    #[error("feed `{feed}`: `updated_column = \"xmin\"` reads the base table's own transaction ids: it cannot go with `from` or `select`")]
+    XminNeedsTable { feed: String },
     #[error("feed `{feed}`: `updated_column`: `{column}` is of type {found}, not a timestamp, datetime or date")]
     UpdatedNotATime {
         feed: String,

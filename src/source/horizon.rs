@@ -30,7 +30,8 @@ const MYSQL_MIN_INTERVAL: Duration = Duration::from_millis(150);
 /// One look at the open transactions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sample {
-    /// The earliest stamp an open transaction may have taken.
+    /// The earliest stamp an open transaction may have taken (xmin mode:
+    /// the oldest transaction id still open).
     pub horizon_ms: i64,
     /// The database's clock when it was sampled.
     pub now_ms: i64,
@@ -55,6 +56,9 @@ pub enum Horizon {
     MySqlBlind,
     /// SQLite.
     Sqlite,
+    /// Postgres xmin mode: the oldest transaction id still open
+    /// (`pg_snapshot_xmin`), not a time.
+    PgXmin,
 }
 
 /// rowcast's own open transaction, whose presence in `INNODB_TRX` dates
@@ -189,6 +193,18 @@ impl Horizon {
                     horizon_ms,
                     now_ms,
                     too_old,
+                })
+            }
+            (Horizon::PgXmin, Source::Postgres(pool)) => {
+                let xmin: i64 = sqlx::query_scalar(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(Sample {
+                    horizon_ms: xmin,
+                    now_ms: xmin,
+                    too_old: 0,
                 })
             }
             (Horizon::MySql(canary), Source::MySql(_)) => canary.sample(age_ms).await,

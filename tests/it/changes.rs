@@ -137,6 +137,17 @@ pub fn changes(events: &[Ev]) -> Vec<(String, i64, String)> {
         .collect()
 }
 
+/// What a client gets until it has been quiet for `quiet`, as [`changes`].
+async fn changes_until_quiet(client: &mut Client, quiet: Duration) -> Vec<(String, i64, String)> {
+    let mut seen = Vec::new();
+    while let Some(event) = client.next(quiet).await {
+        if !event.data.is_empty() {
+            seen.extend(changes(&[event]));
+        }
+    }
+    seen
+}
+
 fn change(op: &str, id: i64, status: &str) -> (String, i64, String) {
     (op.to_owned(), id, status.to_owned())
 }
@@ -319,12 +330,7 @@ async fn a_restart_resends_current_state_never_an_older_one(kind: Kind) {
     // Another run: the table is read from the last event's window start.
     // Rows may come again, but only as they are now.
     let mut client = Client::connect(&url, Some(&got[1].id)).await;
-    let mut seen = Vec::new();
-    while let Some(event) = client.next(Duration::from_millis(1500)).await {
-        if !event.data.is_empty() {
-            seen.extend(changes(&[event]));
-        }
-    }
+    let seen = changes_until_quiet(&mut client, Duration::from_millis(1500)).await;
     assert!(seen.contains(&change("update", a, "paid")), "{seen:?}");
     for (op, id, status) in &seen {
         let now = if *id == a { "paid" } else { "new" };
@@ -431,6 +437,11 @@ async fn a_changes_feed_needs_a_stamped_column(kind: Kind) {
         error.contains("feed `messages`: a `changes` feed needs a column stamped on every insert and update: `updated_at` (the default of `updated_column`) is not one of them; name the table's column with `updated_column`; columns of"),
         "{error}"
     );
+    assert_eq!(
+        error.contains("without one, `updated_column = \"xmin\"` finds changes by transaction id (a scan per poll: small tables only)"),
+        kind == Kind::Postgres,
+        "{error}"
+    );
     // SQLite stores stamps as text: any column will do there.
     if kind != Kind::Sqlite {
         let error = Rowcast::on(&db)
@@ -515,12 +526,7 @@ async fn hard_deletes_arrive_with_the_rows_last_state(kind: Kind) {
         .await;
     let mut client =
         Client::connect(&format!("{}/events/orders", server.url), Some(&got[0].id)).await;
-    let mut seen = Vec::new();
-    while let Some(event) = client.next(Duration::from_millis(1000)).await {
-        if !event.data.is_empty() {
-            seen.extend(changes(&[event]));
-        }
-    }
+    let seen = changes_until_quiet(&mut client, Duration::from_millis(1000)).await;
     assert!(seen.contains(&change("delete", first, "first")), "{seen:?}");
     assert!(
         !seen.iter().any(|c| c.1 == first && c.0 != "delete"),
@@ -564,6 +570,69 @@ async fn a_client_from_before_the_retention_starts_over(kind: Kind) {
     assert_eq!(
         changes(&client.take(1).await),
         [change("update", a, "paid")]
+    );
+    server.stop().await;
+}
+
+/// Postgres xmin mode: a table with no stamp column at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_xmin_mode_follows_a_table_without_a_stamp() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.table("plain");
+    db.exec(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, room_id bigint NOT NULL, status text NOT NULL, deleted_at timestamptz)"
+    ))
+    .await;
+    install_deletes(&db, &t).await;
+    let insert = |status: &'static str| {
+        let (pool, t) = (db.pool.clone(), t.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!(
+                "INSERT INTO {t} (room_id, status) VALUES (1, '{status}') RETURNING id"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let a = insert("new").await;
+    let config = Rowcast::on(&db).feed("plain", &t, |f| {
+        f.set("mode", "changes").set("updated_column", "xmin")
+    });
+    let server = config.start().await;
+    let url = format!("{}/events/plain", server.url);
+    let mut client = Client::connect(&format!("{url}?after=0"), None).await;
+    assert_eq!(changes(&client.take(1).await), [change("insert", a, "new")]);
+    db.exec(&format!("UPDATE {t} SET status = 'paid' WHERE id = {a}"))
+        .await;
+    assert_eq!(
+        changes(&client.take(1).await),
+        [change("update", a, "paid")]
+    );
+    let b = insert("new").await;
+    assert_eq!(changes(&client.take(1).await), [change("insert", b, "new")]);
+    db.exec(&format!("UPDATE {t} SET deleted_at = now() WHERE id = {b}"))
+        .await;
+    assert_eq!(changes(&client.take(1).await), [change("delete", b, "new")]);
+    db.exec(&format!("DELETE FROM {t} WHERE id = {a}")).await;
+    let last = client.take(1).await;
+    assert_eq!(changes(&last), [change("delete", a, "paid")]);
+    client.expect_quiet(Duration::from_millis(300)).await;
+    server.stop().await;
+
+    // Another run: from the last id, only what changed since, as it is now.
+    let c = insert("new").await;
+    let server = config.start().await;
+    let mut client =
+        Client::connect(&format!("{}/events/plain", server.url), Some(&last[0].id)).await;
+    let seen = changes_until_quiet(&mut client, Duration::from_millis(1000)).await;
+    assert!(
+        seen.contains(&change("insert", c, "new")) || seen.contains(&change("update", c, "new")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(op, id, _)| *id == a && op != "delete"),
+        "{seen:?}"
     );
     server.stop().await;
 }

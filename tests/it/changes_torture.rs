@@ -268,12 +268,27 @@ async fn naive(
     }
 }
 
-async fn torture(kind: Kind) {
+/// How the feed finds changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// By `updated_at`.
+    Column,
+    /// Postgres xmin mode.
+    Xmin,
+}
+
+async fn torture(kind: Kind, stamp: Stamp) {
     logs();
     let db = TestDb::with_connections(kind, WRITERS as u32 + 8).await;
     let t = table(&db).await;
     crate::changes::install_deletes(&db, &t).await;
-    let rowcast = Rowcast::on(&db).feed("feed", &t, |f| f.set("mode", "changes").ring_size(300));
+    let rowcast = Rowcast::on(&db).feed("feed", &t, |f| {
+        let f = f.set("mode", "changes").ring_size(300);
+        match stamp {
+            Stamp::Column => f,
+            Stamp::Xmin => f.set("updated_column", "xmin"),
+        }
+    });
     let server = rowcast.start().await;
     let address = server.address;
     let (url_tx, url) = watch::channel(server.url.clone());
@@ -395,10 +410,15 @@ async fn torture(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_changes_torture_ends_with_every_clients_view_equal_to_the_table() {
-    torture(Kind::Postgres).await;
+    torture(Kind::Postgres, Stamp::Column).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_xmin_changes_torture_ends_with_every_clients_view_equal_to_the_table() {
+    torture(Kind::Postgres, Stamp::Xmin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_changes_torture_ends_with_every_clients_view_equal_to_the_table() {
-    torture(Kind::MySql).await;
+    torture(Kind::MySql, Stamp::Column).await;
 }
