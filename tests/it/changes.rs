@@ -636,3 +636,43 @@ async fn postgres_xmin_mode_follows_a_table_without_a_stamp() {
     );
     server.stop().await;
 }
+
+/// Auth rules bound a changes feed as they bound an append feed: a token
+/// for room 1 gets room 1's changes only, and may not ask for room 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_rooms_bound_a_changes_feed() {
+    use crate::common::auth::{get, hs256, now, SECRET};
+    let db = TestDb::new(Kind::Postgres).await;
+    let orders = Orders::create(&db, "orders").await;
+    let server = Rowcast::on(&db)
+        .auth("secret", SECRET)
+        .feed("orders", &orders.t, |f| {
+            changes_feed(f).auth_filter("room_id", "room_ids")
+        })
+        .start()
+        .await;
+    let token = hs256(json!({"sub": "u1", "room_ids": [1], "exp": now() + 600}));
+    let url = format!("{}/events/orders?access_token={token}", server.url);
+    let (status, body) = get(&format!("{url}&room_id=2"), None, None).await;
+    assert_eq!(status, 403, "{body}");
+    let mut client = Client::connect(&url, None).await;
+    let mine = orders.insert(1, "new").await;
+    let theirs = orders.insert(2, "new").await;
+    orders.update(theirs, "paid").await;
+    orders.move_to(mine, 2).await;
+    // Its own row, then the row leaving its rooms; nothing of room 2.
+    let got = changes(&client.take(2).await);
+    assert_eq!(
+        got,
+        [change("insert", mine, "new"), change("delete", mine, "new")]
+    );
+    client.expect_quiet(Duration::from_millis(500)).await;
+    // The same through /rows, from the start.
+    let rows = format!(
+        "{}/feeds/orders/rows?after=0&access_token={token}",
+        server.url
+    );
+    let (status, body) = get_json(&rows).await;
+    assert_eq!((status, body["rows"].clone()), (200, json!([])), "{body}");
+    server.stop().await;
+}
