@@ -119,7 +119,7 @@ impl Source {
             true => String::new(),
             false => self.stamp_type(feed, query, &updated).await?,
         };
-        let deletes = self.has_deletes_table(feed).await;
+        let deletes = self.deletes_table(feed.schema.as_deref()).await?;
         let indexed = match (&feed.read_from, xmin) {
             (None, false) => Some(self.stamp_indexed(feed, query, &updated).await?),
             _ => None,
@@ -257,21 +257,6 @@ impl Source {
             }
         };
         Ok(cast.to_owned())
-    }
-
-    /// Whether `rowcast_deletes` can be read, in the feed's schema.
-    async fn has_deletes_table(&self, feed: &FeedConfig) -> bool {
-        let d = self.dialect();
-        let sql = format!(
-            "SELECT 1 FROM {} WHERE 1 = 0",
-            qualified(d, feed, DELETES_TABLE)
-        );
-        let result = match self {
-            Source::Postgres(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
-            Source::MySql(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
-            Source::Sqlite(pool) => sqlx::query(&sql).fetch_all(pool).await.map(drop),
-        };
-        result.is_ok()
     }
 
     /// One page of a poll's window: rows stamped at or after `since_ms`,

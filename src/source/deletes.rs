@@ -345,27 +345,30 @@ impl Source {
         })
     }
 
-    /// Whether `rowcast_deletes` exists in the connection's schema
-    /// (MySQL: database): a `changes` feed reads hard deletes from it.
-    pub async fn deletes_table(&self) -> Result<bool, Error> {
+    /// Whether `rowcast_deletes` exists in `schema` (MySQL: database), or
+    /// in the connection's: a `changes` feed reads hard deletes from it.
+    pub async fn deletes_table(&self, schema: Option<&str>) -> Result<bool, Error> {
         Ok(match self {
             Source::Postgres(pool) => sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = current_schema() AND c.relname = $1 AND c.relkind IN ('r', 'p'))",
+                 WHERE n.nspname = coalesce($2, current_schema()) AND c.relname = $1 AND c.relkind IN ('r', 'p'))",
             )
             .bind(DELETES_TABLE)
+            .bind(schema)
             .fetch_one(pool)
             .await?,
             Source::MySql(pool) => {
                 sqlx::query_scalar::<_, i64>(
                     "SELECT COUNT(*) FROM information_schema.TABLES \
-                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND TABLE_TYPE <> 'VIEW'",
+                     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND TABLE_TYPE <> 'VIEW'",
                 )
+                .bind(schema)
                 .bind(DELETES_TABLE)
                 .fetch_one(pool)
                 .await?
                     > 0
             }
+            // A trigger's tables are its own schema's: `main` here.
             Source::Sqlite(pool) => {
                 sqlx::query_scalar::<_, i64>(
                     "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?",

@@ -187,7 +187,7 @@ async fn deleted_rows_are_recorded_as_clients_saw_them(kind: Kind) {
     let source = Source::connect(&rowcast_url(&db), 1).await.unwrap();
     if kind == Kind::Sqlite {
         // A file of its own: no test created the shared table in it yet.
-        assert!(!source.deletes_table().await.unwrap());
+        assert!(!source.deletes_table(None).await.unwrap());
     }
 
     let printed = apply(&db, &t, &[]).await;
@@ -230,7 +230,7 @@ async fn deleted_rows_are_recorded_as_clients_saw_them(kind: Kind) {
         serde_json::from_str::<Value>(got[0].row_data.as_deref().unwrap()).unwrap()["body"],
         json!("it's \"quoted\" 名前")
     );
-    assert!(source.deletes_table().await.unwrap());
+    assert!(source.deletes_table(None).await.unwrap());
 }
 
 async fn remove_stops_recording(kind: Kind) {
@@ -251,7 +251,7 @@ async fn remove_stops_recording(kind: Kind) {
     );
     // The shared table stays for other tables.
     let source = Source::connect(&rowcast_url(&db), 1).await.unwrap();
-    assert!(source.deletes_table().await.unwrap());
+    assert!(source.deletes_table(None).await.unwrap());
     // Removing twice is fine too.
     apply(&db, &t, &["--remove"]).await;
 }
