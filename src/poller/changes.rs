@@ -303,15 +303,9 @@ impl ChangesPoller {
             let events = feed.publish(rows, cursor::change(self.seq, since));
             counters.events.fetch_add(events as u64, Ordering::Relaxed);
         }
-        self.interval = if published {
-            tuning.poll_interval
-        } else {
-            // With a working doorbell, idle polls are only a fallback.
-            let longest = match self.health.doorbell_live() {
-                true => tuning.notify_interval,
-                false => tuning.max_poll_interval,
-            };
-            (self.interval * 2).min(longest)
+        self.interval = match published {
+            true => tuning.poll_interval,
+            false => super::idle_interval(self.interval, tuning, self.health.doorbell_live()),
         };
         Ok(self.interval)
     }
@@ -335,6 +329,30 @@ impl ChangesPoller {
     }
 }
 
+/// Every page of a keyset-paged read, each page asked for with the last
+/// row of the one before (none for the first).
+async fn all_pages<F, Fut>(
+    batch: u32,
+    health: &Health,
+    mut page: F,
+) -> Result<Vec<Change>, source::Error>
+where
+    F: FnMut(Option<Change>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Change>, source::Error>>,
+{
+    let mut rows: Vec<Change> = Vec::new();
+    loop {
+        let read = page(rows.last().cloned()).await;
+        health.counters.query(&read);
+        let read = read?;
+        let full = read.len() == batch as usize;
+        rows.extend(read);
+        if !full {
+            return Ok(rows);
+        }
+    }
+}
+
 /// Every page of the rows stamped at or after `since`.
 async fn read_window(
     source: &Source,
@@ -343,18 +361,11 @@ async fn read_window(
     batch: u32,
     health: &Health,
 ) -> Result<Vec<Change>, source::Error> {
-    let mut rows: Vec<Change> = Vec::new();
-    loop {
-        let after = rows.last().map(|r| (r.stamp.as_str(), r.id));
-        let page = source.read_window(query, since, after, batch).await;
-        health.counters.query(&page);
-        let page = page?;
-        let full = page.len() == batch as usize;
-        rows.extend(page);
-        if !full {
-            return Ok(rows);
-        }
-    }
+    all_pages(batch, health, |last| async move {
+        let after = last.as_ref().map(|r| (r.stamp.as_str(), r.id));
+        source.read_window(query, since, after, batch).await
+    })
+    .await
 }
 
 /// Every page of the feed's tombstones stamped at or after `since`.
@@ -368,18 +379,12 @@ async fn read_all_tombstones(
     if !query.reads_tombstones() {
         return Ok(Vec::new());
     }
-    let mut tombs: Vec<Change> = Vec::new();
-    loop {
-        let after = tombs.last().and_then(|t| t.stamp.parse().ok()).unwrap_or(0);
-        let page = source.read_tombstones(query, since, after, batch).await;
-        health.counters.query(&page);
-        let page = page?;
-        let full = page.len() == batch as usize;
-        tombs.extend(page);
-        if !full {
-            return Ok(tombs);
-        }
-    }
+    all_pages(batch, health, |last| async move {
+        // A tombstone's stamp is its own id.
+        let after = last.and_then(|t| t.stamp.parse().ok()).unwrap_or(0);
+        source.read_tombstones(query, since, after, batch).await
+    })
+    .await
 }
 
 /// A changes feed's catch-up: see [`crate::feed::Reader::changes`].
@@ -398,26 +403,19 @@ pub(super) async fn catch_up(
     // Xmin mode's cursors hold transaction ids, which say nothing of time.
     let reset =
         since != 0 && !query.xmin && query.reads_tombstones() && since < now - millis(retention);
-    let mut rows = Vec::new();
     if since == 0 || reset {
-        let mut after = i128::MIN;
-        loop {
-            let page = source.read_snapshot(query, after, batch).await;
-            health.counters.query(&page);
-            let page = page?;
-            let full = page.len() == batch as usize;
-            if let Some(last) = page.last() {
-                after = last.id;
-            }
-            rows.extend(page.into_iter().filter_map(|row| {
-                let json = row.json?;
-                Some(change_row(envelope("insert", &json), row.filters))
-            }));
-            if !full {
-                return Ok(CatchUpRows { reset, rows });
-            }
-        }
+        let live = all_pages(batch, health, |last| async move {
+            let after = last.map_or(i128::MIN, |r| r.id);
+            source.read_snapshot(query, after, batch).await
+        })
+        .await?;
+        let rows = live
+            .into_iter()
+            .filter_map(|row| Some(change_row(envelope("insert", &row.json?), row.filters)))
+            .collect();
+        return Ok(CatchUpRows { reset, rows });
     }
+    let mut rows = Vec::new();
     for tomb in read_all_tombstones(source, query, since, batch, health).await? {
         let row = tomb
             .json

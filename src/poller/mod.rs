@@ -181,6 +181,20 @@ impl Setup {
     }
 }
 
+/// The wait after a poll that found nothing, doubled from `interval` up to
+/// the longest: with a working doorbell, idle polls are only a fallback.
+fn idle_interval(
+    interval: Duration,
+    tuning: &crate::config::Tuned,
+    doorbell_live: bool,
+) -> Duration {
+    let longest = match doorbell_live {
+        true => tuning.notify_interval,
+        false => tuning.max_poll_interval,
+    };
+    (interval * 2).min(longest)
+}
+
 /// A feed's poller, of either mode.
 enum Polling {
     Append(Box<Poller>),
@@ -395,13 +409,7 @@ impl Poller {
             self.interval = config.tuning.poll_interval;
             self.interval
         } else {
-            // With a working doorbell, idle polls are only a fallback.
-            let longest = if health.doorbell_live() {
-                config.tuning.notify_interval
-            } else {
-                config.tuning.max_poll_interval
-            };
-            self.interval = (self.interval * 2).min(longest);
+            self.interval = idle_interval(self.interval, &config.tuning, health.doorbell_live());
             self.interval
         })
     }
