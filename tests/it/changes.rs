@@ -59,6 +59,14 @@ impl<'a> Orders<'a> {
         }
     }
 
+    /// rowcast with a changes feed `orders` of this table.
+    pub async fn serve(&self) -> Server {
+        Rowcast::on(self.db)
+            .feed("orders", &self.t, changes_feed)
+            .start()
+            .await
+    }
+
     pub async fn insert(&self, room_id: i64, status: &str) -> i64 {
         let t = &self.t;
         let sql = format!("INSERT INTO {t} (room_id, status) VALUES ({room_id}, '{status}')");
@@ -160,10 +168,7 @@ async fn every_change_arrives_as_the_rows_latest_state(kind: Kind) {
     let db = TestDb::new(kind).await;
     let orders = Orders::create(&db, "orders").await;
     let before = orders.insert(1, "old").await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let url = format!("{}/events/orders", server.url);
     let mut client = Client::connect(&url, None).await;
     let mut room = Client::connect(&format!("{url}?room_id=2"), None).await;
@@ -231,10 +236,7 @@ async fn every_change_arrives_as_the_rows_latest_state(kind: Kind) {
 async fn resume_inside_the_ring_is_exact(kind: Kind) {
     let db = TestDb::new(kind).await;
     let orders = Orders::create(&db, "orders").await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let url = format!("{}/events/orders", server.url);
     let mut client = Client::connect(&url, None).await;
     let a = orders.insert(1, "new").await;
@@ -282,10 +284,7 @@ async fn after_zero_sends_every_live_row_then_changes(kind: Kind) {
     let c = orders.insert(1, "new").await;
     orders.update(a, "paid").await;
     orders.soft_delete(b).await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let url = format!("{}/events/orders", server.url);
     let mut client = Client::connect(&format!("{url}?after=0"), None).await;
     // The live rows' current state, in id order; the deleted row is not there.
@@ -386,10 +385,7 @@ async fn rows_answers_envelopes_with_a_cursor(kind: Kind) {
     let orders = Orders::create(&db, "orders").await;
     let a = orders.insert(1, "new").await;
     let b = orders.insert(2, "new").await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let rows = format!("{}/feeds/orders/rows", server.url);
     let (status, body) = get_json(&format!("{rows}?after=0")).await;
     assert_eq!(status, 200, "{body}");
@@ -460,10 +456,7 @@ async fn a_changes_feed_needs_a_stamped_column(kind: Kind) {
 async fn a_row_that_leaves_a_filter_is_deleted_for_its_clients(kind: Kind) {
     let db = TestDb::new(kind).await;
     let orders = Orders::create(&db, "orders").await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let url = format!("{}/events/orders", server.url);
     let mut all = Client::connect(&url, None).await;
     let mut one = Client::connect(&format!("{url}?room_id=1"), None).await;
@@ -492,10 +485,7 @@ async fn hard_deletes_arrive_with_the_rows_last_state(kind: Kind) {
     let db = TestDb::new(kind).await;
     let orders = Orders::create(&db, "orders").await;
     install_deletes(&db, &orders.t).await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let url = format!("{}/events/orders", server.url);
     let mut client = Client::connect(&url, None).await;
     let mut other_room = Client::connect(&format!("{url}?room_id=2"), None).await;
@@ -520,10 +510,7 @@ async fn hard_deletes_arrive_with_the_rows_last_state(kind: Kind) {
     server.stop().await;
     db.exec(&format!("DELETE FROM {} WHERE id = {first}", orders.t))
         .await;
-    let server = Rowcast::on(&db)
-        .feed("orders", &orders.t, changes_feed)
-        .start()
-        .await;
+    let server = orders.serve().await;
     let mut client =
         Client::connect(&format!("{}/events/orders", server.url), Some(&got[0].id)).await;
     let seen = changes_until_quiet(&mut client, Duration::from_millis(1000)).await;
