@@ -66,6 +66,10 @@ pub struct Page {
     pub events: Vec<Arc<Event>>,
     /// Every row up to here has been read: the reader's new position.
     pub complete_to: Cursor,
+    /// Every event is for the reader whatever its position, and the page
+    /// has no place to stop midway (a changes feed's catch-up: the state
+    /// of every row at one moment, under the catch-up's own cursor).
+    pub whole: bool,
 }
 
 pub(super) struct CatchUp {
@@ -107,6 +111,7 @@ impl Feed {
                 Ok(Arc::new(Page {
                     events,
                     complete_to,
+                    whole: false,
                 }))
             })
             .await
@@ -155,6 +160,7 @@ impl Feed {
                 Ok(Arc::new(Page {
                     events,
                     complete_to: head,
+                    whole: true,
                 }))
             })
             .await

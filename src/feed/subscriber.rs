@@ -96,9 +96,7 @@ impl Subscriber {
                         Ok(page) => {
                             let after = self.position;
                             self.position = self.position.max(page.complete_to);
-                            // A changes feed's catch-up is whole, whatever
-                            // the client had (see `catchup`).
-                            let events = match self.feed.is_changes() {
+                            let events = match page.whole {
                                 true => page.events.clone(),
                                 false => newer(&page.events, after),
                             };

@@ -129,39 +129,35 @@ async fn collect(feed: &Feed, after: Cursor, limit: usize, filter: &Filter) -> A
     }
     // One more than asked tells whether there is more.
     let wanted = |e: &Event| e.passes(filter);
-    let mut limit = limit;
-    let mut whole_catch_up = false;
-    let (events, checked_to) = match feed.ring_after(after, limit.saturating_add(1), wanted) {
-        Some(events) => (events, head),
+    // A whole page (a changes feed's catch-up) has no cursor to stop
+    // midway at: it is answered whole, whatever `limit`.
+    let (events, checked_to, whole) = match feed.ring_after(after, limit.saturating_add(1), wanted)
+    {
+        Some(events) => (events, head, false),
         None => match feed.catch_up(after).await {
             Ok(page) => {
-                // A changes feed's catch-up is every row's current state at
-                // one moment, which has no cursor to stop midway at.
-                if feed.is_changes() {
-                    limit = usize::MAX;
-                    whole_catch_up = true;
-                }
                 let events = page
                     .events
                     .iter()
                     .filter(|e| !e.data.is_empty())
                     .cloned()
                     .collect();
-                (events, page.complete_to)
+                (events, page.complete_to, page.whole)
             }
             Err(err) => {
                 // Answer what is known (nothing new) rather than fail the
                 // poll: the client asks again with the same cursor.
                 tracing::warn!(feed = %feed.name(), cause = %err, "catch-up read for /rows failed");
-                (Vec::new(), after)
+                (Vec::new(), after, false)
             }
         },
     };
+    let limit = if whole { usize::MAX } else { limit };
     let mut matching = events.into_iter().filter(|e| wanted(e));
     let rows: Vec<Arc<Event>> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some() || checked_to < head;
     let cursor = match rows.last() {
-        Some(last) if more && !whole_catch_up => Cursor::At(last.id),
+        Some(last) if more && !whole => Cursor::At(last.id),
         // Everything up to here was checked, including rows the filter or
         // the feed's condition left out.
         _ => checked_to.max(after),
