@@ -37,6 +37,7 @@
 
 mod app;
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod cursor;

@@ -78,6 +78,9 @@ tuning_table!(layered! {
         /// JWT verification (off when absent).
         #[arg(skip)]
         pub auth: Option<crate::auth::AuthFile>,
+        /// Several instances on one database: the bus they share.
+        #[arg(skip)]
+        pub cluster: Option<ClusterFile>,
     }
     tuning flags
     extra {
@@ -164,3 +167,15 @@ tuning_table!(layered! {
     tuning skip
     extra {}
 });
+
+/// The `[cluster]` table: several instances that share a bus, so that one
+/// of them polls each feed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// `redis://…`, `rediss://…` (TLS), `nats://…` or `tls://…` (NATS, TLS).
+    pub bus: Option<String>,
+    /// Start of the bus streams' names, so that deployments can share one
+    /// Redis or NATS [default: rowcast].
+    pub prefix: Option<String>,
+}

@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// HS256 secret that verifies clients' JWTs (turns auth on; see `[auth]`).
     #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Several instances: the bus they share, `redis://…`, `rediss://…`,
+    /// `nats://…` or `tls://…` (turns clustering on; see `[cluster]`).
+    #[arg(long, env = "ROWCAST_BUS", hide_env_values = true)]
+    pub bus: Option<String>,
     /// The server's settings, and per-feed settings for every feed.
     #[command(flatten)]
     pub server: FileConfig,

@@ -14,8 +14,8 @@ pub(crate) mod tuning;
 mod types;
 mod validate;
 
-pub use file::{FeedFile, FileConfig};
+pub use file::{ClusterFile, FeedFile, FileConfig};
 pub use flags::ServeArgs;
 pub use tuning::{Interval, Tuned, Tuning};
-pub use types::{Config, FeedConfig, GapHandling, Mode, Notify, ReadFrom, DEFAULT_LISTEN};
+pub use types::{Cluster, Config, FeedConfig, GapHandling, Mode, Notify, ReadFrom, DEFAULT_LISTEN};
 pub use validate::Error;

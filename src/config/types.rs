@@ -53,8 +53,20 @@ pub struct Config {
     /// Whether caught-up streams are written by the feeds' fan-out tasks
     /// (`false`: every stream is a body hyper writes).
     pub direct_fanout: bool,
+    /// The bus shared with other instances; `None`: this instance polls
+    /// every feed itself.
+    pub cluster: Option<Cluster>,
     /// The feeds, each with a distinct name.
     pub feeds: Vec<FeedConfig>,
+}
+
+/// Several instances sharing a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The bus URL (may hold credentials: never log it whole).
+    pub bus: String,
+    /// Start of the bus streams' names.
+    pub prefix: String,
 }
 
 /// Validated configuration of one feed.

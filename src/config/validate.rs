@@ -5,7 +5,7 @@
 use super::file::{FeedFile, FileConfig};
 use super::flags::ServeArgs;
 use super::tuning::{Interval, Tuning};
-use super::types::{Config, FeedConfig, Mode, ReadFrom, DEFAULT_LISTEN};
+use super::types::{Cluster, Config, FeedConfig, Mode, ReadFrom, DEFAULT_LISTEN};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -136,7 +136,9 @@ impl Config {
         if metrics_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid("metrics_listen", "must differ from `listen`"));
         }
+        let cluster = cluster(args.bus.clone(), server.cluster.unwrap_or_default())?;
         Ok(Config {
+            cluster,
             database_url,
             listen,
             metrics_listen,
@@ -162,6 +164,36 @@ impl Config {
             feeds,
         })
     }
+}
+
+/// The bus, from `--bus` over `[cluster]`: a URL of a scheme it knows, and
+/// a prefix that fits a Redis key and a NATS subject.
+fn cluster(flag: Option<String>, file: super::ClusterFile) -> Result<Option<Cluster>, Error> {
+    let Some(bus) = flag.or(file.bus).filter(|b| !b.trim().is_empty()) else {
+        if file.prefix.is_some() {
+            return Err(invalid("cluster.prefix", "needs `cluster.bus` (or --bus)"));
+        }
+        return Ok(None);
+    };
+    let scheme = bus.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("redis" | "rediss" | "nats" | "tls")) {
+        return Err(invalid(
+            "cluster.bus",
+            format!(
+                "`{}` is not a bus URL; use redis://host:6379, rediss://… (TLS), nats://host:4222 or tls://… (NATS over TLS)",
+                crate::source::redact(&bus)
+            ),
+        ));
+    }
+    let prefix = file.prefix.unwrap_or_else(|| "rowcast".to_owned());
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if prefix.is_empty() || !prefix.chars().all(fits) {
+        return Err(invalid(
+            "cluster.prefix",
+            "must be letters, digits, `_` or `-` (it names Redis streams and NATS subjects)",
+        ));
+    }
+    Ok(Some(Cluster { bus, prefix }))
 }
 
 /// The feeds as written: the file's, with the `--table` feed in place of

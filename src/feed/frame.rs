@@ -80,6 +80,9 @@ pub struct Batch {
     /// Every event's frame, back to back: what a subscriber that wants them
     /// all writes in one go.
     pub frames: Bytes,
+    /// The poller's cursor before this batch: the batch holds every event
+    /// of (`after`, `head`].
+    pub after: Cursor,
     /// The poller's cursor after this batch (may pass ids that the feed's
     /// row condition excluded).
     pub head: Cursor,

@@ -203,13 +203,14 @@ impl Feed {
             state.head_at = Some(SystemTime::now());
             state.head_row_time = row_time;
         }
-        state.head = head;
+        let after = std::mem::replace(&mut state.head, head);
         state.ring.extend(&events, head);
         // Sent under the lock so that a joining subscriber sees each batch
         // either in the ring or on its receiver, never both or neither.
         self.send(Arc::new(Batch {
             events,
             frames,
+            after,
             head,
             late: false,
         }));
@@ -237,6 +238,7 @@ impl Feed {
         self.send(Arc::new(Batch {
             events,
             frames,
+            after: state.head,
             head: state.head,
             late: true,
         }));

@@ -184,3 +184,59 @@ fn select_loses_its_trailing_semicolon() {
         Some(ReadFrom::Select("SELECT * FROM a".into()))
     );
 }
+
+#[test]
+fn the_bus_comes_from_the_flag_or_the_cluster_table() {
+    let config = Config::merge(&args(Some("a")), FileConfig::default()).unwrap();
+    assert_eq!(config.cluster, None);
+    let text = "[cluster]\nbus = \"redis://127.0.0.1:6379\"\nprefix = \"staging\"\n";
+    let config = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap();
+    assert_eq!(
+        config.cluster,
+        Some(Cluster {
+            bus: "redis://127.0.0.1:6379".into(),
+            prefix: "staging".into()
+        })
+    );
+    let mut a = args(Some("a"));
+    a.bus = Some("nats://127.0.0.1:4222".into());
+    let config = Config::merge(&a, file(text).unwrap()).unwrap();
+    let cluster = config.cluster.unwrap();
+    assert_eq!(
+        (cluster.bus.as_str(), cluster.prefix.as_str()),
+        ("nats://127.0.0.1:4222", "staging")
+    );
+    let config = Config::merge(&a, FileConfig::default()).unwrap();
+    assert_eq!(config.cluster.unwrap().prefix, "rowcast");
+
+    let cli = Cli::try_parse_from(["rowcast", "serve", "--bus", "rediss://h:6380"]).unwrap();
+    let Command::Serve(flags) = cli.command else {
+        panic!("not serve")
+    };
+    assert_eq!(flags.bus.as_deref(), Some("rediss://h:6380"));
+}
+
+#[test]
+fn a_bad_bus_is_told_which_key_and_what_to_write() {
+    let mut a = args(Some("a"));
+    a.bus = Some("amqp://user:secret@h:5672".into());
+    let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.bus: `amqp://user:***@h:5672` is not a bus URL; use redis://host:6379, rediss://… (TLS), nats://host:4222 or tls://… (NATS over TLS)"
+    );
+    let text = "[cluster]\nbus = \"redis://h\"\nprefix = \"a b\"\n";
+    let err = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.prefix: must be letters, digits, `_` or `-` (it names Redis streams and NATS subjects)"
+    );
+    let text = "[cluster]\nprefix = \"x\"\n";
+    let err = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster.prefix: needs `cluster.bus` (or --bus)"
+    );
+    let err = file("[cluster]\nbuss = \"redis://h\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `buss`"), "{err}");
+}
