@@ -2,6 +2,8 @@
 //! wires its parts — poller, feed, fan-out, doorbell — to the HTTP
 //! listener, then stops them all, within a bounded time, at shutdown.
 
+use crate::bus::{self, Bus};
+use crate::cluster;
 use crate::config::{self, Config, FeedConfig, Mode, Notify};
 use crate::cursor::Cursor;
 use crate::doorbell;
@@ -10,7 +12,7 @@ use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
 use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
 use crate::source::horizon::{self, Horizon};
-use crate::source::{self, FeedQuery, Source};
+use crate::source::{self, FeedQuery, GapSetup, Source};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error(transparent)]
     Source(#[from] source::Error),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot listen on {address} (`metrics_listen`): {source}")]
@@ -63,6 +67,8 @@ pub struct Feeds {
     pub served: Vec<Served>,
     /// What each feed's poller starts with, in the same order.
     pub setups: Vec<Setup>,
+    /// The bus shared with other instances, when clustered.
+    pub bus: Option<Bus>,
 }
 
 /// Connects to the database and checks every feed against its catalog.
@@ -150,14 +156,53 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             feed,
             health,
             fanout,
+            membership: Arc::default(),
         });
         setups.push(setup);
+    }
+    let bus = match &config.cluster {
+        Some(cluster) => Some(Bus::connect(&cluster.bus, &cluster.prefix).await?),
+        None => None,
+    };
+    if let (Some(bus), Some(cluster)) = (&bus, &config.cluster) {
+        say_clustered(&source, bus, cluster, &config.feeds);
     }
     Ok(Feeds {
         source,
         served,
         setups,
+        bus,
     })
+}
+
+/// Says at start-up which feeds the cluster shares and which this instance
+/// polls alone.
+fn say_clustered(source: &Source, bus: &Bus, cluster: &config::Cluster, feeds: &[FeedConfig]) {
+    let bus_url = source::redact(&cluster.bus);
+    if matches!(source, Source::Sqlite(_)) {
+        tracing::warn!(bus = %bus_url, "SQLite feeds are not clustered: a SQLite file has no sessions to hold a leader's lock, so every instance polls its own feeds and the bus is not used");
+        return;
+    }
+    for feed in feeds {
+        match feed.mode {
+            Mode::Append => {
+                tracing::info!(feed = %feed.name, bus = %bus_url, kind = bus.kind(), prefix = %cluster.prefix, "clustered: one instance polls the feed, the others follow the bus")
+            }
+            Mode::Changes => {
+                tracing::warn!(feed = %feed.name, "changes feeds are not clustered yet: every instance polls this feed itself")
+            }
+        }
+    }
+}
+
+/// Whether the cluster shares this feed: an append feed of a database
+/// with sessions to hold its lock.
+fn clustered(bus: Option<&Bus>, source: &Source, setup: &Setup) -> Option<(Bus, GapSetup)> {
+    match (bus, source, setup) {
+        (_, Source::Sqlite(_), _) | (None, ..) => None,
+        (Some(bus), _, Setup::Append(gaps)) => Some((bus.clone(), gaps.clone())),
+        (_, _, Setup::Changes(_)) => None,
+    }
 }
 
 /// Checks a changes feed's columns, says how it sees deletes and writers,
@@ -288,13 +333,27 @@ pub async fn serve(
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
     for (served, setup) in feeds.served.iter().zip(feeds.setups) {
-        pollers.spawn(poller::run(
-            served.feed.clone(),
-            feeds.source.clone(),
-            setup,
-            served.health.clone(),
-            token.clone(),
-        ));
+        match (clustered(feeds.bus.as_ref(), &feeds.source, &setup), &config.cluster) {
+            (Some((bus, gaps)), Some(cluster)) => pollers.spawn(cluster::run(
+                cluster::Member {
+                    feed: served.feed.clone(),
+                    source: feeds.source.clone(),
+                    gaps,
+                    health: served.health.clone(),
+                    membership: served.membership.clone(),
+                    bus,
+                    prefix: cluster.prefix.clone(),
+                },
+                token.clone(),
+            )),
+            _ => pollers.spawn(poller::run(
+                served.feed.clone(),
+                feeds.source.clone(),
+                setup,
+                served.health.clone(),
+                token.clone(),
+            )),
+        };
         let fanout = served.fanout.clone();
         pollers.spawn(fanout.run(config.keep_alive, token.clone()));
     }

@@ -39,6 +39,7 @@ mod app;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cursor;
 pub mod demo;

@@ -245,6 +245,12 @@ impl Feed {
         published
     }
 
+    /// Every batch the feed publishes from now on, as the subscribers get
+    /// them: what a cluster leader appends to the bus.
+    pub fn batches(&self) -> broadcast::Receiver<Arc<Batch>> {
+        self.sender.subscribe()
+    }
+
     /// The first `most` events after `after` in the ring that `keep` lets
     /// through, or `None` when the ring does not reach back that far.
     pub fn ring_after(

@@ -8,7 +8,9 @@
 
 use super::access::may_read;
 use super::{ApiContext, Served};
+use crate::cluster::Role;
 use crate::feed::Feed;
+use std::sync::atomic::Ordering;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -44,15 +46,30 @@ fn answer(
 ) -> (StatusCode, Json<serde_json::Value>) {
     let mut healthy = true;
     let mut feeds = serde_json::Map::new();
-    for Served { feed, health, .. } in served {
+    for Served {
+        feed,
+        health,
+        membership,
+        ..
+    } in served
+    {
         // Read once: the status and the feed's entry must agree.
-        let failure = health.failure();
+        let failure = health.failure().or_else(|| membership.bus_failure());
         healthy &= failure.is_none();
         if shown.is_some_and(|shown| shown(feed)) {
-            let state = match failure {
+            let mut state = match failure {
                 None => json!({ "status": "ok", "cursor": feed.cursor_text(feed.head().0) }),
                 Some(error) => json!({ "status": "failing", "error": error }),
             };
+            let role = membership.role();
+            if role != Role::Standalone {
+                state["role"] = json!(role.name());
+                state["leader_changes"] = json!(membership.leader_changes.load(Ordering::Relaxed));
+                if role == Role::Follower {
+                    let lag = membership.lag_ms.load(Ordering::Relaxed);
+                    state["bus_lag_ms"] = json!(lag);
+                }
+            }
             feeds.insert(feed.name().to_owned(), state);
         }
     }

@@ -7,6 +7,7 @@ use super::connections::Connections;
 use super::error::Error;
 use super::ApiContext;
 use super::Served;
+use crate::cluster::Role;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
@@ -74,7 +75,7 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let families: [Family; 16] = [
+    let families: [Family; 23] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -167,6 +168,48 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "gauge",
             "1 when the Postgres NOTIFY doorbell works for the feed.",
             |s| f64::from(u8::from(s.health.doorbell_live())),
+        ),
+        (
+            "rowcast_leader",
+            "gauge",
+            "1 when this instance polls the feed (its leader, or alone without a bus); 0 when it follows the bus.",
+            |s| f64::from(u8::from(s.membership.role() != Role::Follower)),
+        ),
+        (
+            "rowcast_leader_changes_total",
+            "counter",
+            "Times this instance took the lead of the feed or gave it up.",
+            |s| count(&s.membership.leader_changes),
+        ),
+        (
+            "rowcast_bus_up",
+            "gauge",
+            "1 when the cluster bus answered the feed's last use of it (or there is no bus).",
+            |s| f64::from(u8::from(s.membership.bus_failure().is_none())),
+        ),
+        (
+            "rowcast_bus_lag_seconds",
+            "gauge",
+            "Followers: how long the last entry applied took from the leader's append to here.",
+            |s| s.membership.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "rowcast_bus_appended_total",
+            "counter",
+            "Entries (one per batch) this instance appended to the bus as the feed's leader.",
+            |s| count(&s.membership.appended),
+        ),
+        (
+            "rowcast_bus_applied_total",
+            "counter",
+            "Entries this instance applied from the bus as a follower.",
+            |s| count(&s.membership.applied),
+        ),
+        (
+            "rowcast_bus_filled_total",
+            "counter",
+            "Spans a follower read from the database because the bus had not got them.",
+            |s| count(&s.membership.filled),
         ),
     ];
     for (name, kind, help, value) in families {

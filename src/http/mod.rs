@@ -65,6 +65,8 @@ pub struct Served {
     pub feed: Arc<Feed>,
     pub health: Arc<Health>,
     pub fanout: Arc<Fanout>,
+    /// The feed's place among instances sharing a bus.
+    pub membership: Arc<crate::cluster::Membership>,
 }
 
 /// The state every handler sees.

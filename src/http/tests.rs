@@ -19,6 +19,7 @@ fn context() -> (ApiContext, Arc<Feed>) {
         fanout: Fanout::of(&feed),
         feed: feed.clone(),
         health: Default::default(),
+        membership: Default::default(),
     };
     let ctx = ApiContext {
         feeds: Arc::new(vec![served]),

@@ -150,8 +150,34 @@ impl Health {
         self.bell.is_live()
     }
 
-    fn set_failure(&self, failure: Option<String>) {
-        *lock(&self.failure) = failure;
+    /// Notes that the database answered; says so once after a failure.
+    pub(crate) fn database_answers(&self, feed: &str) {
+        let mut failure = lock(&self.failure);
+        if failure.take().is_some() {
+            tracing::info!(feed, "database answers again; resuming");
+        }
+    }
+
+    /// Notes that a query of the feed failed: logged once per outage, and
+    /// shown in `/healthz` by its class, not its detail.
+    pub(crate) fn database_failed(&self, err: &source::Error, feed: &str) {
+        let mut failure = lock(&self.failure);
+        match (failure.is_none(), err.is_transient()) {
+            (true, true) => {
+                tracing::warn!(feed, cause = %err, "database unavailable; retrying with backoff")
+            }
+            (true, false) => {
+                tracing::error!(feed, cause = %err, "query failed; retrying with backoff")
+            }
+            (false, _) => tracing::debug!(feed, cause = %err, "query failed again"),
+        }
+        *failure = Some(
+            match err.is_transient() {
+                true => "database unavailable",
+                false => "query failed; see the server log",
+            }
+            .to_owned(),
+        );
     }
 
     fn set_holding_since(&self, since: Option<Instant>) {
@@ -239,35 +265,12 @@ pub async fn run(
         let started = Instant::now();
         let wait = match poller.poll(&health.counters).await {
             Ok(wait) => {
-                if health.failure().is_some() {
-                    tracing::info!(feed = %config.name, cursor = %feed.head().0, "database answers again; resuming");
-                    health.set_failure(None);
-                }
+                health.database_answers(&config.name);
                 retry = config.tuning.poll_interval;
                 wait
             }
             Err(err) => {
-                let first = health.failure().is_none();
-                match (first, err.is_transient()) {
-                    (true, true) => {
-                        tracing::warn!(feed = %config.name, cursor = %feed.head().0, cause = %err, "database unavailable; retrying with backoff")
-                    }
-                    (true, false) => {
-                        tracing::error!(feed = %config.name, cause = %err, "poll failed; retrying with backoff")
-                    }
-                    (false, _) => {
-                        tracing::debug!(feed = %config.name, cause = %err, "poll failed again")
-                    }
-                }
-                // /healthz shows this: the class of failure, not the detail.
-                health.set_failure(Some(
-                    if err.is_transient() {
-                        "database unavailable"
-                    } else {
-                        "query failed; see the server log"
-                    }
-                    .to_owned(),
-                ));
+                health.database_failed(&err, &config.name);
                 retry = (retry * 2).min(MAX_RETRY);
                 retry
             }

@@ -17,6 +17,7 @@
 //! - [`cli`], [`clients`]: the binary as a user runs it; the strictest real
 //!   SSE clients, directly and behind nginx.
 //! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
+//! - [`cluster`]: several instances on one database and one bus.
 
 mod common;
 
@@ -25,6 +26,7 @@ mod auth;
 mod changes;
 mod changes_torture;
 mod cli;
+mod cluster;
 mod clients;
 mod cursors;
 mod deletes;

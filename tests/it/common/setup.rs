@@ -84,6 +84,14 @@ impl Rowcast {
         self
     }
 
+    /// Shares the feeds with other instances on `bus`, under `prefix`.
+    pub fn cluster(self, bus: &str, prefix: &str) -> Rowcast {
+        let mut cluster = Table::new();
+        cluster.insert("bus".to_owned(), bus.into());
+        cluster.insert("prefix".to_owned(), prefix.into());
+        self.set("cluster", Value::Table(cluster))
+    }
+
     /// The configuration file.
     pub fn toml(&self) -> String {
         let mut file = self.top.clone();

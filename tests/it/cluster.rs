@@ -1,0 +1,363 @@
+//! Several instances on one database: one polls each feed (the holder of
+//! its database lock) and appends to the bus, the others follow the bus.
+//! Clients spread over the instances, and moving between them with their
+//! `Last-Event-ID`, get every row once, in order, through concurrent
+//! writers, the leader's death (kill -9, its session terminated) and a
+//! restart of the bus.
+
+use crate::cli::rowcast;
+use crate::common::*;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+use tokio::sync::watch;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Concurrent writers, each committing one row at a time with a short
+/// random pause inside its transaction, so that ids commit out of order.
+const WRITERS: usize = 16;
+
+/// A bus prefix of this test alone.
+fn prefix() -> String {
+    format!("t{:08x}", rand::random::<u32>())
+}
+
+/// Deletes a feed's stream from a Redis bus.
+async fn drop_stream(url: &str, prefix: &str, feed: &str) {
+    if let Ok(client) = redis::Client::open(url) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(format!("{prefix}:{feed}"))
+                .query_async(&mut c)
+                .await;
+        }
+    }
+}
+
+/// Writes rows until `end`; returns nothing (the table says what
+/// committed).
+fn spawn_writers(db: &TestDb, table: &str, end: Instant) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|w| {
+            let (pool, table) = (db.pool.clone(), table.to_owned());
+            let body = format!("w{w}");
+            let kind = db.kind;
+            tokio::spawn(async move {
+                let sql = match kind {
+                    Kind::Postgres => format!("INSERT INTO {table} (room_id, body) VALUES (1, $1)"),
+                    _ => format!("INSERT INTO {table} (room_id, body) VALUES (1, ?)"),
+                };
+                while Instant::now() < end {
+                    let mut tx = pool.begin().await.unwrap();
+                    sqlx::query(&sql).bind(&body).execute(&mut *tx).await.unwrap();
+                    let pause = rand::random::<u64>() % 30;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect()
+}
+
+async fn committed(db: &TestDb, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY id"))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A client that reads `/events/{feed}` from the instances at `bases`,
+/// starting at the `start`th, from `?after=0`; when a stream ends or fails
+/// it goes on at the next instance with its `Last-Event-ID`. Returns the
+/// row ids it got once it has got as many as `expected` holds.
+fn roam(
+    bases: Arc<Vec<String>>,
+    feed: String,
+    start: usize,
+    expected: watch::Receiver<Option<usize>>,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
+        let mut got: Vec<i64> = Vec::new();
+        let mut last: Option<String> = None;
+        let mut at = start;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(Instant::now() < deadline, "gave up after {} rows", got.len());
+            let base = &bases[at % bases.len()];
+            let url = match &last {
+                Some(_) => format!("{base}/events/{feed}"),
+                None => format!("{base}/events/{feed}?after=0"),
+            };
+            let Some(mut client) = Client::try_connect(&url, last.as_deref()).await else {
+                at += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            while let Some(event) = client.next(Duration::from_secs(1)).await {
+                if event.data.is_empty() {
+                    continue;
+                }
+                got.push(event.json()["id"].as_i64().expect("rows have an id"));
+                if !event.id.is_empty() {
+                    last = Some(event.id.clone());
+                }
+            }
+            if expected.borrow().is_some_and(|n| got.len() >= n) {
+                return got;
+            }
+            // Ended, failed or quiet: go on elsewhere, from the cursor.
+            at += 1;
+        }
+    })
+}
+
+/// Checks that every client got exactly the committed rows, in order.
+async fn assert_every_row_once(clients: Vec<tokio::task::JoinHandle<Vec<i64>>>, rows: &[i64]) {
+    for (i, client) in clients.into_iter().enumerate() {
+        let got = client.await.unwrap();
+        if got != rows {
+            let missing: Vec<_> = rows.iter().filter(|r| !got.contains(r)).collect();
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            panic!(
+                "client {i}: {} rows, {} committed; missing {missing:?}; duplicated or out of order: {}",
+                got.len(),
+                rows.len(),
+                sorted.len() != got.len() || sorted != got
+            );
+        }
+    }
+}
+
+fn served(server: &Server) -> &rowcast::http::Served {
+    &server.feeds[0]
+}
+
+/// Three in-process instances of one feed on one bus, clients on each,
+/// sixteen writers: one instance polls, the others only apply the bus.
+async fn three_instances_poll_once(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let table = db.messages("messages").await;
+    let prefix = prefix();
+    let config = Rowcast::on(&db)
+        .feed("messages", &table, |f| f)
+        .cluster(REDIS_URL, &prefix);
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(config.start().await);
+    }
+    // One of them takes the lock; wait for it before writing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !servers.iter().any(|s| served(s).membership.role() == rowcast::cluster::Role::Leader) {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
+    let (done, expected) = watch::channel(None);
+    let clients: Vec<_> = (0..6)
+        .map(|i| roam(bases.clone(), "messages".into(), i, expected.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writers = spawn_writers(&db, &table, Instant::now() + Duration::from_secs(3));
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rows = committed(&db, &table).await;
+    assert!(rows.len() > 100, "only {} rows written", rows.len());
+    done.send_replace(Some(rows.len()));
+    assert_every_row_once(clients, &rows).await;
+
+    let leaders: Vec<&Server> = (servers.iter())
+        .filter(|s| served(s).membership.role() == rowcast::cluster::Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one leader");
+    for server in &servers {
+        let s = served(server);
+        let polls = s.health.counters.polls.load(Ordering::SeqCst);
+        let queries = s.health.counters.queries.load(Ordering::SeqCst);
+        if s.membership.role() == rowcast::cluster::Role::Leader {
+            assert!(polls > 0 && s.membership.appended.load(Ordering::SeqCst) > 0);
+        } else {
+            // Followers ask the database nothing about the feed's rows:
+            // the database sees one instance's polls.
+            assert_eq!((polls, queries), (0, 0), "a follower queried the table");
+            assert!(s.membership.applied.load(Ordering::SeqCst) > 0);
+        }
+    }
+    let health = wait_health(&bases[0], 200).await;
+    let role = health["feeds"]["messages"]["role"].as_str().unwrap().to_owned();
+    assert!(role == "leader" || role == "follower", "{health}");
+    for server in servers {
+        server.stop().await;
+    }
+    drop_stream(REDIS_URL, &prefix, "messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_poll_once_postgres() {
+    three_instances_poll_once(Kind::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_poll_once_mysql() {
+    three_instances_poll_once(Kind::MySql).await
+}
+
+/// A rowcast process of a clustered configuration.
+struct Instance {
+    child: Child,
+    base: String,
+    listen: String,
+}
+
+impl Instance {
+    async fn start(config: &std::path::Path, listen: &str) -> Instance {
+        let mut child = rowcast(&["serve", "--config", config.to_str().unwrap(), "--listen", listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://{listen}");
+        tokio::select! {
+            _ = wait_health(&base, 200) => {}
+            status = child.wait() => panic!("rowcast exited before it was ready: {status:?}"),
+        }
+        Instance {
+            child,
+            base,
+            listen: listen.to_owned(),
+        }
+    }
+
+    /// The instance's role for `feed`, from `/healthz`.
+    async fn role(&self, feed: &str) -> Option<String> {
+        let response = reqwest::get(format!("{}/healthz", self.base)).await.ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        body["feeds"][feed]["role"].as_str().map(str::to_owned)
+    }
+
+    fn kill(&mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        assert!(killed.success());
+    }
+}
+
+async fn leader_of(instances: &[Instance], feed: &str, skip: Option<usize>) -> Option<usize> {
+    for (i, instance) in instances.iter().enumerate() {
+        if Some(i) != skip && instance.role(feed).await.as_deref() == Some("leader") {
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn free_listen() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// How the leader is taken away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// `kill -9` of its process.
+    Kill,
+    /// `pg_terminate_backend` of its lock session.
+    Terminate,
+}
+
+/// Three rowcast processes, clients roaming over them, sixteen writers;
+/// three times in a row the leader is taken away: another takes over within
+/// about two seconds, and no client misses or repeats a row.
+async fn failover(takeover: Takeover) {
+    let db = TestDb::new(Kind::Postgres).await;
+    let table = db.messages("messages").await;
+    let prefix = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rowcast.toml");
+    let config = Rowcast::on(&db)
+        .feed("messages", &table, |f| f)
+        .cluster(REDIS_URL, &prefix);
+    std::fs::write(&path, config.toml()).unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(&path, &free_listen()).await);
+    }
+    let bases = Arc::new(instances.iter().map(|i| i.base.clone()).collect::<Vec<_>>());
+    let (done, expected) = watch::channel(None);
+    let clients: Vec<_> = (0..6)
+        .map(|i| roam(bases.clone(), "messages".into(), i, expected.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writers = spawn_writers(&db, &table, Instant::now() + Duration::from_secs(9));
+    let mut takeovers = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A leader that could not tell within a second that it still holds
+        // its lock (a loaded machine) steps down: wait for the next one.
+        let mut leader = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader.is_none() {
+            assert!(Instant::now() < deadline, "no leader within 10 s");
+            leader = leader_of(&instances, "messages", None).await;
+        }
+        let leader = leader.unwrap();
+        let taken = Instant::now();
+        match takeover {
+            Takeover::Kill => instances[leader].kill(),
+            Takeover::Terminate => {
+                let name = "rowcast leader messages";
+                let ended: Vec<bool> = sqlx::query_scalar(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}' AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+                ))
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+                assert!(!ended.is_empty(), "no lock session to terminate");
+            }
+        }
+        let skip = (takeover == Takeover::Kill).then_some(leader);
+        loop {
+            if let Some(new) = leader_of(&instances, "messages", skip).await {
+                if takeover == Takeover::Kill || new != leader || taken.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+            }
+            assert!(taken.elapsed() < Duration::from_secs(10), "no instance took over within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        takeovers.push(taken.elapsed());
+        if takeover == Takeover::Kill {
+            // Back on its address, as a supervisor would restart it.
+            let listen = instances[leader].listen.clone();
+            instances[leader] = Instance::start(&path, &listen).await;
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rows = committed(&db, &table).await;
+    done.send_replace(Some(rows.len()));
+    assert_every_row_once(clients, &rows).await;
+    eprintln!("takeovers: {takeovers:?}");
+    assert!(
+        takeovers.iter().all(|t| *t < Duration::from_secs(4)),
+        "takeovers {takeovers:?}"
+    );
+    drop(instances);
+    drop_stream(REDIS_URL, &prefix, "messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_hands_over_and_nothing_is_lost() {
+    failover(Takeover::Kill).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
+    failover(Takeover::Terminate).await
+}
