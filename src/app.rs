@@ -333,7 +333,10 @@ pub async fn serve(
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
     for (served, setup) in feeds.served.iter().zip(feeds.setups) {
-        match (clustered(feeds.bus.as_ref(), &feeds.source, &setup), &config.cluster) {
+        match (
+            clustered(feeds.bus.as_ref(), &feeds.source, &setup),
+            &config.cluster,
+        ) {
             (Some((bus, gaps)), Some(cluster)) => pollers.spawn(cluster::run(
                 cluster::Member {
                     feed: served.feed.clone(),

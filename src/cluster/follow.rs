@@ -102,7 +102,9 @@ impl Follower {
         let counters = &self.health.counters;
         if entry.late {
             let events = self.feed.publish_late(entry.rows.clone());
-            counters.late_rows.fetch_add(events as u64, Ordering::Relaxed);
+            counters
+                .late_rows
+                .fetch_add(events as u64, Ordering::Relaxed);
             return Ok(());
         }
         let (head, _) = self.feed.head();

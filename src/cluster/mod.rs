@@ -128,8 +128,7 @@ pub struct Member {
 
 /// Follows or leads one feed until `shutdown` fires.
 pub async fn run(member: Member, shutdown: CancellationToken) {
-    let Some(mut lock) = LeaderLock::new(&member.source, &member.prefix, member.feed.name())
-    else {
+    let Some(mut lock) = LeaderLock::new(&member.source, &member.prefix, member.feed.name()) else {
         unreachable!("SQLite feeds are not clustered");
     };
     let mut follower = Follower::new(&member);
@@ -200,7 +199,9 @@ async fn drain(
     shutdown: &CancellationToken,
 ) {
     loop {
-        let read = reader.read(follower.position, Duration::from_millis(1)).await;
+        let read = reader
+            .read(follower.position, Duration::from_millis(1))
+            .await;
         member.membership.bus_result(member.feed.name(), &read);
         match read {
             Ok(entries) if !entries.is_empty() => follower.apply_all(entries, shutdown).await,

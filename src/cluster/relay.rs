@@ -71,7 +71,12 @@ pub async fn run(
             missing = None;
             continue;
         };
-        let appended = match tokio::time::timeout(APPEND_TIMEOUT, bus.append(feed.name(), key, &entry)).await {
+        let appended = match tokio::time::timeout(
+            APPEND_TIMEOUT,
+            bus.append(feed.name(), key, &entry),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(crate::bus::Error::Timeout(APPEND_TIMEOUT)),
         };

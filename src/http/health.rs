@@ -10,12 +10,12 @@ use super::access::may_read;
 use super::{ApiContext, Served};
 use crate::cluster::Role;
 use crate::feed::Feed;
-use std::sync::atomic::Ordering;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 /// `/healthz` on the main listener.
 pub async fn healthz(

@@ -58,7 +58,9 @@ impl LeaderLock {
                         ("tcp_keepalives_count", "2"),
                         ("tcp_user_timeout", "3000"),
                     ]);
-                Ok(Session::Postgres(PgConnection::connect_with(&options).await?))
+                Ok(Session::Postgres(
+                    PgConnection::connect_with(&options).await?,
+                ))
             }
             Source::MySql(pool) => {
                 let mut session = MySqlConnection::connect_with(&pool.connect_options()).await?;
@@ -98,12 +100,8 @@ impl LeaderLock {
             return false;
         };
         let alive = match session {
-            Session::Postgres(session) => {
-                tokio::time::timeout(CHECK_TIMEOUT, session.ping()).await
-            }
-            Session::MySql(session) => {
-                tokio::time::timeout(CHECK_TIMEOUT, session.ping()).await
-            }
+            Session::Postgres(session) => tokio::time::timeout(CHECK_TIMEOUT, session.ping()).await,
+            Session::MySql(session) => tokio::time::timeout(CHECK_TIMEOUT, session.ping()).await,
         };
         if matches!(alive, Ok(Ok(()))) {
             return true;

@@ -52,7 +52,11 @@ fn spawn_writers(db: &TestDb, table: &str, end: Instant) -> Vec<tokio::task::Joi
                 };
                 while Instant::now() < end {
                     let mut tx = pool.begin().await.unwrap();
-                    sqlx::query(&sql).bind(&body).execute(&mut *tx).await.unwrap();
+                    sqlx::query(&sql)
+                        .bind(&body)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
                     let pause = rand::random::<u64>() % 30;
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     tx.commit().await.unwrap();
@@ -70,22 +74,30 @@ async fn committed(db: &TestDb, table: &str) -> Vec<i64> {
 }
 
 /// A client that reads `/events/{feed}` from the instances at `bases`,
-/// starting at the `start`th, from `?after=0`; when a stream ends or fails
-/// it goes on at the next instance with its `Last-Event-ID`. Returns the
-/// row ids it got once it has got as many as `expected` holds.
+/// starting at the `start`th, from `?after=0`; when a stream ends, fails or
+/// stays quiet for [`QUIET`] it goes on at the next instance with its
+/// `Last-Event-ID`. Returns the row ids it got once it has got as many as
+/// `expected` holds.
 fn roam(
     bases: Arc<Vec<String>>,
     feed: String,
     start: usize,
-    expected: watch::Receiver<Option<usize>>,
+    mut expected: watch::Receiver<Option<usize>>,
 ) -> tokio::task::JoinHandle<Vec<i64>> {
     tokio::spawn(async move {
         let mut got: Vec<i64> = Vec::new();
         let mut last: Option<String> = None;
         let mut at = start;
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let complete = |got: &Vec<i64>, expected: &watch::Receiver<Option<usize>>| {
+            expected.borrow().is_some_and(|n| got.len() >= n)
+        };
         loop {
-            assert!(Instant::now() < deadline, "gave up after {} rows", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "gave up after {} rows",
+                got.len()
+            );
             let base = &bases[at % bases.len()];
             let url = match &last {
                 Some(_) => format!("{base}/events/{feed}"),
@@ -96,7 +108,17 @@ fn roam(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            while let Some(event) = client.next(Duration::from_secs(1)).await {
+            loop {
+                let event = tokio::select! {
+                    event = client.next(QUIET) => event,
+                    _ = expected.changed() => {
+                        if complete(&got, &expected) {
+                            return got;
+                        }
+                        continue;
+                    }
+                };
+                let Some(event) = event else { break };
                 if event.data.is_empty() {
                     continue;
                 }
@@ -104,8 +126,11 @@ fn roam(
                 if !event.id.is_empty() {
                     last = Some(event.id.clone());
                 }
+                if complete(&got, &expected) {
+                    return got;
+                }
             }
-            if expected.borrow().is_some_and(|n| got.len() >= n) {
+            if complete(&got, &expected) {
                 return got;
             }
             // Ended, failed or quiet: go on elsewhere, from the cursor.
@@ -113,6 +138,11 @@ fn roam(
         }
     })
 }
+
+/// How long a roaming client waits for a row before it tries another
+/// instance: longer than a bus outage of the tests, so that a client
+/// stays on its instance through it.
+const QUIET: Duration = Duration::from_secs(6);
 
 /// Checks that every client got exactly the committed rows, in order.
 async fn assert_every_row_once(clients: Vec<tokio::task::JoinHandle<Vec<i64>>>, rows: &[i64]) {
@@ -152,7 +182,10 @@ async fn three_instances_poll_once(kind: Kind) {
     }
     // One of them takes the lock; wait for it before writing.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !servers.iter().any(|s| served(s).membership.role() == rowcast::cluster::Role::Leader) {
+    while !servers
+        .iter()
+        .any(|s| served(s).membership.role() == rowcast::cluster::Role::Leader)
+    {
         assert!(Instant::now() < deadline, "no leader within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -189,7 +222,10 @@ async fn three_instances_poll_once(kind: Kind) {
         }
     }
     let health = wait_health(&bases[0], 200).await;
-    let role = health["feeds"]["messages"]["role"].as_str().unwrap().to_owned();
+    let role = health["feeds"]["messages"]["role"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(role == "leader" || role == "follower", "{health}");
     for server in servers {
         server.stop().await;
@@ -216,11 +252,17 @@ struct Instance {
 
 impl Instance {
     async fn start(config: &std::path::Path, listen: &str) -> Instance {
-        let mut child = rowcast(&["serve", "--config", config.to_str().unwrap(), "--listen", listen])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = rowcast(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            listen,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         let base = format!("http://{listen}");
         tokio::select! {
             _ = wait_health(&base, 200) => {}
@@ -242,7 +284,10 @@ impl Instance {
 
     fn kill(&mut self) {
         let pid = self.child.id().expect("running").to_string();
-        let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap();
         assert!(killed.success());
     }
 }
@@ -323,11 +368,17 @@ async fn failover(takeover: Takeover) {
         let skip = (takeover == Takeover::Kill).then_some(leader);
         loop {
             if let Some(new) = leader_of(&instances, "messages", skip).await {
-                if takeover == Takeover::Kill || new != leader || taken.elapsed() > Duration::from_secs(1) {
+                if takeover == Takeover::Kill
+                    || new != leader
+                    || taken.elapsed() > Duration::from_secs(1)
+                {
                     break;
                 }
             }
-            assert!(taken.elapsed() < Duration::from_secs(10), "no instance took over within 10 s");
+            assert!(
+                taken.elapsed() < Duration::from_secs(10),
+                "no instance took over within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         takeovers.push(taken.elapsed());
@@ -360,4 +411,93 @@ async fn a_killed_leader_hands_over_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
     failover(Takeover::Terminate).await
+}
+
+/// A Redis server of one test's own, which it may stop and start.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = free_listen().rsplit_once(':').unwrap().1.parse().unwrap();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again, empty (it keeps nothing on disk, as this machine's).
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (Debian package redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+/// The bus goes away mid-run and comes back empty: the streams stay open,
+/// `/healthz` says degraded meanwhile, and once it is back followers read
+/// what it lost from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_row() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let table = db.messages("messages").await;
+    let mut redis = PrivateRedis::start().await;
+    let config = Rowcast::on(&db)
+        .feed("messages", &table, |f| f)
+        .cluster(&redis.url(), "rowcast");
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(config.start().await);
+    }
+    let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
+    let (done, expected) = watch::channel(None);
+    let clients: Vec<_> = (0..6)
+        .map(|i| roam(bases.clone(), "messages".into(), i, expected.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writers = spawn_writers(&db, &table, Instant::now() + Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill().await;
+    let health = wait_health(&bases[0], 503).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rows = committed(&db, &table).await;
+    done.send_replace(Some(rows.len()));
+    assert_every_row_once(clients, &rows).await;
+    wait_health(&bases[0], 200).await;
+    let filled: u64 = (servers.iter())
+        .map(|s| served(s).membership.filled.load(Ordering::SeqCst))
+        .sum();
+    assert!(filled > 0, "no follower read what the bus lost");
+    for server in servers {
+        server.stop().await;
+    }
 }
