@@ -20,6 +20,9 @@
 //!   (`source::horizon`) and sends those whose state changed. `gap` judges
 //!   which ids it may publish when they commit out of order; `doorbell`
 //!   rings its bell on a Postgres NOTIFY.
+//! - [`cluster`]: with several instances on one bus, the instance holding a
+//!   feed's database lock runs its poller and relays each batch to the
+//!   [`bus`]; the others apply the bus's entries to their feed instead.
 //! - [`feed`]: per feed, frames each row once, keeps a replay ring and the
 //!   latest cursor, broadcasts batches, and catches up clients behind the
 //!   ring with coalesced reads through a reader it is handed.
