@@ -17,11 +17,13 @@
 //! - [`cli`], [`clients`]: the binary as a user runs it; the strictest real
 //!   SSE clients, directly and behind nginx.
 //! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
+//! - [`bus`]: the cluster bus on real Redis and NATS JetStream servers.
 
 mod common;
 
 mod apps;
 mod auth;
+mod bus;
 mod changes;
 mod changes_torture;
 mod cli;
