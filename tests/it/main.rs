@@ -17,12 +17,14 @@
 //! - [`cli`], [`clients`]: the binary as a user runs it; the strictest real
 //!   SSE clients, directly and behind nginx.
 //! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
-//! - [`cluster`]: several instances on one database and one bus.
+//! - [`bus`], [`cluster`]: the cluster bus on real Redis and NATS
+//!   JetStream servers; several instances on one database and one bus.
 
 mod common;
 
 mod apps;
 mod auth;
+mod bus;
 mod changes;
 mod changes_torture;
 mod cli;
