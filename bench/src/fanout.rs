@@ -52,7 +52,7 @@
 //! open files as its hard limit allows; the benchmark raises its own soft
 //! limit to it, and its children inherit that.
 
-mod crowd;
+pub(crate) mod crowd;
 mod histogram;
 mod nchan;
 mod report;

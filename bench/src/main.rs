@@ -29,6 +29,7 @@
 //! cargo run --release -p rowcast-bench -- memory
 //! ```
 
+mod cluster;
 mod cpu;
 mod db;
 pub mod fanout;
@@ -66,6 +67,9 @@ enum Bench {
     /// Server-Sent Events fan-out of rowcast against nginx+nchan, side by
     /// side: memory per connection, highest rate, reconnect storm.
     Fanout(FanoutArgs),
+    /// Several instances sharing a bus against one alone: database queries,
+    /// deliveries and latency, memory per connection.
+    Cluster(cluster::ClusterArgs),
     /// Resident memory before and after bursts of long-polls and stalled
     /// connections: whether rowcast gives memory back.
     Memory(MemoryArgs),
@@ -79,6 +83,7 @@ async fn main() -> ExitCode {
         Bench::Polling(args) => polling::polling(args).await,
         Bench::Fanout(args) => fanout::fanout(args).await,
         Bench::Memory(args) => memory::memory(args).await,
+        Bench::Cluster(args) => cluster::cluster(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
