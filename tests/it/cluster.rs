@@ -15,6 +15,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Concurrent writers, each committing one row at a time with a short
 /// random pause inside its transaction, so that ids commit out of order.
@@ -25,8 +26,17 @@ fn prefix() -> String {
     format!("t{:08x}", rand::random::<u32>())
 }
 
-/// Deletes a feed's stream from a Redis bus.
+/// Deletes a feed's stream from the bus: the Redis key, or the prefix's
+/// JetStream stream.
 async fn drop_stream(url: &str, prefix: &str, feed: &str) {
+    if url.starts_with("nats") {
+        if let Ok(client) = async_nats::connect(url).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(format!("{prefix}_feeds"))
+                .await;
+        }
+        return;
+    }
     if let Ok(client) = redis::Client::open(url) {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
             let _: Result<i64, _> = redis::cmd("DEL")
@@ -169,13 +179,13 @@ fn served(server: &Server) -> &rowcast::http::Served {
 
 /// Three in-process instances of one feed on one bus, clients on each,
 /// sixteen writers: one instance polls, the others only apply the bus.
-async fn three_instances_poll_once(kind: Kind) {
+async fn three_instances_poll_once(kind: Kind, bus: &str) {
     let db = TestDb::new(kind).await;
     let table = db.messages("messages").await;
     let prefix = prefix();
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(REDIS_URL, &prefix);
+        .cluster(bus, &prefix);
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(config.start().await);
@@ -230,17 +240,27 @@ async fn three_instances_poll_once(kind: Kind) {
     for server in servers {
         server.stop().await;
     }
-    drop_stream(REDIS_URL, &prefix, "messages").await;
+    drop_stream(bus, &prefix, "messages").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_poll_once_postgres() {
-    three_instances_poll_once(Kind::Postgres).await
+    three_instances_poll_once(Kind::Postgres, REDIS_URL).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_poll_once_mysql() {
-    three_instances_poll_once(Kind::MySql).await
+    three_instances_poll_once(Kind::MySql, REDIS_URL).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_poll_once_on_nats_postgres() {
+    three_instances_poll_once(Kind::Postgres, NATS_URL).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_poll_once_on_nats_mysql() {
+    three_instances_poll_once(Kind::MySql, NATS_URL).await
 }
 
 /// A rowcast process of a clustered configuration.
@@ -413,40 +433,70 @@ async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
     failover(Takeover::Terminate).await
 }
 
-/// A Redis server of one test's own, which it may stop and start.
-struct PrivateRedis {
+/// A bus server of one test's own, which it may stop and start: Redis
+/// keeping nothing on disk (as this machine's), or NATS with JetStream
+/// keeping its streams in a directory of the test.
+struct PrivateBus {
+    nats: bool,
     port: u16,
+    store: tempfile::TempDir,
     child: Option<Child>,
 }
 
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
+impl PrivateBus {
+    async fn start(nats: bool) -> PrivateBus {
         let port = free_listen().rsplit_once(':').unwrap().1.parse().unwrap();
-        let mut redis = PrivateRedis { port, child: None };
-        redis.restart().await;
-        redis
+        let store = tempfile::tempdir().unwrap();
+        let mut bus = PrivateBus {
+            nats,
+            port,
+            store,
+            child: None,
+        };
+        bus.restart().await;
+        bus
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.nats {
+            true => format!("nats://127.0.0.1:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
-    /// Starts it again, empty (it keeps nothing on disk, as this machine's).
     async fn restart(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let port = self.port.to_string();
+        let mut command = match self.nats {
+            true => {
+                let mut c = tokio::process::Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                    .arg(self.store.path());
+                c
+            }
+            false => {
+                let mut c = tokio::process::Command::new("redis-server");
+                c.args(["--port", &port, "--bind", "127.0.0.1"]).args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            }
+        };
+        let child = command
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("redis-server runs (Debian package redis-server)");
+            .expect("the bus server runs (Debian packages redis-server, nats-server)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
+            assert!(Instant::now() < deadline, "the bus server did not listen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -458,17 +508,16 @@ impl PrivateRedis {
     }
 }
 
-/// The bus goes away mid-run and comes back empty: the streams stay open,
-/// `/healthz` says degraded meanwhile, and once it is back followers read
-/// what it lost from the database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restart_loses_no_row() {
+/// The bus goes away mid-run and comes back (Redis: empty): the streams
+/// stay open, `/healthz` says degraded meanwhile, and once it is back
+/// followers read what they missed from the database.
+async fn a_bus_restart_loses_no_row(nats: bool) {
     let db = TestDb::new(Kind::Postgres).await;
     let table = db.messages("messages").await;
-    let mut redis = PrivateRedis::start().await;
+    let mut bus = PrivateBus::start(nats).await;
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(&redis.url(), "rowcast");
+        .cluster(&bus.url(), "rowcast");
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(config.start().await);
@@ -481,11 +530,11 @@ async fn a_redis_restart_loses_no_row() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writers = spawn_writers(&db, &table, Instant::now() + Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    redis.kill().await;
+    bus.kill().await;
     let health = wait_health(&bases[0], 503).await;
     assert_eq!(health["status"], "degraded", "{health}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    redis.restart().await;
+    bus.restart().await;
     for w in writers {
         w.await.unwrap();
     }
@@ -496,8 +545,18 @@ async fn a_redis_restart_loses_no_row() {
     let filled: u64 = (servers.iter())
         .map(|s| served(s).membership.filled.load(Ordering::SeqCst))
         .sum();
-    assert!(filled > 0, "no follower read what the bus lost");
+    assert!(filled > 0, "no follower read what the bus missed");
     for server in servers {
         server.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_row() {
+    a_bus_restart_loses_no_row(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_loses_no_row() {
+    a_bus_restart_loses_no_row(true).await
 }
