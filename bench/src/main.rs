@@ -70,6 +70,10 @@ enum Bench {
     /// Several instances sharing a bus against one alone: database queries,
     /// deliveries and latency, memory per connection.
     Cluster(cluster::ClusterArgs),
+    /// Streams on one server in a process of their own, driven over stdin
+    /// by `cluster`.
+    #[command(hide = true)]
+    Crowd(cluster::crowd::CrowdArgs),
     /// Resident memory before and after bursts of long-polls and stalled
     /// connections: whether rowcast gives memory back.
     Memory(MemoryArgs),
@@ -84,6 +88,7 @@ async fn main() -> ExitCode {
         Bench::Fanout(args) => fanout::fanout(args).await,
         Bench::Memory(args) => memory::memory(args).await,
         Bench::Cluster(args) => cluster::cluster(args).await,
+        Bench::Crowd(args) => cluster::crowd::serve(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -13,22 +13,26 @@
 //! instance's RSS growth per connection. Then one row to every client.
 //!
 //! One process holds at most as many open files as its hard limit (20,000
-//! on the machine the README's figures come from), and these clients live
-//! in the benchmark's process: `--clients` is the total over the instances.
+//! on the machine the README's figures come from), so each instance's
+//! clients run in a process of their own (`crowd`). `--clients` is the
+//! total over the instances; alone, one instance holds them all, so the
+//! one-instance run takes at most `--alone-clients`.
 //!
 //! ```sh
 //! cargo build --release
-//! cargo run --release -p rowcast-bench -- cluster --clients 18000
+//! cargo run --release -p rowcast-bench -- cluster --clients 30000
+//! cargo run --release -p rowcast-bench -- cluster --clients 57000 --rate 1 --duration 5s
 //! ```
+
+pub mod crowd;
 
 use crate::cpu::rss_kib;
 use crate::db::{install_notify_trigger, table_scans, Db};
-use crate::fanout::crowd::{Crowd, Subscription};
-use crate::fanout::stream::{ReadyOn, State};
 use crate::now_us;
 use crate::server::{metric, Server};
 use anyhow::Context as _;
 use clap::Args;
+use crowd::Remote;
 use sqlx::postgres::PgPoolOptions;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,7 +59,10 @@ pub struct ClusterArgs {
     /// The rowcast binary [default: the one beside this executable].
     #[arg(long)]
     rowcast: Option<PathBuf>,
-    /// Clients connecting at once.
+    /// Clients of the one-instance run at most (one process holds them).
+    #[arg(long, default_value_t = 19_000)]
+    alone_clients: usize,
+    /// Clients connecting at once, per instance.
     #[arg(long, default_value_t = 500)]
     parallel: usize,
 }
@@ -149,55 +156,51 @@ async fn measure(
         unreachable!("the cluster benchmark runs on Postgres")
     };
     let pool = pool.clone();
-    let per = args.clients / instances;
+    let per = match instances {
+        1 => args.clients.min(args.alone_clients),
+        _ => args.clients / instances,
+    };
     let mut crowds = Vec::new();
     let mut rss_per_client = Vec::new();
     for server in &d.servers {
         let before = rss_kib(server.child.id().unwrap_or(0));
-        let sub = Subscription {
-            addr: server.addr,
-            path: format!("/events/{}", d.table),
-            ready_on: ReadyOn::Retry,
-        };
-        let last = d.last;
-        let crowd = Crowd::connect(&sub, per, args.parallel, |_| (last, None)).await;
+        let path = format!("/events/{}", d.table);
+        let crowd = Remote::start(server.addr, &path, per, d.last, args.parallel).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(server.child.id().unwrap_or(0));
-        let connected = per - crowd.count(State::ConnectFailed);
+        let connected = crowd.ready.connected;
         rss_per_client.push(match (before, after) {
             (Some(b), Some(a)) if connected > 0 => (a as f64 - b as f64) / connected as f64,
             _ => f64::NAN,
         });
         crowds.push(crowd);
     }
-    let connect_errors = crowds.iter().map(|c| c.count(State::ConnectFailed)).sum();
+    let connect_errors = crowds.iter().map(|c| c.ready.failed).sum();
     // Warm up, then the window.
     write(&mut d, args.rate, Duration::from_secs(2)).await?;
-    wait_all(&crowds, d.last, Duration::from_secs(10)).await;
-    let before_counts: Vec<_> = crowds.iter().map(|c| c.counts()).collect();
-    for crowd in &crowds {
-        crowd.clear_latencies();
+    wait_all(&mut crowds, d.last, Duration::from_secs(10)).await?;
+    for crowd in &mut crowds {
+        crowd.window().await?;
     }
     let scans_before = table_scans(&pool, &d.table).await?;
     let queries_before = queries(&d).await?;
     let started = Instant::now();
     let rows = write(&mut d, args.rate, args.duration).await?;
     let written_for = started.elapsed();
-    wait_all(&crowds, d.last, Duration::from_secs(10)).await;
+    let caught_up = wait_all(&mut crowds, d.last, Duration::from_secs(10)).await?;
     // pg_stat_user_tables lags by up to a second: read it after as long.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let elapsed = started.elapsed();
     let scans = table_scans(&pool, &d.table).await? - scans_before;
     let queries_after = queries(&d).await?;
-    let mut ok = true;
+    let mut ok = caught_up;
     let mut deliveries = 0;
     let mut latency = Vec::new();
-    for (crowd, before) in crowds.iter().zip(&before_counts) {
-        let check = crowd.check(before, d.last);
-        ok &= check.ok();
-        deliveries += check.received;
-        let p = crowd.histogram().percentiles();
-        latency.push((p.p50, p.p99, p.max));
+    for crowd in &mut crowds {
+        let report = crowd.check(d.last).await?;
+        ok &= !report.wrong;
+        deliveries += report.received;
+        latency.push((report.p50, report.p99, report.max));
     }
     let mut roles = Vec::new();
     for server in &d.servers {
@@ -212,9 +215,9 @@ async fn measure(
     }
     // One more row, to every client.
     write(&mut d, 1.0, Duration::from_millis(500)).await?;
-    let one_row = wait_all(&crowds, d.last, Duration::from_secs(10)).await;
-    for mut crowd in crowds {
-        crowd.close().await;
+    let one_row = wait_all(&mut crowds, d.last, Duration::from_secs(10)).await?;
+    for crowd in crowds {
+        crowd.stop().await;
     }
     for server in d.servers.drain(..) {
         server.stop().await;
@@ -263,14 +266,14 @@ async fn write(d: &mut Deployment, rate: f64, duration: Duration) -> anyhow::Res
     Ok(rows)
 }
 
-async fn wait_all(crowds: &[Crowd], last: i64, within: Duration) -> bool {
+async fn wait_all(crowds: &mut [Remote], last: i64, within: Duration) -> anyhow::Result<bool> {
     let deadline = Instant::now() + within;
+    let mut all = true;
     for crowd in crowds {
-        if !crowd.wait_caught_up(last, deadline).await {
-            return false;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        all &= crowd.wait(last, left).await?;
     }
-    true
+    Ok(all)
 }
 
 fn ms(us: u64) -> String {
@@ -308,8 +311,11 @@ fn report(args: &ClusterArgs, results: &[Measured]) {
             queries.join(" + ")
         );
         println!(
-            "  deliveries/s            {:.0}",
-            m.deliveries as f64 / m.elapsed.as_secs_f64()
+            "  deliveries/s            {:.0} ({} rows × {} clients in {:.1} s)",
+            m.deliveries as f64 / m.elapsed.as_secs_f64(),
+            m.rows,
+            m.clients - m.connect_errors,
+            m.elapsed.as_secs_f64()
         );
         for (i, ((p50, p99, max), rss)) in m.latency.iter().zip(&m.rss_per_client_kib).enumerate() {
             println!(
