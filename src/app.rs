@@ -8,7 +8,7 @@ use crate::config::{self, Config, FeedConfig, Mode, Notify};
 use crate::cursor::Cursor;
 use crate::doorbell;
 use crate::fanout::Fanout;
-use crate::feed::Feed;
+use crate::feed::{Feed, Reader};
 use crate::http::{self, connections::Connections, listener::Listening, Served};
 use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
 use crate::source::horizon::{self, Horizon};
@@ -131,10 +131,17 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
     }
     // In configuration order, whatever the mode.
     started.sort_by_key(|(feed, ..)| config.feeds.iter().position(|f| f.name == feed.name));
+    let bus = match &config.cluster {
+        Some(cluster) => Some(Bus::connect(&cluster.bus, &cluster.prefix).await?),
+        None => None,
+    };
+    if let (Some(bus), Some(cluster)) = (&bus, &config.cluster) {
+        say_clustered(&source, bus, cluster, &config.feeds);
+    }
     let mut served = Vec::with_capacity(started.len());
     let mut setups = Vec::with_capacity(started.len());
     for (feed, query, setup, head, health) in started {
-        let reader = Arc::new(TableReader {
+        let mut reader: Arc<dyn Reader> = Arc::new(TableReader {
             source: source.clone(),
             query: query.clone(),
             changes: match &setup {
@@ -144,6 +151,14 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             tuning: feed.tuning.clone(),
             health: health.clone(),
         });
+        if let Some((bus, _)) = clustered(bus.as_ref(), &source, &setup) {
+            reader = Arc::new(cluster::BusFirst {
+                bus,
+                feed: feed.name.clone(),
+                style: crate::feed::style_of(feed, &query),
+                table: reader,
+            });
+        }
         let feed = Arc::new(Feed::new(
             feed.clone(),
             query,
@@ -159,13 +174,6 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             membership: Arc::default(),
         });
         setups.push(setup);
-    }
-    let bus = match &config.cluster {
-        Some(cluster) => Some(Bus::connect(&cluster.bus, &cluster.prefix).await?),
-        None => None,
-    };
-    if let (Some(bus), Some(cluster)) = (&bus, &config.cluster) {
-        say_clustered(&source, bus, cluster, &config.feeds);
     }
     Ok(Feeds {
         source,

@@ -184,7 +184,14 @@ impl Entry {
     /// late rows of a feed whose cursors use all 128 bits (they have none)
     /// or a head before every row.
     pub fn key(&self, style: Style, late: u64) -> Option<Key> {
-        let Cursor::At(id) = self.head else {
+        Key::of(self.head, style, late)
+    }
+}
+
+impl Key {
+    /// The key of an entry ending at `cursor` (see [`Entry::key`]).
+    pub fn of(cursor: Cursor, style: Style, late: u64) -> Option<Key> {
+        let Cursor::At(id) = cursor else {
             return None;
         };
         let minor = 1 + late;
@@ -206,6 +213,19 @@ impl Entry {
             }
             _ => None,
         }
+    }
+
+    /// The greatest key an entry ending at `cursor` can have: entries above
+    /// it hold rows after `cursor`. `None` before every row.
+    pub fn last_at(cursor: Cursor, style: Style) -> Option<Key> {
+        let key = Key::of(cursor, style, 0)?;
+        Some(match style {
+            Style::Ids(IdRange::Signed | IdRange::Unsigned) => Key {
+                minor: u64::MAX,
+                ..key
+            },
+            _ => key,
+        })
     }
 }
 
@@ -277,6 +297,15 @@ mod tests {
         assert_eq!(wide.to_string(), "5-3");
         assert_eq!(entry(9).key(packed, 1), None);
         assert_eq!("5-3".parse::<Key>().unwrap(), wide);
+        // Every entry ending at a cursor, late ones too, is at or below its
+        // last key, and the next cursor's above it.
+        let last = Key::last_at(Cursor::At(7), signed).unwrap();
+        assert!(late <= last && last < entry(8).key(signed, 0).unwrap());
+        assert_eq!(
+            Key::last_at(Cursor::At(5i128 << 64 | 3), packed),
+            Some(wide)
+        );
+        assert_eq!(Key::last_at(Cursor::Start, signed), None);
         assert!("5".parse::<Key>().is_err());
     }
 }

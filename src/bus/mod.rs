@@ -117,6 +117,21 @@ impl Bus {
         }
     }
 
+    /// Up to `count` entries of `feed` with keys above `after` (from the
+    /// first when `None`), in order; `None` when this bus cannot find
+    /// entries by key (JetStream numbers its own).
+    pub async fn range(
+        &self,
+        feed: &str,
+        after: Option<Key>,
+        count: usize,
+    ) -> Result<Option<Vec<Stored>>, Error> {
+        match self {
+            Bus::Redis(bus) => bus.range(feed, after, count).await.map(Some),
+            Bus::Nats(_) => Ok(None),
+        }
+    }
+
     /// A reader of `feed`'s stream, on a connection of its own (it blocks).
     pub fn reader(&self, feed: &str) -> Reader {
         match self {

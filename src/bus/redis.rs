@@ -129,6 +129,29 @@ impl RedisBus {
             .map(|(id, fields)| stored(id, fields)))
     }
 
+    /// Up to `count` entries with keys above `after` (from the first when
+    /// `None`), in order.
+    pub async fn range(
+        &self,
+        feed: &str,
+        after: Option<Key>,
+        count: usize,
+    ) -> Result<Vec<Stored>, Error> {
+        let start = after.map_or("-".to_owned(), |key| format!("({key}"));
+        let cmd = redis::cmd("XRANGE")
+            .arg(self.stream(feed))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .clone();
+        let entries: Vec<(String, Vec<Vec<u8>>)> = self.query(&cmd).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| stored(id, fields))
+            .collect())
+    }
+
     pub fn reader(&self, feed: &str) -> RedisReader {
         RedisReader {
             client: self.client.clone(),

@@ -8,8 +8,11 @@
 //! This module decides who polls; it never frames rows nor talks to
 //! clients, and a feed's cursors mean the same on every instance.
 
+mod catchup;
 mod follow;
 mod relay;
+
+pub use catchup::BusFirst;
 
 use crate::bus::Bus;
 use crate::feed::Feed;

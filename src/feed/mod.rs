@@ -102,12 +102,7 @@ impl Feed {
                 tracing::info!(feed = %config.name, "no sent column looks like a row's time: `latest_row_at` in /feeds stays null; set `timestamp_column` to name one")
             }
         }
-        let style = match (config.mode, &query.txid_column, query.unsigned) {
-            (Mode::Changes, _, _) => Style::Changes { epoch: run_epoch() },
-            (Mode::Append, Some(_), _) => Style::Ids(IdRange::Packed),
-            (Mode::Append, None, true) => Style::Ids(IdRange::Unsigned),
-            (Mode::Append, None, false) => Style::Ids(IdRange::Signed),
-        };
+        let style = style_of(&config, &query);
         Feed {
             style,
             poll_lock: tokio::sync::Mutex::new(()),
@@ -294,6 +289,17 @@ impl Feed {
     /// A subscriber starting after `after`, or live from now.
     pub fn subscribe(self: &Arc<Self>, after: Option<Cursor>) -> Subscriber {
         Subscriber::new(self.clone(), after)
+    }
+}
+
+/// How a feed's cursors read and print, by its mode and cursor column. A
+/// changes feed's cursors name this server run.
+pub fn style_of(config: &FeedConfig, query: &FeedQuery) -> Style {
+    match (config.mode, &query.txid_column, query.unsigned) {
+        (Mode::Changes, _, _) => Style::Changes { epoch: run_epoch() },
+        (Mode::Append, Some(_), _) => Style::Ids(IdRange::Packed),
+        (Mode::Append, None, true) => Style::Ids(IdRange::Unsigned),
+        (Mode::Append, None, false) => Style::Ids(IdRange::Signed),
     }
 }
 

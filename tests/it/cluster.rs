@@ -560,3 +560,47 @@ async fn a_redis_restart_loses_no_row() {
 async fn a_nats_restart_loses_no_row() {
     a_bus_restart_loses_no_row(true).await
 }
+
+/// A client behind a follower's ring is caught up from the bus's retained
+/// entries, without a query; once the bus has lost them, from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_reads_the_bus_before_the_database() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let table = db.messages("messages").await;
+    let prefix = prefix();
+    let config = Rowcast::on(&db)
+        .feed("messages", &table, |f| f.ring_size(5))
+        .cluster(REDIS_URL, &prefix);
+    let leader = config.start().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&leader).membership.role() != rowcast::cluster::Role::Leader {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let follower = config.start().await;
+    let mut live = Client::connect(&format!("{}/events/messages", follower.url), None).await;
+    let mut written = Vec::new();
+    for i in 0..30 {
+        written.push(db.insert(&table, 1, &format!("m{i}")).await);
+    }
+    assert_eq!(ids(&live.take(30).await), written);
+    let queries = |s: &Server| served(s).health.counters.queries.load(Ordering::SeqCst);
+    assert_eq!(queries(&follower), 0);
+
+    // From the first row: far behind a ring of five.
+    let url = format!("{}/events/messages", follower.url);
+    let first = written[0].to_string();
+    let mut behind = Client::connect(&url, Some(&first)).await;
+    assert_eq!(ids(&behind.take(29).await), written[1..]);
+    assert_eq!(queries(&follower), 0, "the bus had every entry");
+
+    drop_stream(REDIS_URL, &prefix, "messages").await;
+    let mut behind = Client::connect(&url, Some(&written[9].to_string())).await;
+    assert_eq!(ids(&behind.take(20).await), written[10..]);
+    assert!(
+        queries(&follower) > 0,
+        "the bus lost its entries: the database was read"
+    );
+    follower.stop().await;
+    leader.stop().await;
+}

@@ -1,0 +1,86 @@
+//! Catch-up reads of a clustered feed: a client behind an instance's ring
+//! is caught up from the bus's retained entries when they reach back far
+//! enough, and from the database otherwise, so that a reconnect storm on
+//! many instances costs the database little more than on one.
+
+use crate::bus::{Bus, Key};
+use crate::cursor::{Cursor, Style};
+use crate::feed::{CatchUpRows, Reader};
+use crate::source::{self, Row};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+
+/// Entries read at once from the bus for one page.
+const ENTRIES: usize = 256;
+
+/// Reads pages from the bus first, then from `table`.
+pub struct BusFirst {
+    pub bus: Bus,
+    pub feed: String,
+    pub style: Style,
+    /// The feed's reader of its table.
+    pub table: Arc<dyn Reader>,
+}
+
+impl BusFirst {
+    /// The rows of (`after`, `upto`] (at most `limit`) from the bus, when its
+    /// entries cover that span without a hole; `None` when they do not.
+    async fn read_bus(&self, after: Cursor, upto: Cursor, limit: u32) -> Option<Vec<Row>> {
+        let mut rows = Vec::new();
+        let mut position = after;
+        let mut start = Key::last_at(after, self.style);
+        while position < upto {
+            let entries = self.bus.range(&self.feed, start, ENTRIES).await.ok()??;
+            if entries.is_empty() {
+                return None;
+            }
+            for stored in entries {
+                let Ok(entry) = stored.entry else { return None };
+                if let crate::bus::Position::Redis(key) = stored.position {
+                    start = Some(key);
+                }
+                if entry.late || entry.head <= position {
+                    continue;
+                }
+                // A hole before this entry: the database has what it lacks.
+                if entry.from > position {
+                    return None;
+                }
+                for row in entry.rows {
+                    let at = Cursor::At(row.id);
+                    if at > position && at <= upto {
+                        rows.push(row);
+                        if rows.len() == limit as usize {
+                            return Some(rows);
+                        }
+                    }
+                }
+                position = entry.head;
+                if position >= upto {
+                    break;
+                }
+            }
+        }
+        Some(rows)
+    }
+}
+
+impl Reader for BusFirst {
+    fn read(
+        &self,
+        after: Cursor,
+        upto: Cursor,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
+        Box::pin(async move {
+            match self.read_bus(after, upto, limit).await {
+                Some(rows) => Ok(rows),
+                None => self.table.read(after, upto, limit).await,
+            }
+        })
+    }
+
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
+        self.table.changes(since_ms)
+    }
+}
