@@ -338,8 +338,8 @@ enum Takeover {
 /// Three rowcast processes, clients roaming over them, sixteen writers;
 /// three times in a row the leader is taken away: another takes over within
 /// about two seconds, and no client misses or repeats a row.
-async fn failover(takeover: Takeover) {
-    let db = TestDb::new(Kind::Postgres).await;
+async fn failover(kind: Kind, takeover: Takeover) {
+    let db = TestDb::new(kind).await;
     let table = db.messages("messages").await;
     let prefix = prefix();
     let dir = tempfile::tempdir().unwrap();
@@ -424,13 +424,18 @@ async fn failover(takeover: Takeover) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_leader_hands_over_and_nothing_is_lost() {
-    failover(Takeover::Kill).await
+async fn a_killed_leader_hands_over_and_nothing_is_lost_postgres() {
+    failover(Kind::Postgres, Takeover::Kill).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_hands_over_and_nothing_is_lost_mysql() {
+    failover(Kind::MySql, Takeover::Kill).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
-    failover(Takeover::Terminate).await
+    failover(Kind::Postgres, Takeover::Terminate).await
 }
 
 /// A bus server of one test's own, which it may stop and start: Redis
