@@ -8,6 +8,7 @@
 //!     .start()
 //!     .await;
 //! ```
+
 //!
 //! Typed methods cover the keys tests often set; [`Rowcast::set`] and
 //! [`Feed::set`] take any other key, with its value as the file has it
@@ -49,12 +50,16 @@ impl Rowcast {
     /// A server of the database at `url`: a proxy's, another user's, or
     /// one that is not there.
     pub fn at(url: &str) -> Rowcast {
+        Rowcast::without_database().set("database_url", url)
+    }
+
+    /// A server with no database: its feeds read Redis or NATS.
+    pub fn without_database() -> Rowcast {
         let top = QUICK.into_iter().map(|(k, v)| (k.into(), v.into()));
         Rowcast {
             top: top.collect(),
             feeds: Vec::new(),
         }
-        .set("database_url", url)
     }
 
     /// Adds the feed `name` of `table`; `settings` sets its other keys
@@ -265,7 +270,10 @@ mod tests {
             });
         }
         // rowcast takes the file, and every name reads back as it was given.
-        assert_eq!(rowcast.config().database_url, "postgres://u@h/d\"b");
+        assert_eq!(
+            rowcast.config().database_url.as_deref(),
+            Some("postgres://u@h/d\"b")
+        );
         let file = parsed(&rowcast);
         assert_eq!(file["auth"]["secret"].as_str(), Some(names[0]));
         let feeds = file["feed"].as_array().unwrap();
