@@ -18,6 +18,7 @@
 //!   SSE clients, directly and behind nginx.
 //! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
 //! - [`cluster`]: several instances on one database and one bus.
+//! - [`topics`]: feeds of Redis streams and channels and NATS subjects.
 
 mod common;
 
@@ -43,4 +44,5 @@ mod scale;
 mod schema;
 mod slow;
 mod stream;
+mod topics;
 mod visibility;

@@ -8,7 +8,9 @@
 //!     .start()
 //!     .await;
 //! ```
-
+//!
+//! Feeds of Redis and NATS need no database: `Rowcast::without_database()
+//! .topic("chat", "redis-channel", url, |f| f.set("channel", "chat"))`.
 //!
 //! Typed methods cover the keys tests often set; [`Rowcast::set`] and
 //! [`Feed::set`] take any other key, with its value as the file has it
@@ -60,6 +62,23 @@ impl Rowcast {
             top: top.collect(),
             feeds: Vec::new(),
         }
+    }
+
+    /// Adds the feed `name` of `source` (`redis-stream`, `redis-channel`,
+    /// `nats`) at `url`; `settings` sets its other keys (`stream`,
+    /// `channel`, `subject`, `format`, …).
+    pub fn topic(
+        mut self,
+        name: &str,
+        source: &str,
+        url: &str,
+        settings: impl FnOnce(Feed) -> Feed,
+    ) -> Rowcast {
+        let feed = (Feed(Table::new()).set("name", name))
+            .set("source", source)
+            .set("url", url);
+        self.feeds.push(settings(feed).0);
+        self
     }
 
     /// Adds the feed `name` of `table`; `settings` sets its other keys
@@ -220,6 +239,12 @@ impl Feed {
     /// Sets `key` (`hold_cap`, `gaps`, `poll_interval`, …).
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Feed {
         self.0.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Leaves `key` out.
+    pub fn unset(mut self, key: &str) -> Feed {
+        self.0.remove(key);
         self
     }
 
