@@ -1,18 +1,20 @@
-//! Start, serve, stop: connects to the database, checks every feed and
-//! wires its parts — poller, feed, fan-out, doorbell — to the HTTP
-//! listener, then stops them all, within a bounded time, at shutdown.
+//! Start, serve, stop: connects to the database and to the feeds' Redis
+//! and NATS, checks every feed and wires its parts — poller or topic task,
+//! feed, fan-out, doorbell — to the HTTP listener, then stops them all,
+//! within a bounded time, at shutdown. `tables` prepares the table feeds.
+
+mod tables;
 
 use crate::bus::{self, Bus};
 use crate::cluster;
-use crate::config::{self, Config, FeedConfig, Mode, Notify};
-use crate::cursor::Cursor;
+use crate::config::{self, Config, Notify};
 use crate::doorbell;
 use crate::fanout::Fanout;
-use crate::feed::{Feed, Reader};
+use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
-use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
-use crate::source::horizon::{self, Horizon};
+use crate::poller::{self, Health, Setup};
 use crate::source::{self, FeedQuery, GapSetup, Source};
+use crate::topic;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,8 @@ pub enum Error {
     Source(#[from] source::Error),
     #[error(transparent)]
     Bus(#[from] bus::Error),
+    #[error(transparent)]
+    Topic(#[from] topic::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot listen on {address} (`metrics_listen`): {source}")]
@@ -61,229 +65,97 @@ impl From<TcpListener> for Listeners {
 
 /// The checked feeds of a configuration, ready to serve.
 pub struct Feeds {
-    /// The database.
-    pub source: Source,
+    /// The database; `None` when every feed reads Redis or NATS.
+    pub source: Option<Source>,
     /// Every feed as the server will run it, in configuration order.
     pub served: Vec<Served>,
-    /// What each feed's poller starts with, in the same order.
-    pub setups: Vec<Setup>,
+    /// How each feed reads, in the same order.
+    pub setups: Vec<Reading>,
     /// The bus shared with other instances, when clustered.
     pub bus: Option<Bus>,
 }
 
-/// Connects to the database and checks every feed against its catalog.
-/// Each feed starts at its table's current greatest id.
+impl Feeds {
+    /// Closes the database's connections, for feeds prepared and not served.
+    pub async fn close(&self) {
+        if let Some(source) = &self.source {
+            source.close().await;
+        }
+    }
+}
+
+/// How a feed reads, as start-up prepared it.
+pub enum Reading {
+    /// A table, by its poller.
+    Table(Setup),
+    /// A Redis stream or channel or a NATS subject, by its task.
+    Topic(topic::Follow),
+}
+
+impl Reading {
+    /// What the database tells about gaps in an append feed's ids.
+    pub fn gaps(&self) -> Option<&GapSetup> {
+        match self {
+            Reading::Table(setup) => setup.gaps(),
+            Reading::Topic(_) => None,
+        }
+    }
+}
+
+/// Connects to the database, when a feed reads one, and checks every
+/// table feed against its catalog (each starts at its table's current
+/// greatest id); connects every feed of Redis or NATS and finds its head.
 pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
-    let source = Source::connect(&config.database_url, config.max_connections).await?;
-    let mut plans = Vec::with_capacity(config.feeds.len());
-    let mut changes = Vec::new();
-    for feed in &config.feeds {
-        let query = source.plan(feed).await?;
-        source.validate(feed, &query).await?;
-        if feed.mode == Mode::Changes {
-            changes.push((feed, query));
-            continue;
-        }
-        let gap_setup = source.gap_setup(feed, &query).await?;
-        for warning in &gap_setup.warnings {
-            tracing::warn!("{warning}");
-        }
-        for note in &gap_setup.notes {
-            tracing::info!("{note}");
-        }
-        match (feed.notify, source.notify_trigger(&query).await?) {
-            (Notify::On, Some(false)) | (Notify::On, None) => {
-                return Err(source::Error::NoTrigger {
-                    feed: feed.name.clone(),
-                    table: query.table.clone(),
-                }
-                .into())
-            }
-            (Notify::Off, _) | (_, Some(false)) | (_, None) => {}
-            (_, Some(true)) => {
-                tracing::info!(feed = %feed.name, table = %query.table, "NOTIFY trigger found: the doorbell will be used")
-            }
-        }
-        if let Some(column) = &query.txid_column {
-            tracing::info!(feed = %feed.name, %column, "exact mode: reading rows in transaction order");
-        }
-        plans.push((feed, query, gap_setup));
-    }
-    // Feeds wait for in-flight writers side by side, not one after another.
-    let heads = futures::future::try_join_all(
-        plans
-            .iter()
-            .map(|(feed, query, gaps)| poller::starting_head(&source, feed, query, gaps)),
-    )
-    .await?;
-    let mut started: Vec<(&FeedConfig, FeedQuery, Setup, Cursor, Arc<Health>)> = plans
-        .into_iter()
-        .zip(heads)
-        .map(|((feed, query, setup), head)| {
-            (feed, query, Setup::Append(setup), head, Arc::default())
-        })
-        .collect();
-    for (feed, query) in changes {
-        let health = Arc::new(Health::default());
-        let setup = prepare_changes(&source, feed, &query, &health).await?;
-        let head = poller::changes_head(&setup.first, setup.query.skew(feed.tuning.clock_skew));
-        started.push((feed, query, Setup::Changes(Box::new(setup)), head, health));
-    }
-    // In configuration order, whatever the mode.
-    started.sort_by_key(|(feed, ..)| config.feeds.iter().position(|f| f.name == feed.name));
+    let source = match &config.database_url {
+        Some(url) => Some(Source::connect(url, config.max_connections).await?),
+        None => None,
+    };
     let bus = match &config.cluster {
         Some(cluster) => Some(Bus::connect(&cluster.bus, &cluster.prefix).await?),
         None => None,
     };
-    if let (Some(bus), Some(cluster)) = (&bus, &config.cluster) {
-        say_clustered(&source, bus, cluster, &config.feeds);
+    if let (Some(bus), Some(cluster), Some(source)) = (&bus, &config.cluster, &source) {
+        tables::say_clustered(source, bus, cluster, &config.feeds);
     }
-    let mut served = Vec::with_capacity(started.len());
-    let mut setups = Vec::with_capacity(started.len());
-    for (feed, query, setup, head, health) in started {
-        let mut reader: Arc<dyn Reader> = Arc::new(TableReader {
-            source: source.clone(),
-            query: query.clone(),
-            changes: match &setup {
-                Setup::Changes(changes) => Some(changes.query.clone()),
-                Setup::Append(_) => None,
-            },
-            tuning: feed.tuning.clone(),
-            health: health.clone(),
-        });
-        if let Some((bus, _)) = clustered(bus.as_ref(), &source, &setup) {
-            reader = Arc::new(cluster::BusFirst {
-                bus,
-                feed: feed.name.clone(),
-                style: crate::feed::style_of(feed, &query),
-                table: reader,
-            });
-        }
-        let feed = Arc::new(Feed::new(
+    let mut prepared = match &source {
+        Some(source) => tables::prepare(config, source, bus.as_ref()).await?,
+        None => Vec::new(),
+    };
+    for feed in &config.feeds {
+        let Some(topic) = &feed.topic else { continue };
+        let health = Arc::new(Health::default());
+        let topic::Prepared {
+            style,
+            head,
+            reader,
+            follow,
+        } = topic::prepare(feed, topic, &health).await?;
+        let query = FeedQuery::without_sql(feed, follow.describe());
+        let feed = Arc::new(Feed::with_style(
             feed.clone(),
             query,
             reader,
             head,
             config.client_buffer,
+            style,
         ));
         let fanout = Fanout::of(&feed);
-        served.push(Served {
+        let served = Served {
             feed,
             health,
             fanout,
             membership: Arc::default(),
-        });
-        setups.push(setup);
+        };
+        prepared.push((served, Reading::Topic(follow)));
     }
+    // In configuration order, whatever the source.
+    prepared.sort_by_key(|(s, _)| config.feeds.iter().position(|f| f.name == s.feed.name()));
+    let (served, setups) = prepared.into_iter().unzip();
     Ok(Feeds {
         source,
         served,
         setups,
         bus,
-    })
-}
-
-/// Says at start-up which feeds the cluster shares and which this instance
-/// polls alone.
-fn say_clustered(source: &Source, bus: &Bus, cluster: &config::Cluster, feeds: &[FeedConfig]) {
-    let bus_url = source::redact(&cluster.bus);
-    if matches!(source, Source::Sqlite(_)) {
-        tracing::warn!(bus = %bus_url, "SQLite feeds are not clustered: a SQLite file has no sessions to hold a leader's lock, so every instance polls its own feeds and the bus is not used");
-        return;
-    }
-    for feed in feeds {
-        match feed.mode {
-            Mode::Append => {
-                tracing::info!(feed = %feed.name, bus = %bus_url, kind = bus.kind(), prefix = %cluster.prefix, "clustered: one instance polls the feed, the others follow the bus")
-            }
-            Mode::Changes => {
-                tracing::warn!(feed = %feed.name, "changes feeds are not clustered yet: every instance polls this feed itself")
-            }
-        }
-    }
-}
-
-/// Whether the cluster shares this feed: an append feed of a database
-/// with sessions to hold its lock.
-fn clustered(bus: Option<&Bus>, source: &Source, setup: &Setup) -> Option<(Bus, GapSetup)> {
-    match (bus, source, setup) {
-        (_, Source::Sqlite(_), _) | (None, ..) => None,
-        (Some(bus), _, Setup::Append(gaps)) => Some((bus.clone(), gaps.clone())),
-        (_, _, Setup::Changes(_)) => None,
-    }
-}
-
-/// Checks a changes feed's columns, says how it sees deletes and writers,
-/// and samples its horizon.
-async fn prepare_changes(
-    source: &Source,
-    feed: &FeedConfig,
-    query: &FeedQuery,
-    health: &Health,
-) -> Result<ChangesSetup, Error> {
-    let (changes, deletes, zone_warning) = source.plan_changes(feed, query).await?;
-    if let Some(warning) = zone_warning {
-        tracing::warn!("{warning}");
-    }
-    let bad = |source| source::Error::BadQuery {
-        feed: feed.name.clone(),
-        source,
-    };
-    // Each statement once, matching nothing, so that a mistake stops
-    // start-up instead of every poll.
-    let never = 4_102_444_800_000; // 2100-01-01
-    for result in [
-        source.read_window(&changes, never, None, 1).await.map(drop),
-        source
-            .read_snapshot(&changes, i128::from(i64::MAX), 1)
-            .await
-            .map(drop),
-        source
-            .read_tombstones(&changes, never, 0, 1)
-            .await
-            .map(drop),
-    ] {
-        match result {
-            Err(source::Error::Query(err)) => return Err(bad(err).into()),
-            other => other?,
-        }
-    }
-    if let Some(column) = &changes.deleted_column {
-        tracing::info!(feed = %feed.name, %column, "changes feed: a row whose column is set is sent as a delete (soft delete)")
-    }
-    if changes.indexed == Some(false) {
-        tracing::warn!(feed = %feed.name, "no index of {} starts with `{}`: every poll scans the table; add one: {}", query.table, changes.updated_column, changes.index_sql(query));
-    }
-    if deletes {
-        tracing::info!(feed = %feed.name, table = source::DELETES_TABLE, "changes feed: hard deletes are read from the rowcast_deletes table");
-    } else {
-        tracing::info!(feed = %feed.name, "changes feed: no rowcast_deletes table, so hard deletes are not seen (install it with `rowcast sql deletes --table … --apply`)");
-    }
-    let method = match changes.xmin {
-        true => {
-            tracing::info!(feed = %feed.name, "changes feed in xmin mode: rows are found by the transaction that last wrote them; every poll scans the table (small tables only)");
-            horizon::Method {
-                horizon: Horizon::PgXmin,
-                warning: None,
-            }
-        }
-        false => Horizon::choose(source, &feed.name).await?,
-    };
-    if let Some(warning) = &method.warning {
-        tracing::warn!("{warning}");
-    }
-    let mut horizon = method.horizon;
-    let first = horizon.sample(source, feed.tuning.max_txn_age).await?;
-    let skew = changes.skew(feed.tuning.clock_skew);
-    let since = first.horizon_ms - i64::try_from(skew.as_millis()).unwrap_or(0);
-    let primed = Primed::read(source, &changes, since, feed.tuning.batch_size, health).await?;
-    tracing::info!(feed = %feed.name, column = %changes.updated_column, "changes feed: following inserts, updates and deletes by this column");
-    Ok(ChangesSetup {
-        primed,
-        max_id: source.max_id(query).await?,
-        query: changes,
-        horizon,
-        first,
     })
 }
 
@@ -340,15 +212,29 @@ pub async fn serve(
     };
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
-    for (served, setup) in feeds.served.iter().zip(feeds.setups) {
+    for (served, reading) in feeds.served.iter().zip(feeds.setups) {
+        let (setup, source) = match (reading, &feeds.source) {
+            (Reading::Table(setup), Some(source)) => (setup, source),
+            (Reading::Topic(follow), _) => {
+                pollers.spawn(topic::run(
+                    served.feed.clone(),
+                    follow,
+                    served.health.clone(),
+                    token.clone(),
+                ));
+                pollers.spawn(served.fanout.clone().run(config.keep_alive, token.clone()));
+                continue;
+            }
+            (Reading::Table(_), None) => unreachable!("table feeds are prepared with a database"),
+        };
         match (
-            clustered(feeds.bus.as_ref(), &feeds.source, &setup),
+            tables::clustered(feeds.bus.as_ref(), source, &setup),
             &config.cluster,
         ) {
             (Some((bus, gaps)), Some(cluster)) => pollers.spawn(cluster::run(
                 cluster::Member {
                     feed: served.feed.clone(),
-                    source: feeds.source.clone(),
+                    source: source.clone(),
                     gaps,
                     health: served.health.clone(),
                     membership: served.membership.clone(),
@@ -359,7 +245,7 @@ pub async fn serve(
             )),
             _ => pollers.spawn(poller::run(
                 served.feed.clone(),
-                feeds.source.clone(),
+                source.clone(),
                 setup,
                 served.health.clone(),
                 token.clone(),
@@ -368,14 +254,16 @@ pub async fn serve(
         let fanout = served.fanout.clone();
         pollers.spawn(fanout.run(config.keep_alive, token.clone()));
     }
-    let tables = doorbell_tables(&feeds.source, &feeds.served);
-    if !tables.is_empty() {
-        pollers.spawn(doorbell::listen(
-            config.database_url.clone(),
-            feeds.source.clone(),
-            tables,
-            token.clone(),
-        ));
+    if let (Some(source), Some(url)) = (&feeds.source, &config.database_url) {
+        let tables = doorbell_tables(source, &feeds.served);
+        if !tables.is_empty() {
+            pollers.spawn(doorbell::listen(
+                url.clone(),
+                source.clone(),
+                tables,
+                token.clone(),
+            ));
+        }
     }
 
     let names: Vec<&str> = feeds.served.iter().map(|s| s.feed.name()).collect();
@@ -394,7 +282,7 @@ pub async fn serve(
     let connections = Arc::new(Connections::new(max_clients));
     tracing::info!(
         address = %listener.local_addr()?,
-        database = feeds.source.kind(),
+        database = feeds.source.as_ref().map_or("none", Source::kind),
         feeds = %names.join(","),
         open_files_limit = files,
         max_clients,
@@ -470,7 +358,9 @@ pub async fn serve(
     {
         tracing::warn!("pollers did not stop in time");
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, feeds.source.close()).await;
+    if let Some(source) = &feeds.source {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, source.close()).await;
+    }
     tracing::info!("rowcast stopped");
     Ok(())
 }
@@ -484,7 +374,7 @@ fn doorbell_tables(source: &Source, served: &[Served]) -> Vec<doorbell::Table> {
     let mut tables: Vec<doorbell::Table> = Vec::new();
     for s in served
         .iter()
-        .filter(|s| s.feed.config.notify != Notify::Off)
+        .filter(|s| s.feed.config.topic.is_none() && s.feed.config.notify != Notify::Off)
     {
         let bell = (s.feed.name().to_owned(), s.health.bell.clone());
         match tables.iter_mut().find(|t| t.name == s.feed.query.table) {

@@ -3,7 +3,8 @@
 //! Turns a table of an existing Postgres, MySQL/MariaDB or SQLite database
 //! into a live feed of Server-Sent Events: every new row, in order, to every
 //! client, with nothing lost across reconnects, at the database cost of one
-//! client.
+//! client. A feed can also follow a Redis stream or channel or a NATS
+//! subject, with the same events, filters and auth.
 //!
 //! # Layout
 //!
@@ -20,6 +21,11 @@
 //!   (`source::horizon`) and sends those whose state changed. `gap` judges
 //!   which ids it may publish when they commit out of order; `doorbell`
 //!   rings its bell on a Postgres NOTIFY.
+//! - [`topic`]: beside `source` and `poller`, for feeds that are not a
+//!   table: one task per feed reads a Redis stream or channel or a NATS
+//!   subject (one file per kind) and publishes each message as a row, and
+//!   catches up clients behind the ring from the stream where there is
+//!   one. Knows no clients and no database.
 //! - [`cluster`]: with several instances on one bus, the instance holding a
 //!   feed's database lock runs its poller and relays each batch to the
 //!   [`bus`]; the others apply the bus's entries to their feed instead.
@@ -56,6 +62,7 @@ pub mod poller;
 pub mod shutdown;
 pub mod source;
 mod sse;
+pub mod topic;
 
-pub use app::{prepare, run, serve, Error, Feeds, Listeners};
+pub use app::{prepare, run, serve, Error, Feeds, Listeners, Reading};
 pub use config::Config;

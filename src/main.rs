@@ -51,11 +51,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => {
             let config = Config::load(&args)?;
             let feeds = rowcast::prepare(&config).await?;
-            for (served, setup) in feeds.served.iter().zip(&feeds.setups) {
+            for (served, reading) in feeds.served.iter().zip(&feeds.setups) {
                 let feed = &served.feed;
                 let q = &feed.query;
                 println!("feed {}", feed.name());
                 println!("  reads      {}", q.source);
+                let rowcast::Reading::Table(setup) = reading else {
+                    let cursor = match feed.style().resumable() {
+                        true => format!("resumable (now at {})", feed.cursor_text(feed.head().0)),
+                        false => "none: live only".to_owned(),
+                    };
+                    println!("  cursor     {cursor}");
+                    println!("  filters    {}", q.filter_columns.join(", "));
+                    continue;
+                };
                 if let rowcast::poller::Setup::Changes(changes) = setup {
                     let c = &changes.query;
                     println!(
@@ -99,7 +108,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!(
                 "ok: {} feed(s) on {}",
                 feeds.served.len(),
-                feeds.source.kind()
+                feeds.source.as_ref().map_or("no database", |s| s.kind())
             );
         }
         Command::Demo(args) => rowcast::demo::run(args, rowcast::shutdown::signal()).await?,

@@ -106,6 +106,7 @@ impl Entry {
                     .unless_filters
                     .as_ref()
                     .map(|u| u.iter().map(|f| f.as_deref().map(str::to_owned)).collect()),
+                event: None,
             })
             .collect();
         Entry {
@@ -167,6 +168,7 @@ impl Entry {
                     json: Some(json),
                     filters,
                     unless_filters,
+                    event: None,
                 })
             })
             .collect::<Result<_, Malformed>>()?;
@@ -263,6 +265,7 @@ mod tests {
                 json: Some(r#"{"id":1,"body":"a\"b\nc"}"#.to_owned()),
                 filters: vec![Some("5".to_owned()), None],
                 unless_filters: None,
+                event: None,
             }],
         }
     }

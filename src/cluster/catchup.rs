@@ -5,8 +5,8 @@
 
 use crate::bus::{Bus, Key};
 use crate::cursor::{Cursor, Style};
-use crate::feed::{CatchUpRows, Reader};
-use crate::source::{self, Row};
+use crate::feed::{CatchUpRows, ReadError, Reader};
+use crate::source::Row;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -71,7 +71,7 @@ impl Reader for BusFirst {
         after: Cursor,
         upto: Cursor,
         limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
+    ) -> BoxFuture<'_, Result<Vec<Row>, ReadError>> {
         Box::pin(async move {
             match self.read_bus(after, upto, limit).await {
                 Some(rows) => Ok(rows),
@@ -80,7 +80,7 @@ impl Reader for BusFirst {
         })
     }
 
-    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, ReadError>> {
         self.table.changes(since_ms)
     }
 }

@@ -163,6 +163,31 @@ tuning_table!(layered! {
         /// Filter column → claim whose values bound what a client may ask for.
         #[arg(skip)]
         pub auth_filters: Option<BTreeMap<String, String>>,
+        /// What the feed reads: `table` (a table of the database), or
+        /// `redis-stream`, `redis-channel` or `nats` [default: table].
+        #[arg(skip)]
+        pub source: Option<String>,
+        /// Redis or NATS server of a feed that is not a table: `redis://…`,
+        /// `rediss://…` (TLS), `nats://…` or `tls://…` (NATS over TLS).
+        #[arg(skip)]
+        pub url: Option<String>,
+        /// `redis-stream`: the key of the stream.
+        #[arg(skip)]
+        pub stream: Option<String>,
+        /// `redis-stream`: the entry field holding the JSON payload [default: data].
+        #[arg(skip)]
+        pub field: Option<String>,
+        /// `redis-channel`: the channel, or a pattern when it holds `*`.
+        #[arg(skip)]
+        pub channel: Option<String>,
+        /// `nats`: the subject (JetStream when a stream covers it).
+        #[arg(skip)]
+        pub subject: Option<String>,
+        /// How a Redis or NATS message becomes an event: `json` (the payload
+        /// as it is) or `laravel` (a Laravel broadcast: `event` names the
+        /// event, `data` is sent) [default: json].
+        #[arg(skip)]
+        pub format: Option<String>,
     }
     tuning skip
     extra {}

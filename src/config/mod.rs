@@ -17,5 +17,8 @@ mod validate;
 pub use file::{ClusterFile, FeedFile, FileConfig};
 pub use flags::ServeArgs;
 pub use tuning::{Interval, Tuned, Tuning};
-pub use types::{Cluster, Config, FeedConfig, GapHandling, Mode, Notify, ReadFrom, DEFAULT_LISTEN};
+pub use types::{
+    Cluster, Config, FeedConfig, Format, GapHandling, Mode, Notify, ReadFrom, Topic, TopicKind,
+    DEFAULT_LISTEN,
+};
 pub use validate::Error;

@@ -13,8 +13,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Validated configuration of a server.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the rows come from.
-    pub database_url: String,
+    /// Where the rows come from; `None` when every feed reads Redis or NATS.
+    pub database_url: Option<String>,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Address of the operators' listener (`/metrics`, full `/healthz`),
@@ -76,7 +76,8 @@ pub struct FeedConfig {
     pub name: String,
     /// Schema of the base table, if not the connection's default.
     pub schema: Option<String>,
-    /// Base table.
+    /// Base table; for a feed of a topic, the stream, channel or subject
+    /// it reads (for messages only).
     pub table: String,
     /// Cursor column, or `None` to use the primary key.
     pub id_column: Option<String>,
@@ -114,6 +115,74 @@ pub struct FeedConfig {
     /// Changes mode: the column set by a soft delete, when configured by
     /// name (otherwise `deleted_at`, if the table has it).
     pub deleted_column: Option<String>,
+    /// Where the feed reads when it is not a table: a Redis stream or
+    /// channel, or a NATS subject. `None` for a table feed.
+    pub topic: Option<Topic>,
+}
+
+/// A feed's Redis or NATS topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// Which kind of topic, and its name there.
+    pub kind: TopicKind,
+    /// The server's URL (may hold credentials: never log it whole).
+    pub url: String,
+    /// How a message's payload becomes an event.
+    pub format: Format,
+}
+
+/// The kinds of topic a feed can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicKind {
+    /// A Redis stream, read with `XREAD`; resumable by entry id.
+    RedisStream {
+        /// The stream's key.
+        stream: String,
+        /// The entry field whose JSON is the payload.
+        field: String,
+    },
+    /// A Redis pub/sub channel (a pattern when it holds `*`); live only.
+    RedisChannel {
+        /// The channel or pattern.
+        channel: String,
+    },
+    /// A NATS subject: resumable by stream sequence when a JetStream
+    /// stream covers it, live only otherwise.
+    Nats {
+        /// The subject.
+        subject: String,
+    },
+}
+
+impl TopicKind {
+    /// The `source` value of this kind.
+    pub fn source(&self) -> &'static str {
+        match self {
+            TopicKind::RedisStream { .. } => "redis-stream",
+            TopicKind::RedisChannel { .. } => "redis-channel",
+            TopicKind::Nats { .. } => "nats",
+        }
+    }
+
+    /// The stream, channel or subject.
+    pub fn name(&self) -> &str {
+        match self {
+            TopicKind::RedisStream { stream, .. } => stream,
+            TopicKind::RedisChannel { channel } => channel,
+            TopicKind::Nats { subject } => subject,
+        }
+    }
+}
+
+/// How a topic message's payload becomes an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The payload is the event's JSON.
+    #[default]
+    Json,
+    /// A Laravel broadcast, `{"event":…,"data":{…},"socket":…}`: the
+    /// event is named `event` and carries `data`.
+    Laravel,
 }
 
 /// What a feed follows.

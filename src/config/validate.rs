@@ -72,11 +72,17 @@ impl Config {
     pub fn merge(args: &ServeArgs, mut file: FileConfig) -> Result<Config, Error> {
         let database_url = (args.server.database_url.clone())
             .or(file.database_url.take())
-            .filter(|url| !url.trim().is_empty())
-            .ok_or(Error::NoDatabase)?;
+            .filter(|url| !url.trim().is_empty());
         let flag_tuning = args.server.tuning();
         let file_tuning = file.tuning();
-        let feeds = feeds(args, std::mem::take(&mut file.feeds))?;
+        let feeds = match (feeds(args, std::mem::take(&mut file.feeds)), &database_url) {
+            (Err(_), None) => return Err(Error::NoDatabase),
+            (feeds, _) => feeds?,
+        };
+        // Feeds of Redis and NATS need no database; a table feed does.
+        if database_url.is_none() && !feeds.iter().all(topic::is_topic) {
+            return Err(Error::NoDatabase);
+        }
         let feeds = feeds
             .into_iter()
             .enumerate()
@@ -247,7 +253,11 @@ fn validate_feed(
     defaults: &Tuning,
 ) -> Result<FeedConfig, Error> {
     let tuning = Tuning::resolve(&[flags, &file.tuning(), defaults]);
-    let table = file.table.ok_or(Error::NoTable { index })?;
+    let topic = topic::resolve(&file, &topic::provisional_name(index, &file))?;
+    let table = match &topic {
+        Some(topic) => topic.kind.name().to_owned(),
+        None => file.table.ok_or(Error::NoTable { index })?,
+    };
     let name = file.name.unwrap_or_else(|| table.clone());
     let key = |field: &str| format!("feed `{name}`: `{field}`");
     if name.is_empty()
@@ -367,6 +377,7 @@ fn validate_feed(
     }
 
     Ok(FeedConfig {
+        topic,
         mode,
         updated_column: file
             .updated_column
@@ -406,6 +417,8 @@ fn validate_feed(
         name,
     })
 }
+
+mod topic;
 
 #[cfg(test)]
 mod tests;

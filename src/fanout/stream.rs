@@ -171,7 +171,10 @@ impl EventStream {
             } else {
                 subscribers[0].feed().cursor_text(positions[0])
             };
-            first.extend_from_slice(&sse::position(&id));
+            // Live-only feeds alone have no position to announce.
+            if !id.is_empty() {
+                first.extend_from_slice(&sse::position(&id));
+            }
         }
         let mut subscribers = subscribers;
         let deliveries = match subscribers.len() {
@@ -364,7 +367,8 @@ impl EventStream {
             }
             if self.multi {
                 let name = Some(self.feeds[feed].0.name());
-                if event.late {
+                // A live-only feed's events move no cursor, as late rows.
+                if event.late || !self.feeds[feed].0.style().resumable() {
                     sse::put_event(&mut buf, None, name, &event.data);
                     continue;
                 }
@@ -382,12 +386,14 @@ impl EventStream {
     }
 }
 
-/// The composite id of several feeds' positions.
+/// The composite id of several feeds' positions; live-only feeds have
+/// none to give.
 fn composite(feeds: &[(Arc<Feed>, Filter)], positions: &[Cursor]) -> String {
     cursor::format_composite(
         feeds
             .iter()
             .zip(positions)
+            .filter(|((feed, _), _)| feed.style().resumable())
             .map(|((feed, _), position)| (feed.name(), feed.cursor_text(*position))),
     )
 }

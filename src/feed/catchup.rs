@@ -14,7 +14,7 @@
 
 use super::{frame, Event, Feed};
 use crate::cursor::{self, Cursor};
-use crate::source::{self, Row};
+use crate::source::Row;
 use futures::future::BoxFuture;
 use moka::future::Cache;
 use std::sync::Arc;
@@ -25,8 +25,12 @@ use std::time::Duration;
 const PAGE_TTL: Duration = Duration::from_secs(2);
 const MAX_PAGES: u64 = 1024;
 
-/// Reads a feed's rows for clients behind the ring: the database, for a
-/// running server.
+/// Why a catch-up read failed, as the reader tells it: the feed only logs
+/// it and tries again, so it needs no more than its message.
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads a feed's rows for clients behind the ring: the database, or the
+/// Redis stream or JetStream stream of a topic feed.
 pub trait Reader: Send + Sync {
     /// At most `limit` rows with `after < id <= upto`, in id order.
     fn read(
@@ -34,12 +38,12 @@ pub trait Reader: Send + Sync {
         after: Cursor,
         upto: Cursor,
         limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>>;
+    ) -> BoxFuture<'_, Result<Vec<Row>, ReadError>>;
 
     /// A changes feed's catch-up: every row stamped at or after `since_ms`
     /// as a change (tombstones first), or with `since_ms` 0 every live row;
     /// each row's JSON an envelope, its id left for the feed to set.
-    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>>;
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, ReadError>>;
 }
 
 /// What a changes feed's catch-up read.
@@ -92,7 +96,7 @@ impl CatchUp {
 impl Feed {
     /// The page of rows just after `after`, read or from a read another
     /// subscriber started.
-    pub(crate) async fn catch_up(&self, after: Cursor) -> Result<Arc<Page>, Arc<source::Error>> {
+    pub(crate) async fn catch_up(&self, after: Cursor) -> Result<Arc<Page>, Arc<ReadError>> {
         if self.is_changes() {
             return self.catch_up_changes(after).await;
         }
@@ -121,7 +125,7 @@ impl Feed {
     /// carry the catch-up's own cursor, so that a client that leaves midway
     /// starts it again; the last is a marker that moves the client to the
     /// head the read was made at.
-    async fn catch_up_changes(&self, after: Cursor) -> Result<Arc<Page>, Arc<source::Error>> {
+    async fn catch_up_changes(&self, after: Cursor) -> Result<Arc<Page>, Arc<ReadError>> {
         let (_, since) = cursor::unchange(after);
         let since = since - since.rem_euclid(CHANGES_ROUNDING_MS);
         let key = cursor::change(0, since);
@@ -145,6 +149,7 @@ impl Feed {
                     json: Some(RESET.to_owned()),
                     filters: Vec::new(),
                     unless_filters: None,
+                    event: None,
                 });
                 let rows = reset
                     .into_iter()

@@ -103,8 +103,9 @@ fn boxed(values: Vec<Option<String>>) -> Box<[Option<Box<str>>]> {
 }
 
 /// Frames rows into events, once, for everyone: every event's frame back to
-/// back in one buffer, and each event a slice of it. Rows without JSON (the
-/// feed's condition excludes them) make no event. Notices that a row left a
+/// back in one buffer, and each event a slice of it. A row's own event
+/// name wins over the feed's. Rows without JSON (the feed's condition
+/// excludes them) make no event. Notices that a row left a
 /// filter come last (they are numbered so), and the frames that every
 /// unfiltered client gets end before them: no such client gets one.
 pub(super) fn frame(
@@ -122,8 +123,10 @@ pub(super) fn frame(
         }
         let Some(json) = row.json else { continue };
         let start = buf.len();
-        let id = (!late).then(|| style.format(Cursor::At(row.id)));
-        crate::sse::put_event(&mut buf, id.as_deref(), event_name, json.as_bytes());
+        // A live feed's cursors are its own: a client has nothing to resume.
+        let id = (!late && style.resumable()).then(|| style.format(Cursor::At(row.id)));
+        let name = row.event.as_deref().or(event_name);
+        crate::sse::put_event(&mut buf, id.as_deref(), name, json.as_bytes());
         // `data: <json>\n\n` ends the frame.
         let data_end = buf.len() - 2;
         let data_start = data_end - json.len();

@@ -15,7 +15,7 @@ mod frame;
 mod ring;
 mod subscriber;
 
-pub use catchup::{CatchUpRows, Page, Reader};
+pub use catchup::{CatchUpRows, Page, ReadError, Reader};
 pub use filter::Filter;
 pub use frame::{after, Batch, Event};
 pub use subscriber::{Delivery, Subscriber};
@@ -93,16 +93,31 @@ impl Feed {
         head: Cursor,
         client_buffer: usize,
     ) -> Feed {
+        let style = style_of(&config, &query);
+        Feed::with_style(config, query, reader, head, client_buffer, style)
+    }
+
+    /// A feed like [`Feed::new`] whose cursors read and print as `style`
+    /// says: a feed whose ids are not a table's.
+    pub fn with_style(
+        config: FeedConfig,
+        query: FeedQuery,
+        reader: Arc<dyn Reader>,
+        head: Cursor,
+        client_buffer: usize,
+        style: Style,
+    ) -> Feed {
         let timestamp_column = time_column(config.timestamp_column.as_deref(), &query.columns);
         match &timestamp_column {
             Some(column) => {
                 tracing::info!(feed = %config.name, %column, "`latest_row_at` in /feeds is the latest row's value of this column")
             }
+            // A feed without columns (a topic's) has no such column to name.
+            None if query.columns.is_empty() => {}
             None => {
                 tracing::info!(feed = %config.name, "no sent column looks like a row's time: `latest_row_at` in /feeds stays null; set `timestamp_column` to name one")
             }
         }
-        let style = style_of(&config, &query);
         Feed {
             style,
             poll_lock: tokio::sync::Mutex::new(()),

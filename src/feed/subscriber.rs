@@ -87,6 +87,12 @@ impl Subscriber {
                             return Some(Delivery::Events(backlog));
                         }
                     }
+                    Joined::Behind if !self.feed.style().resumable() => {
+                        // A live feed keeps no history to catch up from:
+                        // end the stream, and the client reconnects live.
+                        tracing::info!(feed = %self.feed.name(), "a client fell behind the ring of a live feed; ending its stream");
+                        return None;
+                    }
                     Joined::Behind => match self.feed.catch_up(self.position).await {
                         Ok(page) if page.complete_to <= self.position => {
                             // A reused page from before the ring moved on:

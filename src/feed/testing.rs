@@ -20,14 +20,14 @@ impl Reader for Unread {
         _: Cursor,
         _: Cursor,
         _: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, crate::source::Error>> {
+    ) -> BoxFuture<'_, Result<Vec<Row>, crate::feed::ReadError>> {
         panic!("these tests read nothing from a database")
     }
 
     fn changes(
         &self,
         _: i64,
-    ) -> BoxFuture<'_, Result<crate::feed::CatchUpRows, crate::source::Error>> {
+    ) -> BoxFuture<'_, Result<crate::feed::CatchUpRows, crate::feed::ReadError>> {
         panic!("these tests read nothing from a database")
     }
 }

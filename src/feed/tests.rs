@@ -11,6 +11,7 @@ fn rows(ids: &[i128]) -> Vec<Row> {
             json: Some(format!("{{\"id\":{id}}}")),
             filters: vec![Some((id % 2).to_string())],
             unless_filters: None,
+            event: None,
         })
         .collect()
 }

@@ -32,6 +32,10 @@ pub enum Error {
     },
     #[error("`{name}`: {problem}")]
     BadParameter { name: &'static str, problem: String },
+    #[error(
+        "feed `{0}` is live only (pub/sub): it keeps no rows to poll; follow it with /events/{0}"
+    )]
+    LiveOnly(String),
     #[error("{0}")]
     Unauthorized(crate::auth::Refusal),
     #[error("{0}")]
@@ -61,6 +65,7 @@ impl Error {
             Error::UnknownFilter { .. } => "unknown_filter",
             Error::BadCursor { .. } => "bad_cursor",
             Error::BadParameter { .. } => "bad_parameter",
+            Error::LiveOnly(_) => "live_only",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::TooManyStreams(_) => "too_many_streams",

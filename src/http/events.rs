@@ -34,11 +34,15 @@ pub async fn one_feed(
     let served = ctx.feed(&feed, claims.as_ref())?;
     let mut filter = filter::for_feed(&served.feed, &params, filter::reserved::STREAM)?;
     admit(&served.feed, claims.as_ref(), &mut filter)?;
+    // A live feed has no ids: whatever cursor a client sends, it starts live.
+    let resumable = served.feed.style().resumable();
     let after = match resume_text(&params, &headers) {
-        Some((source_name, text)) => Some(resume::one(&served.feed, source_name, &text)?),
-        None => None,
+        Some((source_name, text)) if resumable => {
+            Some(resume::one(&served.feed, source_name, &text)?)
+        }
+        _ => None,
     };
-    let announce = after.is_none();
+    let announce = after.is_none() && resumable;
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
     let wanted = Wanted {

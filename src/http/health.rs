@@ -58,7 +58,11 @@ fn answer(
         healthy &= failure.is_none();
         if shown.is_some_and(|shown| shown(feed)) {
             let mut state = match failure {
-                None => json!({ "status": "ok", "cursor": feed.cursor_text(feed.head().0) }),
+                None => {
+                    let cursor =
+                        (feed.style().resumable()).then(|| feed.cursor_text(feed.head().0));
+                    json!({ "status": "ok", "cursor": cursor })
+                }
                 Some(error) => json!({ "status": "failing", "error": error }),
             };
             let role = membership.role();

@@ -75,11 +75,11 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let families: [Family; 23] = [
+    let families: [Family; 24] = [
         (
             "rowcast_queries_total",
             "counter",
-            "Queries of the feed's table (polls, catch-up reads and gap checks).",
+            "Queries of the feed's table (polls, catch-up reads and gap checks), or catch-up reads of its Redis or JetStream stream.",
             |s| count(&s.health.counters.queries),
         ),
         (
@@ -91,7 +91,7 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
         (
             "rowcast_query_errors_total",
             "counter",
-            "Row queries that failed.",
+            "Row queries that failed, or failed reads of the feed's Redis or NATS.",
             |s| count(&s.health.counters.errors),
         ),
         (
@@ -103,8 +103,14 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
         (
             "rowcast_events_total",
             "counter",
-            "Rows published to subscribers.",
+            "Rows (or Redis and NATS messages) published to subscribers.",
             |s| count(&s.health.counters.events),
+        ),
+        (
+            "rowcast_skipped_messages_total",
+            "counter",
+            "Feeds of Redis and NATS: messages passed over because their payload is not JSON (or not a Laravel broadcast).",
+            |s| count(&s.health.counters.skipped),
         ),
         ("rowcast_clients", "gauge", "Connected subscribers.", |s| {
             s.feed.clients() as f64

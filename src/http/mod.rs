@@ -185,10 +185,14 @@ async fn index() -> Html<&'static str> {
 
 fn feed_summary(feed: &Feed) -> serde_json::Value {
     let (cursor, at) = feed.head();
+    let topic = feed.config.topic.as_ref();
     json!({
         "name": feed.name(),
-        "table": feed.query.source,
-        "cursor": feed.cursor_text(cursor),
+        "source": topic.map_or("table", |t| t.kind.source()),
+        "table": topic.is_none().then_some(&feed.query.source),
+        "reads": feed.query.source,
+        // A live-only feed has no cursor a client could use.
+        "cursor": feed.style().resumable().then(|| feed.cursor_text(cursor)),
         "latest_at": at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
         "latest_row_at": feed.head_row_time(),
         "clients": feed.clients(),
@@ -223,9 +227,9 @@ async fn feed(
     let mut summary = feed_summary(&served.feed);
     let q = &served.feed.query;
     let extra = json!({
-        "id_column": q.id_column,
+        "id_column": (served.feed.config.topic.is_none()).then_some(&q.id_column),
         "columns": q.columns,
-        "cursor_type": if q.txid_column.is_some() { "transaction order (opaque integer)" } else { "row id (integer)" },
+        "cursor_type": cursor_type(&served.feed),
         "event": served.feed.config.event,
         "doorbell": served.health.doorbell_live(),
     });
@@ -233,4 +237,16 @@ async fn feed(
         summary.extend(extra.clone());
     }
     Ok(Json(summary))
+}
+
+/// What a feed's cursors are, for `/feeds/{feed}`.
+fn cursor_type(feed: &Feed) -> &'static str {
+    use crate::cursor::Style;
+    match (feed.style(), &feed.config.topic) {
+        (Style::Live, _) => "none (live only)",
+        (Style::RedisStream, _) => "Redis stream entry id (<ms>-<seq>)",
+        (_, Some(_)) => "JetStream stream sequence (integer)",
+        _ if feed.query.txid_column.is_some() => "transaction order (opaque integer)",
+        _ => "row id (integer)",
+    }
 }

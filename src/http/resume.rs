@@ -40,8 +40,9 @@ pub fn one(feed: &Feed, source_name: &'static str, text: &str) -> Result<Cursor,
 
 /// Sets each wanted feed's cursor from the composite `text`, which came
 /// from `source_name`. `feeds` (how many the server serves) bounds the
-/// pairs it may have. A feed the cursor does not name starts live; a named
-/// feed that is not requested any more is ignored.
+/// pairs it may have. A feed the cursor does not name starts live, as does
+/// a live-only feed whatever it says; a named feed that is not requested
+/// any more is ignored.
 pub fn many(
     wanted: &mut [Wanted],
     feeds: usize,
@@ -53,7 +54,8 @@ pub fn many(
         problem,
     };
     for (feed, position) in cursor::parse_composite(text, feeds).map_err(bad)? {
-        if let Some(w) = wanted.iter_mut().find(|w| w.feed.name() == feed) {
+        let named = wanted.iter_mut().find(|w| w.feed.name() == feed);
+        if let Some(w) = named.filter(|w| w.feed.style().resumable()) {
             let position = w.feed.style().parse(&position, Some(&feed)).map_err(bad)?;
             w.after = Some(position);
         }

@@ -45,6 +45,9 @@ pub async fn rows(
     let claims = ctx.claims(&headers, &params)?;
     let served = ctx.feed(&name, claims.as_ref())?;
     let feed = &served.feed;
+    if !feed.style().resumable() {
+        return Err(Error::LiveOnly(feed.name().to_owned()));
+    }
     let mut filter = filter::for_feed(feed, &params, filter::reserved::ROWS)?;
     super::access::admit(feed, claims.as_ref(), &mut filter)?;
     let param = |name: &str| {

@@ -83,6 +83,7 @@ async fn feeds_and_health_answer_from_memory() {
             json: Some("{\"id\":7}".into()),
             filters: vec![Some("1".into())],
             unless_filters: None,
+            event: None,
         }],
         Cursor::At(7),
     );
@@ -122,6 +123,7 @@ async fn a_stream_through_the_router_gets_what_the_feed_publishes() {
         json: Some(format!("{{\"id\":{id}}}")),
         filters: vec![Some(room.into())],
         unless_filters: None,
+        event: None,
     };
     feed.publish(vec![row(1, "2"), row(2, "1")], Cursor::At(2));
     let chunk = body.next().await.unwrap().unwrap();

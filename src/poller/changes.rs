@@ -149,6 +149,7 @@ fn change_row(json: String, filters: Vec<Option<String>>) -> Row {
         json: Some(json),
         filters,
         unless_filters: None,
+        event: None,
     }
 }
 

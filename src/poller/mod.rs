@@ -108,6 +108,9 @@ pub struct Counters {
     pub window_rows: AtomicU64,
     /// Changes mode: how far back the last poll read, in ms.
     pub window_ms: AtomicU64,
+    /// Feeds of Redis and NATS: messages passed over because their payload
+    /// is not JSON (or, with `format = "laravel"`, not a broadcast).
+    pub skipped: AtomicU64,
 }
 
 impl Counters {
@@ -152,10 +155,7 @@ impl Health {
 
     /// Notes that the database answered; says so once after a failure.
     pub(crate) fn database_answers(&self, feed: &str) {
-        let mut failure = lock(&self.failure);
-        if failure.take().is_some() {
-            tracing::info!(feed, "database answers again; resuming");
-        }
+        self.answers(feed, "database");
     }
 
     /// Notes that a query of the feed failed: logged once per outage, and
@@ -178,6 +178,34 @@ impl Health {
             }
             .to_owned(),
         );
+    }
+
+    /// Notes that what the feed reads (`what`: its database, Redis, NATS)
+    /// answered; says so once after a failure.
+    pub(crate) fn answers(&self, feed: &str, what: &str) {
+        let mut failure = lock(&self.failure);
+        if failure.take().is_some() {
+            tracing::info!(feed, "{what} answers again; resuming");
+        }
+    }
+
+    /// Notes that reading the feed failed: logged once per outage (a
+    /// transient failure as a warning), and shown in `/healthz` as `class`,
+    /// never its detail.
+    pub(crate) fn failed(
+        &self,
+        feed: &str,
+        class: &str,
+        cause: &dyn std::fmt::Display,
+        transient: bool,
+    ) {
+        let mut failure = lock(&self.failure);
+        match (failure.is_none(), transient) {
+            (true, true) => tracing::warn!(feed, %cause, "{class}; retrying with backoff"),
+            (true, false) => tracing::error!(feed, %cause, "{class}; retrying with backoff"),
+            (false, _) => tracing::debug!(feed, %cause, "failed again"),
+        }
+        *failure = Some(class.to_owned());
     }
 
     fn set_holding_since(&self, since: Option<Instant>) {

@@ -3,8 +3,8 @@
 
 use super::{changes, Health};
 use crate::cursor::Cursor;
-use crate::feed::{CatchUpRows, Reader};
-use crate::source::{self, ChangesQuery, FeedQuery, Row, Source};
+use crate::feed::{CatchUpRows, ReadError, Reader};
+use crate::source::{ChangesQuery, FeedQuery, Row, Source};
 use futures::future::BoxFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,17 +26,17 @@ impl Reader for TableReader {
         after: Cursor,
         upto: Cursor,
         limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<Row>, source::Error>> {
+    ) -> BoxFuture<'_, Result<Vec<Row>, ReadError>> {
         Box::pin(async move {
             let rows = self.source.read(&self.query, after, upto, limit).await;
             let counters = &self.health.counters;
             counters.query(&rows);
             counters.catch_up_queries.fetch_add(1, Ordering::Relaxed);
-            rows
+            Ok(rows?)
         })
     }
 
-    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, source::Error>> {
+    fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, ReadError>> {
         Box::pin(async move {
             let Some(changes) = &self.changes else {
                 return Ok(CatchUpRows::default());
@@ -55,7 +55,7 @@ impl Reader for TableReader {
             let counters = &self.health.counters;
             let read = counters.queries.load(Ordering::Relaxed) - before;
             counters.catch_up_queries.fetch_add(read, Ordering::Relaxed);
-            rows
+            Ok(rows?)
         })
     }
 }

@@ -307,6 +307,7 @@ fn feed_of(table: &str, schema: Option<&str>, id_column: Option<&str>) -> FeedCo
         mode: crate::config::Mode::Append,
         updated_column: None,
         deleted_column: None,
+        topic: None,
     }
 }
 

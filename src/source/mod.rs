@@ -53,6 +53,9 @@ pub struct Row {
     /// mode): the row's new filter values. The notice goes to the clients
     /// that `filters` (the old values) pass and these do not.
     pub unless_filters: Option<Vec<Option<String>>>,
+    /// The event's own name, when its message names one (a Laravel
+    /// broadcast); `None`: the feed's. Rows of a table never have one.
+    pub event: Option<String>,
 }
 
 /// What a database can tell about gaps in a feed's ids.
@@ -416,6 +419,7 @@ impl RawRow {
             json: self.json.map(crate::sse::one_line),
             filters: self.filters,
             unless_filters: None,
+            event: None,
         })
     }
 }

@@ -330,6 +330,27 @@ impl FeedQuery {
         })
     }
 
+    /// The shape of a feed whose events are not read with SQL (a Redis or
+    /// NATS topic): `source` says what it reads, for people, and its filter
+    /// fields are the feed's. It has no statements; nothing runs them.
+    pub fn without_sql(feed: &FeedConfig, source: String) -> FeedQuery {
+        FeedQuery {
+            source,
+            id_column: String::new(),
+            columns: Vec::new(),
+            filter_columns: feed.filter_columns.clone(),
+            unsigned: false,
+            txid_column: None,
+            read_sql: String::new(),
+            max_sql: String::new(),
+            watermark_sql: None,
+            table_sql: String::new(),
+            table: feed.table.clone(),
+            select: String::new(),
+            from: String::new(),
+        }
+    }
+
     /// Bounds that match no row, to run the read once at start-up.
     pub fn nothing(&self) -> (Bound, Bound) {
         match (&self.txid_column, self.unsigned) {

@@ -94,6 +94,7 @@ fn entry(head: i64) -> Entry {
             json: Some(format!(r#"{{"id":{head},"body":"a\"b"}}"#)),
             filters: vec![Some("eu".to_owned()), None],
             unless_filters: None,
+            event: None,
         }],
     }
 }

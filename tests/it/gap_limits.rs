@@ -141,7 +141,7 @@ async fn gap_setup(
         .await
         .unwrap();
     let setup = feeds.setups[0].gaps().cloned().unwrap();
-    feeds.source.close().await;
+    feeds.close().await;
     setup
 }
 

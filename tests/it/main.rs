@@ -19,6 +19,7 @@
 //! - [`deletes`]: the hard-delete trigger of `rowcast sql deletes`.
 //! - [`bus`], [`cluster`]: the cluster bus on real Redis and NATS
 //!   JetStream servers; several instances on one database and one bus.
+//! - [`topics`]: feeds of Redis streams and channels and NATS subjects.
 
 mod common;
 
@@ -45,4 +46,5 @@ mod scale;
 mod schema;
 mod slow;
 mod stream;
+mod topics;
 mod visibility;

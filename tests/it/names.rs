@@ -385,7 +385,7 @@ async fn mysql_keys_do_not_depend_on_sql_mode() {
         .await
         .unwrap();
     let sql = feeds.served[0].feed.query.read_sql.clone();
-    feeds.source.close().await;
+    feeds.close().await;
     for mode in [
         "NO_BACKSLASH_ESCAPES",
         "ANSI_QUOTES",

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cli::{Cli, Command};
+use crate::config::{Format, TopicKind};
 use clap::Parser;
 
 fn args(table: Option<&str>) -> ServeArgs {
@@ -45,7 +46,7 @@ fn flags_override_the_file() {
     let mut a = args(None);
     a.server.batch_size = Some(7);
     let config = Config::merge(&a, file).unwrap();
-    assert_eq!(config.database_url, "sqlite://x.db");
+    assert_eq!(config.database_url.as_deref(), Some("sqlite://x.db"));
     assert_eq!(config.feeds[0].tuning.batch_size, 7);
     assert_eq!(config.feeds[0].tuning.poll_interval, Duration::from_secs(2));
 }
@@ -239,4 +240,63 @@ fn a_bad_bus_is_told_which_key_and_what_to_write() {
     );
     let err = file("[cluster]\nbuss = \"redis://h\"\n").unwrap_err();
     assert!(err.to_string().contains("unknown field `buss`"), "{err}");
+}
+
+#[test]
+fn topic_feeds_take_their_keys_and_need_no_database() {
+    let text = r#"
+        [[feed]]
+        source = "redis-stream"
+        url = "redis://127.0.0.1:6379"
+        stream = "orders"
+        filter_columns = ["room_id"]
+        [[feed]]
+        name = "chat"
+        source = "redis-channel"
+        url = "rediss://:pw@cache:6380"
+        channel = "laravel_database_private-chat.*"
+        format = "laravel"
+        [[feed]]
+        name = "pay"
+        source = "nats"
+        url = "tls://nats:4222"
+        subject = "payments.>"
+    "#;
+    let config = Config::merge(&ServeArgs::default(), file(text).unwrap()).unwrap();
+    assert_eq!(config.database_url, None);
+    let topics: Vec<_> = config
+        .feeds
+        .iter()
+        .map(|f| f.topic.clone().unwrap())
+        .collect();
+    assert_eq!(config.feeds[0].name, "orders", "named after its stream");
+    assert_eq!(
+        topics[0].kind,
+        TopicKind::RedisStream {
+            stream: "orders".into(),
+            field: "data".into()
+        }
+    );
+    assert_eq!(topics[0].format, Format::Json);
+    assert_eq!(topics[1].format, Format::Laravel);
+    assert_eq!(topics[1].kind.source(), "redis-channel");
+    assert_eq!(topics[2].kind.name(), "payments.>");
+    assert_eq!(config.feeds[2].mode, Mode::Append);
+}
+
+#[test]
+fn a_channel_name_that_is_no_feed_name_needs_a_name() {
+    let text = "[[feed]]\nsource = \"redis-channel\"\nurl = \"redis://h\"\nchannel = \"a.b\"\n";
+    let err = Config::merge(&ServeArgs::default(), file(text).unwrap()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("feed `a.b`: `name`: use letters"),
+        "{err}"
+    );
+    let text = "[[feed]]\nsource = \"nats\"\nurl = \"redis://h\"\nsubject = \"a\"\n";
+    let err = Config::merge(&ServeArgs::default(), file(text).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "feed `a`: `url`: `redis://h` is not a NATS URL; use nats://host:4222, or tls://… for TLS"
+    );
 }

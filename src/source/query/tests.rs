@@ -23,6 +23,7 @@ fn feed() -> FeedConfig {
         mode: crate::config::Mode::Append,
         updated_column: None,
         deleted_column: None,
+        topic: None,
     }
 }
 

@@ -9,6 +9,9 @@
 //!     .await;
 //! ```
 //!
+//! Feeds of Redis and NATS need no database: `Rowcast::without_database()
+//! .topic("chat", "redis-channel", url, |f| f.set("channel", "chat"))`.
+//!
 //! Typed methods cover the keys tests often set; [`Rowcast::set`] and
 //! [`Feed::set`] take any other key, with its value as the file has it
 //! (durations as text: `"200ms"`). Values become TOML values, never text
@@ -49,12 +52,33 @@ impl Rowcast {
     /// A server of the database at `url`: a proxy's, another user's, or
     /// one that is not there.
     pub fn at(url: &str) -> Rowcast {
+        Rowcast::without_database().set("database_url", url)
+    }
+
+    /// A server with no database: its feeds read Redis or NATS.
+    pub fn without_database() -> Rowcast {
         let top = QUICK.into_iter().map(|(k, v)| (k.into(), v.into()));
         Rowcast {
             top: top.collect(),
             feeds: Vec::new(),
         }
-        .set("database_url", url)
+    }
+
+    /// Adds the feed `name` of `source` (`redis-stream`, `redis-channel`,
+    /// `nats`) at `url`; `settings` sets its other keys (`stream`,
+    /// `channel`, `subject`, `format`, …).
+    pub fn topic(
+        mut self,
+        name: &str,
+        source: &str,
+        url: &str,
+        settings: impl FnOnce(Feed) -> Feed,
+    ) -> Rowcast {
+        let feed = (Feed(Table::new()).set("name", name))
+            .set("source", source)
+            .set("url", url);
+        self.feeds.push(settings(feed).0);
+        self
     }
 
     /// Adds the feed `name` of `table`; `settings` sets its other keys
@@ -218,6 +242,12 @@ impl Feed {
         self
     }
 
+    /// Leaves `key` out.
+    pub fn unset(mut self, key: &str) -> Feed {
+        self.0.remove(key);
+        self
+    }
+
     /// Sets `key` of the inline table `table`.
     fn set_in(mut self, table: &str, key: &str, value: impl Into<Value>) -> Feed {
         let inner = self
@@ -265,7 +295,10 @@ mod tests {
             });
         }
         // rowcast takes the file, and every name reads back as it was given.
-        assert_eq!(rowcast.config().database_url, "postgres://u@h/d\"b");
+        assert_eq!(
+            rowcast.config().database_url.as_deref(),
+            Some("postgres://u@h/d\"b")
+        );
         let file = parsed(&rowcast);
         assert_eq!(file["auth"]["secret"].as_str(), Some(names[0]));
         let feeds = file["feed"].as_array().unwrap();
