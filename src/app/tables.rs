@@ -128,7 +128,7 @@ pub(super) fn say_clustered(
     cluster: &config::Cluster,
     feeds: &[FeedConfig],
 ) {
-    let bus_url = source::redact(&cluster.bus);
+    let bus_url = crate::bus::redact(&cluster.bus);
     if matches!(source, Source::Sqlite(_)) {
         tracing::warn!(bus = %bus_url, "SQLite feeds are not clustered: a SQLite file has no sessions to hold a leader's lock, so every instance polls its own feeds and the bus is not used");
         return;

@@ -37,6 +37,17 @@ pub enum Error {
     Timeout(Duration),
 }
 
+/// A bus URL as logs and errors show it: a password, or a bare token
+/// (`nats://s3cret@host`), hidden.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(end), Some(at)) if at > end && !url[end + 3..at].contains(':') => {
+            format!("{}***{}", &url[..end + 3], &url[at..])
+        }
+        _ => crate::source::redact(url),
+    }
+}
+
 /// A connection to the bus, shared by the feeds of an instance.
 #[derive(Clone)]
 pub enum Bus {
@@ -87,7 +98,7 @@ impl Bus {
             }
             "nats" | "tls" | "ws" | "wss" => Ok(Bus::Nats(nats::NatsBus::new(url, prefix).await?)),
             _ => Err(Error::Url {
-                url: crate::source::redact(url),
+                url: redact(url),
                 problem: "unknown scheme; use redis://, rediss://, nats:// or tls://".to_owned(),
             }),
         }

@@ -104,7 +104,7 @@ impl NatsBus {
     pub async fn new(url: &str, prefix: &str) -> Result<NatsBus, Error> {
         if !is_token(prefix) {
             return Err(Error::Url {
-                url: url::redact(url),
+                url: super::redact(url),
                 problem: format!(
                     "prefix `{prefix}`: a NATS subject token is letters, digits, `_`, `-`"
                 ),

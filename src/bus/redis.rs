@@ -55,7 +55,7 @@ fn stored(id: String, fields: Vec<Vec<u8>>) -> Stored {
 impl RedisBus {
     pub fn new(url: &str, prefix: &str) -> Result<RedisBus, Error> {
         let client = redis::Client::open(url).map_err(|err| Error::Url {
-            url: crate::source::redact(url),
+            url: super::redact(url),
             problem: err.to_string(),
         })?;
         Ok(RedisBus {

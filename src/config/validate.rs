@@ -187,7 +187,7 @@ fn cluster(flag: Option<String>, file: super::ClusterFile) -> Result<Option<Clus
             "cluster.bus",
             format!(
                 "`{}` is not a bus URL; use redis://host:6379, rediss://… (TLS), nats://host:4222 or tls://… (NATS over TLS)",
-                crate::source::redact(&bus)
+                crate::bus::redact(&bus)
             ),
         ));
     }

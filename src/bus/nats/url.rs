@@ -5,17 +5,6 @@ use crate::bus::Error;
 use async_nats::{ConnectOptions, ServerAddr};
 use std::time::Duration;
 
-/// `url` for a log or an error: without a password, nor a bare token
-/// (`nats://token@host`, which the shared redaction takes for a user).
-pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(end), Some(at)) if at > end && !url[end + 3..at].contains(':') => {
-            format!("{}***{}", &url[..end + 3], &url[at..])
-        }
-        _ => crate::source::redact(url),
-    }
-}
-
 /// URL userinfo as written, `%`-escapes decoded.
 fn unescape(text: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16);
@@ -44,7 +33,7 @@ pub(super) fn options(
     request: Duration,
 ) -> Result<(ServerAddr, ConnectOptions), Error> {
     let bad = |problem: String| Error::Url {
-        url: redact(url),
+        url: crate::bus::redact(url),
         problem,
     };
     let addr: ServerAddr = url
@@ -79,9 +68,12 @@ mod tests {
 
     #[test]
     fn credentials_never_show() {
-        assert_eq!(redact("nats://s3cret@host:4222"), "nats://***@host:4222");
-        assert_eq!(redact("nats://u:p@host"), "nats://u:***@host");
-        assert_eq!(redact("tls://host:4222"), "tls://host:4222");
+        assert_eq!(
+            crate::bus::redact("nats://s3cret@host:4222"),
+            "nats://***@host:4222"
+        );
+        assert_eq!(crate::bus::redact("nats://u:p@host"), "nats://u:***@host");
+        assert_eq!(crate::bus::redact("tls://host:4222"), "tls://host:4222");
         assert_eq!(unescape("p%40ss%2fw%zz"), "p@ss/w%zz");
     }
 

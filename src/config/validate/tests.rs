@@ -226,6 +226,13 @@ fn a_bad_bus_is_told_which_key_and_what_to_write() {
         err.to_string(),
         "cluster.bus: `amqp://user:***@h:5672` is not a bus URL; use redis://host:6379, rediss://… (TLS), nats://host:4222 or tls://… (NATS over TLS)"
     );
+    a.bus = Some("natss://s3cret@h:4222".into());
+    let err = Config::merge(&a, FileConfig::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cluster.bus: `natss://***@h:4222` is not a bus URL"),
+        "{err}"
+    );
     let text = "[cluster]\nbus = \"redis://h\"\nprefix = \"a b\"\n";
     let err = Config::merge(&args(Some("a")), file(text).unwrap()).unwrap_err();
     assert_eq!(
