@@ -443,6 +443,8 @@ async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
 /// keeping its streams in a directory of the test.
 struct PrivateBus {
     nats: bool,
+    /// Redis: the password it asks for, if any.
+    password: Option<&'static str>,
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
@@ -454,6 +456,7 @@ impl PrivateBus {
         let store = tempfile::tempdir().unwrap();
         let mut bus = PrivateBus {
             nats,
+            password: None,
             port,
             store,
             child: None,
@@ -486,6 +489,9 @@ impl PrivateBus {
                     "--appendonly",
                     "no",
                 ]);
+                if let Some(password) = self.password {
+                    c.args(["--requirepass", password]);
+                }
                 c
             }
         };
@@ -608,4 +614,49 @@ async fn catch_up_reads_the_bus_before_the_database() {
     );
     follower.stop().await;
     leader.stop().await;
+}
+
+/// A Redis that asks for a password: the bus URL's password lets the
+/// instances in; a wrong one makes the feed degraded without crashing the
+/// server, and no answer shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_in_the_bus_url_is_used_and_kept_out_of_sight() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let table = db.messages("messages").await;
+    let mut bus = PrivateBus::start(false).await;
+    bus.kill().await;
+    bus.password = Some("s3cret-pass");
+    bus.restart().await;
+    let good = format!("redis://:s3cret-pass@127.0.0.1:{}", bus.port);
+    let config = Rowcast::on(&db)
+        .feed("messages", &table, |f| f)
+        .cluster(&good, "rowcast");
+    let leader = config.start().await;
+    let follower = config.start().await;
+    let mut client = Client::connect(&format!("{}/events/messages", follower.url), None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&leader).membership.role() != rowcast::cluster::Role::Leader
+        && served(&follower).membership.role() != rowcast::cluster::Role::Leader
+    {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = db.insert(&table, 1, "through a password").await;
+    assert_eq!(ids(&client.take(1).await), [id]);
+
+    let bad = format!("redis://:wrong-pass@127.0.0.1:{}", bus.port);
+    let wrong = Rowcast::on(&db)
+        .feed("messages", &table, |f| f)
+        .cluster(&bad, "rowcast")
+        .start()
+        .await;
+    let health = wait_health(&wrong.url, 503).await;
+    assert_eq!(
+        health["feeds"]["messages"]["error"], "bus unavailable",
+        "{health}"
+    );
+    assert!(!health.to_string().contains("wrong-pass"), "{health}");
+    for server in [wrong, follower, leader] {
+        server.stop().await;
+    }
 }
