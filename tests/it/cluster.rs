@@ -660,3 +660,71 @@ async fn a_redis_password_in_the_bus_url_is_used_and_kept_out_of_sight() {
         server.stop().await;
     }
 }
+
+/// The leader loses its database (its connections break, new ones are
+/// refused) while the other instance still reaches it: the other takes
+/// over, and the old leader's clients, their streams still open, get every
+/// row through the bus.
+async fn a_leader_cut_off_from_its_database_hands_over(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let table = db.messages("messages").await;
+    let address = match kind {
+        Kind::Postgres => "127.0.0.1:5432",
+        _ => "127.0.0.1:3306",
+    };
+    let proxy = crate::common::proxy::Proxy::start(address.parse().unwrap()).await;
+    let prefix = prefix();
+    let feed = |config: Rowcast| {
+        config
+            .feed("messages", &table, |f| f)
+            .cluster(REDIS_URL, &prefix)
+    };
+    let cut = feed(Rowcast::at(&proxy.url(&db.url))).start().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&cut).membership.role() != rowcast::cluster::Role::Leader {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = feed(Rowcast::on(&db)).start().await;
+    let mut client = Client::connect(&format!("{}/events/messages", cut.url), None).await;
+    let mut written = vec![db.insert(&table, 1, "before").await];
+    assert_eq!(ids(&client.take(1).await), written);
+
+    proxy.down();
+    let taken = Instant::now();
+    while served(&other).membership.role() != rowcast::cluster::Role::Leader {
+        assert!(
+            taken.elapsed() < Duration::from_secs(10),
+            "no takeover within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("takeover after the cut: {:?}", taken.elapsed());
+    // The cut leader finds out at its next check of its lock session.
+    while served(&cut).membership.role() != rowcast::cluster::Role::Follower {
+        assert!(
+            taken.elapsed() < Duration::from_secs(5),
+            "the cut leader still leads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the cut leader stepped down after {:?}", taken.elapsed());
+    for i in 0..10 {
+        written.push(db.insert(&table, 1, &format!("after {i}")).await);
+    }
+    assert_eq!(ids(&client.take(10).await), written[1..]);
+    proxy.up();
+    other.stop().await;
+    cut.stop().await;
+    drop_stream(REDIS_URL, &prefix, "messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_database_hands_over_postgres() {
+    a_leader_cut_off_from_its_database_hands_over(Kind::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_database_hands_over_mysql() {
+    a_leader_cut_off_from_its_database_hands_over(Kind::MySql).await
+}
