@@ -728,3 +728,55 @@ async fn a_leader_cut_off_from_its_database_hands_over_postgres() {
 async fn a_leader_cut_off_from_its_database_hands_over_mysql() {
     a_leader_cut_off_from_its_database_hands_over(Kind::MySql).await
 }
+
+/// A row that commits after the leader passed over its gap reaches the
+/// followers' clients too, late and without an id, as it does the
+/// leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_row_reaches_the_followers_clients() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = db.messages("messages").await;
+    let prefix = prefix();
+    let config = Rowcast::on(&db)
+        .feed("messages", &t, |f| {
+            f.set("hold_cap", "1s").set("late_check_interval", "200ms")
+        })
+        .cluster(REDIS_URL, &prefix);
+    let first = db.insert(&t, 1, "first").await;
+    let leader = config.start().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&leader).membership.role() != rowcast::cluster::Role::Leader {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let follower = config.start().await;
+    let mut client = Client::connect(&format!("{}/events/messages", follower.url), None).await;
+
+    // A transaction takes the next id and stays open past the hold cap.
+    let mut open = db.pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {t} (room_id, body) VALUES (1, 'open')"
+    ))
+    .execute(&mut *open)
+    .await
+    .unwrap();
+    let after = db.insert_many(&t, 1, 2).await;
+    assert_eq!(
+        ids(&client.take(2).await),
+        after,
+        "rows after the gap arrive"
+    );
+    open.commit().await.unwrap();
+    let late = client.take(1).await;
+    assert_eq!(late[0].json()["id"], serde_json::json!(first + 1));
+    assert_eq!(late[0].json()["body"], "open");
+    assert_eq!(
+        late[0].id,
+        after[1].to_string(),
+        "the late event carries no id"
+    );
+    client.expect_quiet(Duration::from_millis(500)).await;
+    follower.stop().await;
+    leader.stop().await;
+    drop_stream(REDIS_URL, &prefix, "messages").await;
+}
