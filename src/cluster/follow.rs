@@ -43,7 +43,7 @@ impl Follower {
     /// Starts at the bus's last entry (reading what comes before it and
     /// after the feed's head from the database), or at the bus's first
     /// entry when it cannot tell.
-    pub async fn start(&mut self, bus: &Bus) {
+    pub async fn start(&mut self, bus: &Bus, shutdown: &CancellationToken) {
         let last = bus.last(self.feed.name()).await;
         self.membership.bus_result(self.feed.name(), &last);
         let Ok(Some(Stored { position, entry })) = last else {
@@ -51,8 +51,7 @@ impl Follower {
         };
         self.position = position;
         if let Ok(entry) = entry {
-            // The feed's clients may be serving already: nothing stops this.
-            self.apply_retrying(&Entry::marker(entry.head), &CancellationToken::new())
+            self.apply_retrying(&Entry::marker(entry.head), shutdown)
                 .await;
         }
     }

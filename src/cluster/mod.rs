@@ -136,7 +136,7 @@ pub async fn run(member: Member, shutdown: CancellationToken) {
     };
     let mut follower = Follower::new(&member);
     member.membership.set_role(Role::Follower);
-    follower.start(&member.bus).await;
+    follower.start(&member.bus, &shutdown).await;
     let mut reader = member.bus.reader(member.feed.name());
     let mut next_try = Instant::now();
     let mut retry = LOCK_INTERVAL;
