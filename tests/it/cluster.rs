@@ -177,6 +177,15 @@ fn served(server: &Server) -> &rowcast::http::Served {
     &server.feeds[0]
 }
 
+/// Waits until `server` leads its feed; panics after 10 s.
+async fn wait_until_leader(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(server).membership.role() != rowcast::cluster::Role::Leader {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Three in-process instances of one feed on one bus, clients on each,
 /// sixteen writers: one instance polls, the others only apply the bus.
 async fn three_instances_poll_once(kind: Kind, bus: &str) {
@@ -583,11 +592,7 @@ async fn catch_up_reads_the_bus_before_the_database() {
         .feed("messages", &table, |f| f.ring_size(5))
         .cluster(REDIS_URL, &prefix);
     let leader = config.start().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served(&leader).membership.role() != rowcast::cluster::Role::Leader {
-        assert!(Instant::now() < deadline, "no leader within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_leader(&leader).await;
     let follower = config.start().await;
     let mut live = Client::connect(&format!("{}/events/messages", follower.url), None).await;
     let mut written = Vec::new();
@@ -680,11 +685,7 @@ async fn a_leader_cut_off_from_its_database_hands_over(kind: Kind) {
             .cluster(REDIS_URL, &prefix)
     };
     let cut = feed(Rowcast::at(&proxy.url(&db.url))).start().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served(&cut).membership.role() != rowcast::cluster::Role::Leader {
-        assert!(Instant::now() < deadline, "no leader within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_leader(&cut).await;
     let other = feed(Rowcast::on(&db)).start().await;
     let mut client = Client::connect(&format!("{}/events/messages", cut.url), None).await;
     let mut written = vec![db.insert(&table, 1, "before").await];
@@ -744,11 +745,7 @@ async fn a_late_row_reaches_the_followers_clients() {
         .cluster(REDIS_URL, &prefix);
     let first = db.insert(&t, 1, "first").await;
     let leader = config.start().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served(&leader).membership.role() != rowcast::cluster::Role::Leader {
-        assert!(Instant::now() < deadline, "no leader within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_leader(&leader).await;
     let follower = config.start().await;
     let mut client = Client::connect(&format!("{}/events/messages", follower.url), None).await;
 
