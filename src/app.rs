@@ -9,7 +9,6 @@ use crate::bus::{self, Bus};
 use crate::cluster;
 use crate::config::{self, Config, Notify};
 use crate::doorbell;
-use crate::fanout::Fanout;
 use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
 use crate::poller::{self, Health, Setup};
@@ -139,13 +138,7 @@ pub async fn prepare(config: &Config) -> Result<Feeds, Error> {
             config.client_buffer,
             style,
         ));
-        let fanout = Fanout::of(&feed);
-        let served = Served {
-            feed,
-            health,
-            fanout,
-            membership: Arc::default(),
-        };
+        let served = Served::new(feed, health);
         prepared.push((served, Reading::Topic(follow)));
     }
     // In configuration order, whatever the source.

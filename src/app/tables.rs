@@ -7,7 +7,6 @@ use crate::bus::Bus;
 use crate::cluster;
 use crate::config::{self, Config, FeedConfig, Mode, Notify};
 use crate::cursor::Cursor;
-use crate::fanout::Fanout;
 use crate::feed::{Feed, Reader};
 use crate::http::Served;
 use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
@@ -108,13 +107,7 @@ pub(super) async fn prepare(
             head,
             config.client_buffer,
         ));
-        let fanout = Fanout::of(&feed);
-        let served = Served {
-            feed,
-            health,
-            fanout,
-            membership: Arc::default(),
-        };
+        let served = Served::new(feed, health);
         prepared.push((served, Reading::Table(setup)));
     }
     Ok(prepared)

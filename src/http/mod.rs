@@ -69,6 +69,18 @@ pub struct Served {
     pub membership: Arc<crate::cluster::Membership>,
 }
 
+impl Served {
+    /// A feed with its fan-out, before any cluster task has placed it.
+    pub fn new(feed: Arc<Feed>, health: Arc<Health>) -> Served {
+        Served {
+            fanout: Fanout::of(&feed),
+            feed,
+            health,
+            membership: Arc::default(),
+        }
+    }
+}
+
 /// The state every handler sees.
 #[derive(Clone)]
 pub struct ApiContext {

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::cursor::Cursor;
-use crate::fanout::Fanout;
 use crate::feed::testing;
 use crate::source::Row;
 use axum::body::Body;
@@ -15,12 +14,7 @@ use tower::ServiceExt;
 
 fn context() -> (ApiContext, Arc<Feed>) {
     let feed = testing::feed(100, Cursor::At(0));
-    let served = Served {
-        fanout: Fanout::of(&feed),
-        feed: feed.clone(),
-        health: Default::default(),
-        membership: Default::default(),
-    };
+    let served = Served::new(feed.clone(), Default::default());
     let ctx = ApiContext {
         feeds: Arc::new(vec![served]),
         settings: Arc::new(StreamSettings {
