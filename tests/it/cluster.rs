@@ -227,6 +227,17 @@ async fn three_instances_poll_once(kind: Kind, bus: &str) {
         .filter(|s| served(s).membership.role() == rowcast::cluster::Role::Leader)
         .collect();
     assert_eq!(leaders.len(), 1, "exactly one leader");
+    // One bus entry per batch, whatever the number of clients: no more
+    // entries than rows, and every follower applied each of them once.
+    let appended = served(leaders[0])
+        .membership
+        .appended
+        .load(Ordering::SeqCst);
+    assert!(
+        appended > 0 && appended <= rows.len() as u64,
+        "{appended} entries for {} rows",
+        rows.len()
+    );
     for server in &servers {
         let s = served(server);
         let polls = s.health.counters.polls.load(Ordering::SeqCst);
@@ -237,7 +248,7 @@ async fn three_instances_poll_once(kind: Kind, bus: &str) {
             // Followers ask the database nothing about the feed's rows:
             // the database sees one instance's polls.
             assert_eq!((polls, queries), (0, 0), "a follower queried the table");
-            assert!(s.membership.applied.load(Ordering::SeqCst) > 0);
+            assert_eq!(s.membership.applied.load(Ordering::SeqCst), appended);
         }
     }
     let health = wait_health(&bases[0], 200).await;
