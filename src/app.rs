@@ -224,11 +224,11 @@ pub async fn serve(
             tables::clustered(feeds.bus.as_ref(), source, &setup),
             &config.cluster,
         ) {
-            (Some((bus, gaps)), Some(cluster)) => pollers.spawn(cluster::run(
+            (Some((bus, plan)), Some(cluster)) => pollers.spawn(cluster::run(
                 cluster::Member {
                     feed: served.feed.clone(),
                     source: source.clone(),
-                    gaps,
+                    plan,
                     health: served.health.clone(),
                     membership: served.membership.clone(),
                     bus,

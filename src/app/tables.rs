@@ -4,14 +4,14 @@
 
 use super::{Error, Reading};
 use crate::bus::Bus;
-use crate::cluster;
+use crate::cluster::{self, Plan};
 use crate::config::{self, Config, FeedConfig, Mode, Notify};
 use crate::cursor::Cursor;
 use crate::feed::{Feed, Reader};
 use crate::http::Served;
 use crate::poller::{self, ChangesSetup, Health, Primed, Setup, TableReader};
 use crate::source::horizon::{self, Horizon};
-use crate::source::{self, FeedQuery, GapSetup, Source};
+use crate::source::{self, FeedQuery, Source};
 use std::sync::Arc;
 
 /// Checks every table feed of `config` against the catalog of `source`;
@@ -90,9 +90,10 @@ pub(super) async fn prepare(
             },
             tuning: feed.tuning.clone(),
             health: health.clone(),
+            clock: clustered(bus, source, &setup).is_some(),
         });
-        // A clustered feed catches clients up from the bus first.
-        if let Some((bus, _)) = clustered(bus, source, &setup) {
+        // A clustered append feed catches clients up from the bus first.
+        if let Some((bus, Plan::Append(_))) = clustered(bus, source, &setup) {
             reader = Arc::new(cluster::BusFirst {
                 bus,
                 feed: feed.name.clone(),
@@ -127,28 +128,20 @@ pub(super) fn say_clustered(
         return;
     }
     for feed in feeds.iter().filter(|f| f.topic.is_none()) {
-        match feed.mode {
-            Mode::Append => {
-                tracing::info!(feed = %feed.name, bus = %bus_url, kind = bus.kind(), prefix = %cluster.prefix, "clustered: one instance polls the feed, the others follow the bus")
-            }
-            Mode::Changes => {
-                tracing::warn!(feed = %feed.name, "changes feeds are not clustered yet: every instance polls this feed itself")
-            }
-        }
+        tracing::info!(feed = %feed.name, bus = %bus_url, kind = bus.kind(), prefix = %cluster.prefix, "clustered: one instance polls the feed, the others follow the bus")
     }
 }
 
-/// Whether the cluster shares this feed: an append feed of a database
-/// with sessions to hold its lock.
-pub(super) fn clustered(
-    bus: Option<&Bus>,
-    source: &Source,
-    setup: &Setup,
-) -> Option<(Bus, GapSetup)> {
-    match (bus, source, setup) {
-        (_, Source::Sqlite(_), _) | (None, ..) => None,
-        (Some(bus), _, Setup::Append(gaps)) => Some((bus.clone(), gaps.clone())),
-        (_, _, Setup::Changes(_)) => None,
+/// Whether the cluster shares this feed, and how its leaders poll it: a
+/// feed of a database with sessions to hold its lock.
+pub(super) fn clustered(bus: Option<&Bus>, source: &Source, setup: &Setup) -> Option<(Bus, Plan)> {
+    let plan = match setup {
+        Setup::Append(gaps) => Plan::Append(gaps.clone()),
+        Setup::Changes(changes) => Plan::Changes(changes.query.clone()),
+    };
+    match (bus, source) {
+        (_, Source::Sqlite(_)) | (None, _) => None,
+        (Some(bus), _) => Some((bus.clone(), plan)),
     }
 }
 
@@ -219,6 +212,7 @@ async fn prepare_changes(
     tracing::info!(feed = %feed.name, column = %changes.updated_column, "changes feed: following inserts, updates and deletes by this column");
     Ok(ChangesSetup {
         primed,
+        term_began_us: None,
         max_id: source.max_id(query).await?,
         query: changes,
         horizon,

@@ -27,6 +27,11 @@ pub struct Entry {
     pub at_ms: i64,
     /// The rows of the span that make events, in id order.
     pub rows: Vec<Row>,
+    /// The run a changes feed's leader numbers its events in.
+    pub epoch: Option<u32>,
+    /// When the changes poll behind the entry ended its reads, by the
+    /// database's clock (µs since 1970).
+    pub ended_us: Option<i64>,
 }
 
 /// An entry's place on the bus, derived from the feed cursor it ends at:
@@ -52,6 +57,10 @@ struct Wire {
     late: bool,
     at_ms: i64,
     rows: Vec<WireRow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_us: Option<i64>,
 }
 
 /// `[id, json, filters, unless_filters]`.
@@ -88,8 +97,9 @@ pub fn now_ms() -> i64 {
 }
 
 impl Entry {
-    /// The entry of a batch the feed published after `from`.
-    pub fn of(batch: &Batch) -> Entry {
+    /// The entry of a batch the feed published after `from`, numbered in
+    /// the run `epoch` for a changes feed.
+    pub fn of(batch: &Batch, epoch: Option<u32>) -> Entry {
         let rows = batch
             .events
             .iter()
@@ -115,19 +125,23 @@ impl Entry {
             late: batch.late,
             at_ms: now_ms(),
             rows,
+            epoch,
+            ended_us: batch.ended_us,
         }
     }
 
     /// An entry that carries no rows and moves followers to `head`: what a
     /// leader appends when the bus comes back, for the batches it could not
     /// append (followers read them from the database).
-    pub fn marker(head: Cursor) -> Entry {
+    pub fn marker(head: Cursor, epoch: Option<u32>) -> Entry {
         Entry {
             from: head,
             head,
             late: false,
             at_ms: now_ms(),
             rows: Vec::new(),
+            epoch,
+            ended_us: None,
         }
     }
 
@@ -138,6 +152,8 @@ impl Entry {
             head: cursor_text(self.head),
             late: self.late,
             at_ms: self.at_ms,
+            epoch: self.epoch,
+            ended_us: self.ended_us,
             rows: self
                 .rows
                 .iter()
@@ -178,6 +194,8 @@ impl Entry {
             late: wire.late,
             at_ms: wire.at_ms,
             rows,
+            epoch: wire.epoch,
+            ended_us: wire.ended_us,
         })
     }
 
@@ -267,6 +285,8 @@ mod tests {
                 unless_filters: None,
                 event: None,
             }],
+            epoch: None,
+            ended_us: None,
         }
     }
 
@@ -274,6 +294,12 @@ mod tests {
     fn an_entry_reads_back_as_written() {
         let written = entry(42);
         assert_eq!(Entry::decode(&written.encode()).unwrap(), written);
+        let changes = Entry {
+            epoch: Some(0x5f3a_9c1e),
+            ended_us: Some(1_733_100_000_123_456),
+            ..entry(42)
+        };
+        assert_eq!(Entry::decode(&changes.encode()).unwrap(), changes);
         let err = Entry::decode(b"{\"from\":\"x\"}").unwrap_err();
         assert!(
             err.to_string().starts_with("bus entry is not rowcast's"),

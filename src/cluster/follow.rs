@@ -4,13 +4,21 @@
 //! was down): that span is read from the database first, so a missing
 //! entry delays rows, never skips them. Entries at or below the head (a
 //! second leader's, or this instance's own) change nothing.
+//!
+//! A changes feed's events are numbered by its leader, in a run (epoch)
+//! that a new leader keeps and numbers above. An entry after a hole, or of
+//! another run (the first this instance sees, or a leader's after the bus
+//! lost every entry), starts the feed over: the clients connected get the
+//! current state of every row changed since the feed's head, read from the
+//! database, and entries from polls that ended before that read began are
+//! passed over, since the read saw all they hold.
 
-use super::{Member, Membership};
+use super::{Member, Membership, Plan};
 use crate::bus::{now_ms, Bus, Entry, Position, Stored};
-use crate::cursor::Cursor;
+use crate::cursor::{self, Cursor};
 use crate::feed::Feed;
-use crate::poller::Health;
-use crate::source::{self, Row, Source};
+use crate::poller::{self, Health};
+use crate::source::{self, ChangesQuery, Row, Source};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +33,15 @@ pub struct Follower {
     source: Source,
     health: Arc<Health>,
     membership: Arc<Membership>,
+    /// A changes feed's SQL.
+    changes: Option<ChangesQuery>,
+    /// A changes feed's entries from polls that ended before this (µs, by
+    /// the database's clock) are held by a read that started the feed over.
+    covered_before_us: Option<i64>,
+    /// Nothing applied or polled yet: the feed's clients came live, or
+    /// caught up from the database, and have nothing of an earlier run to
+    /// make up for.
+    pub fresh: bool,
     /// Where it reads the bus from next.
     pub position: Position,
 }
@@ -36,6 +53,12 @@ impl Follower {
             source: member.source.clone(),
             health: member.health.clone(),
             membership: member.membership.clone(),
+            changes: match &member.plan {
+                Plan::Changes(changes) => Some(changes.clone()),
+                Plan::Append(_) => None,
+            },
+            covered_before_us: None,
+            fresh: true,
             position: Position::Origin,
         }
     }
@@ -51,7 +74,7 @@ impl Follower {
         };
         self.position = position;
         if let Ok(entry) = entry {
-            self.apply_retrying(&Entry::marker(entry.head), shutdown)
+            self.apply_retrying(&Entry::marker(entry.head, entry.epoch), shutdown)
                 .await;
         }
     }
@@ -80,7 +103,7 @@ impl Follower {
     }
 
     /// Applies one entry, retrying while its span cannot be read.
-    async fn apply_retrying(&self, entry: &Entry, shutdown: &CancellationToken) {
+    async fn apply_retrying(&mut self, entry: &Entry, shutdown: &CancellationToken) {
         let mut retry = Duration::from_millis(100);
         loop {
             match self.apply(entry).await {
@@ -97,7 +120,10 @@ impl Follower {
         }
     }
 
-    async fn apply(&self, entry: &Entry) -> Result<(), source::Error> {
+    async fn apply(&mut self, entry: &Entry) -> Result<(), source::Error> {
+        if self.changes.is_some() {
+            return self.apply_change(entry).await;
+        }
         let counters = &self.health.counters;
         if entry.late {
             let events = self.feed.publish_late(entry.rows.clone());
@@ -148,6 +174,71 @@ impl Follower {
         if after < upto {
             self.feed.publish(Vec::new(), upto);
         }
+        Ok(())
+    }
+
+    /// Applies a changes feed's entry: its events keep the leader's numbers.
+    async fn apply_change(&mut self, entry: &Entry) -> Result<(), source::Error> {
+        let (head, _) = self.feed.head();
+        let same_run = entry.epoch == self.feed.epoch();
+        if same_run && entry.head <= head {
+            return Ok(());
+        }
+        if !same_run || entry.from > head {
+            self.start_over(entry, head).await?;
+        }
+        let (head, _) = self.feed.head();
+        let covered = matches!((self.covered_before_us, entry.ended_us), (Some(read), Some(ended)) if ended < read);
+        let rows: Vec<Row> = match covered {
+            true => Vec::new(),
+            false => (entry.rows.iter())
+                .filter(|row| Cursor::At(row.id) > head)
+                .cloned()
+                .collect(),
+        };
+        let events = self.feed.publish_read(rows, entry.head, entry.ended_us);
+        (self.health.counters.events).fetch_add(events as u64, Ordering::Relaxed);
+        self.fresh = false;
+        Ok(())
+    }
+
+    /// Starts a changes feed over before `entry`: the clients connected get
+    /// the current state of every row changed since the window of `head`,
+    /// and the feed takes the entry's run and place.
+    async fn start_over(&mut self, entry: &Entry, head: Cursor) -> Result<(), source::Error> {
+        let Some(changes) = &self.changes else {
+            return Ok(());
+        };
+        if std::mem::take(&mut self.fresh) {
+            if let Some(epoch) = entry.epoch {
+                self.feed.adopt_epoch(epoch);
+            }
+            self.feed.resync(Vec::new(), entry.from);
+            return Ok(());
+        }
+        tracing::info!(feed = %self.feed.name(), from = %self.feed.cursor_text(head), "the bus misses entries or starts a new run; reading the changes since the feed's head from the database");
+        self.membership.filled.fetch_add(1, Ordering::Relaxed);
+        let (_, since) = cursor::unchange(head);
+        let tuning = &self.feed.config.tuning;
+        let read = poller::changes_catch_up(
+            &self.source,
+            &self.feed.query,
+            changes,
+            since,
+            tuning.delete_retention,
+            tuning.batch_size,
+            &self.health,
+            true,
+        )
+        .await?;
+        if let Some(epoch) = entry.epoch {
+            self.feed.adopt_epoch(epoch);
+        }
+        let reset = read.reset.then(crate::feed::reset_row);
+        let rows = reset.into_iter().chain(read.rows).collect();
+        let events = self.feed.resync(rows, entry.from);
+        (self.health.counters.events).fetch_add(events as u64, Ordering::Relaxed);
+        self.covered_before_us = read.began_us;
         Ok(())
     }
 }

@@ -16,8 +16,8 @@ pub use catchup::BusFirst;
 
 use crate::bus::Bus;
 use crate::feed::Feed;
-use crate::poller::{self, Health, Setup};
-use crate::source::{GapSetup, LeaderLock, Source};
+use crate::poller::{self, ChangesSetup, Health, Setup};
+use crate::source::{ChangesQuery, GapSetup, LeaderLock, Source};
 use follow::Follower;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,11 +117,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a leader polls a feed with, by its mode.
+#[derive(Clone)]
+pub enum Plan {
+    /// An append feed: what the database tells about gaps in its ids.
+    Append(GapSetup),
+    /// A changes feed: its SQL (each term samples its horizon afresh).
+    Changes(ChangesQuery),
+}
+
 /// What one feed's cluster task works with.
 pub struct Member {
     pub feed: Arc<Feed>,
     pub source: Source,
-    pub gaps: GapSetup,
+    pub plan: Plan,
     pub health: Arc<Health>,
     pub membership: Arc<Membership>,
     pub bus: Bus,
@@ -136,6 +145,7 @@ pub async fn run(member: Member, shutdown: CancellationToken) {
     };
     let mut follower = Follower::new(&member);
     member.membership.set_role(Role::Follower);
+    member.feed.set_following(true);
     follower.start(&member.bus, &shutdown).await;
     let mut reader = member.bus.reader(member.feed.name());
     let mut next_try = Instant::now();
@@ -181,15 +191,23 @@ pub async fn run(member: Member, shutdown: CancellationToken) {
         }
         // Lead: first everything the bus holds, then poll from there.
         drain(&member, &mut follower, &mut reader, &shutdown).await;
-        tracing::info!(feed = %member.feed.name(), cursor = %member.feed.head().0, "leading the feed: polling the database and appending to the bus");
-        member.membership.set_role(Role::Leader);
-        lead(&member, &mut lock, &shutdown).await;
+        match setup(&member).await {
+            Ok(setup) => {
+                tracing::info!(feed = %member.feed.name(), cursor = %member.feed.cursor_text(member.feed.head().0), "leading the feed: polling the database and appending to the bus");
+                member.membership.set_role(Role::Leader);
+                member.feed.set_following(false);
+                follower.fresh = false;
+                lead(&member, setup, &mut lock, &shutdown).await;
+                tracing::warn!(feed = %member.feed.name(), "lost the feed's lock; following the bus");
+            }
+            Err(err) => member.health.database_failed(&err, member.feed.name()),
+        }
         lock.release();
         if shutdown.is_cancelled() {
             return;
         }
-        tracing::warn!(feed = %member.feed.name(), "lost the feed's lock; following the bus");
         member.membership.set_role(Role::Follower);
+        member.feed.set_following(true);
         next_try = Instant::now() + LOCK_INTERVAL;
     }
 }
@@ -215,8 +233,18 @@ async fn drain(
     }
 }
 
+/// What a term of leading the feed polls with.
+async fn setup(member: &Member) -> Result<Setup, crate::source::Error> {
+    Ok(match &member.plan {
+        Plan::Append(gaps) => Setup::Append(gaps.clone()),
+        Plan::Changes(changes) => Setup::Changes(Box::new(
+            ChangesSetup::for_term(&member.source, &member.feed, changes.clone()).await?,
+        )),
+    })
+}
+
 /// Polls and relays while this instance holds the lock.
-async fn lead(member: &Member, lock: &mut LeaderLock, shutdown: &CancellationToken) {
+async fn lead(member: &Member, setup: Setup, lock: &mut LeaderLock, shutdown: &CancellationToken) {
     let term = shutdown.child_token();
     let batches = member.feed.batches();
     let relay = tokio::spawn(relay::run(
@@ -229,7 +257,7 @@ async fn lead(member: &Member, lock: &mut LeaderLock, shutdown: &CancellationTok
     let polling = tokio::spawn(poller::run(
         member.feed.clone(),
         member.source.clone(),
-        Setup::Append(member.gaps.clone()),
+        setup,
         member.health.clone(),
         term.clone(),
     ));

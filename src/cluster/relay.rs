@@ -37,7 +37,7 @@ pub async fn run(
     loop {
         let (entry, retrying) = tokio::select! {
             batch = batches.recv() => match batch {
-                Ok(batch) => (Entry::of(&batch), false),
+                Ok(batch) => (Entry::of(&batch, feed.epoch()), false),
                 // The bus fell behind the feed: followers read what it
                 // missed from the database once the next entry shows it.
                 Err(RecvError::Lagged(_)) => {
@@ -47,7 +47,7 @@ pub async fn run(
                 Err(RecvError::Closed) => return,
             },
             _ = retry.tick(), if missing.is_some() => match missing {
-                Some(head) => (Entry::marker(head), true),
+                Some(head) => (Entry::marker(head, feed.epoch()), true),
                 None => continue,
             },
             _ = stop.cancelled() => return,

@@ -54,10 +54,30 @@ pub struct CatchUpRows {
     pub reset: bool,
     /// The rows, enveloped.
     pub rows: Vec<Row>,
+    /// When the read began by the database's clock (µs since 1970), when
+    /// known: where a cluster follower places it among its leader's polls.
+    pub began_us: Option<i64>,
 }
 
 /// What a client that must start over gets first.
 const RESET: &str = r#"{"op":"reset"}"#;
+
+/// The row of [`RESET`], for every client: what comes before the current
+/// state of every row when a client's cursor is older than the tombstones
+/// kept.
+pub fn reset_row() -> Row {
+    Row {
+        id: 0,
+        json: Some(RESET.to_owned()),
+        filters: Vec::new(),
+        unless_filters: None,
+        event: None,
+    }
+}
+
+/// How long a cluster follower's catch-up waits for its leader's next
+/// poll to show where the read falls among the polls.
+const FOLLOWER_WAIT: Duration = Duration::from_secs(3);
 
 /// Catch-ups of a changes feed start at whole seconds, so that clients that
 /// left within one second share one read.
@@ -140,16 +160,24 @@ impl Feed {
                     let rows = self.catch_up.reader.changes(since).await?;
                     (rows, self.head().0)
                 };
+                // A follower's batches come from its leader's polls, which
+                // do not take turns with this read: it joins them after the
+                // last poll that ended before the read began (which saw
+                // nothing newer than the read), never later. Without a
+                // leader's poll to tell, at the head.
+                let head = match (self.is_following(), rows.began_us) {
+                    (true, Some(began)) => {
+                        (self.reads.boundary(began, FOLLOWER_WAIT).await).unwrap_or(head)
+                    }
+                    _ => head,
+                };
                 let reset_first = rows.reset;
                 let Cursor::At(key_id) = key else {
                     unreachable!("a changes cursor is a number")
                 };
                 let reset = rows.reset.then(|| Row {
                     id: key_id,
-                    json: Some(RESET.to_owned()),
-                    filters: Vec::new(),
-                    unless_filters: None,
-                    event: None,
+                    ..reset_row()
                 });
                 let rows = reset
                     .into_iter()

@@ -88,6 +88,9 @@ pub struct Batch {
     pub head: Cursor,
     /// Late rows, for every subscriber whatever its position.
     pub late: bool,
+    /// When the changes poll behind the batch ended its reads, by the
+    /// database's clock (µs since 1970), when known.
+    pub ended_us: Option<i64>,
 }
 
 /// The events of `events` (in id order) after `cursor`.

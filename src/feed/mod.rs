@@ -12,10 +12,11 @@
 mod catchup;
 pub(crate) mod filter;
 mod frame;
+mod reads;
 mod ring;
 mod subscriber;
 
-pub use catchup::{CatchUpRows, Page, ReadError, Reader};
+pub use catchup::{reset_row, CatchUpRows, Page, ReadError, Reader};
 pub use filter::Filter;
 pub use frame::{after, Batch, Event};
 pub use subscriber::{Delivery, Subscriber};
@@ -24,7 +25,7 @@ use crate::config::{FeedConfig, Mode};
 use crate::cursor::{Cursor, IdRange, Style};
 use crate::source::{FeedQuery, Row};
 use ring::Ring;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
@@ -51,8 +52,17 @@ pub struct Feed {
     catch_up: catchup::CatchUp,
     /// The sent column holding a row's time, for `/feeds`.
     timestamp_column: Option<String>,
-    /// How the feed's cursors read and print.
+    /// How the feed's cursors read and print (a changes feed's run is in
+    /// `epoch`).
     style: Style,
+    /// The run a changes feed's cursors name: this process's, or in a
+    /// cluster the one its leader numbers events in.
+    epoch: AtomicU32,
+    /// A cluster follower's feed: its batches come from the leader's polls,
+    /// which a catch-up read does not take turns with (see `catchup`).
+    following: AtomicBool,
+    /// When the polls behind recent batches ended.
+    reads: reads::Reads,
     /// Held by each poll from its read to its publish, and by each catch-up
     /// read of a changes feed: such a read then sees everything that the
     /// events before the head saw, and nothing older than what follows it.
@@ -118,8 +128,15 @@ impl Feed {
                 tracing::info!(feed = %config.name, "no sent column looks like a row's time: `latest_row_at` in /feeds stays null; set `timestamp_column` to name one")
             }
         }
+        let epoch = match style {
+            Style::Changes { epoch } => epoch,
+            _ => 0,
+        };
         Feed {
             style,
+            epoch: AtomicU32::new(epoch),
+            following: AtomicBool::new(false),
+            reads: reads::Reads::default(),
             poll_lock: tokio::sync::Mutex::new(()),
             catch_up: catchup::CatchUp::new(reader),
             state: Mutex::new(State {
@@ -144,12 +161,38 @@ impl Feed {
 
     /// How the feed's cursors read and print.
     pub fn style(&self) -> Style {
-        self.style
+        match self.style {
+            Style::Changes { .. } => Style::Changes {
+                epoch: self.epoch.load(Ordering::Relaxed),
+            },
+            style => style,
+        }
     }
 
     /// A cursor as clients get it.
     pub fn cursor_text(&self, cursor: Cursor) -> String {
-        self.style.format(cursor)
+        self.style().format(cursor)
+    }
+
+    /// The run a changes feed numbers its events in; `None` for other feeds.
+    pub fn epoch(&self) -> Option<u32> {
+        self.is_changes()
+            .then(|| self.epoch.load(Ordering::Relaxed))
+    }
+
+    /// Numbers a changes feed's events from now on in the run `epoch`: a
+    /// cluster follower takes its leader's.
+    pub fn adopt_epoch(&self, epoch: u32) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Marks the feed as following a cluster leader, or not.
+    pub fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::Relaxed);
+    }
+
+    fn is_following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
     }
 
     /// Whether the feed follows every change (not only new rows).
@@ -205,7 +248,14 @@ impl Feed {
     /// returns how many events that made (rows the feed's condition
     /// excluded make none).
     pub fn publish(&self, rows: Vec<Row>, head: Cursor) -> usize {
-        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), false, self.style);
+        self.publish_read(rows, head, None)
+    }
+
+    /// Publishes like [`Feed::publish`] the rows of a changes poll whose
+    /// reads ended at `ended_us` by the database's clock, when known.
+    pub fn publish_read(&self, rows: Vec<Row>, head: Cursor, ended_us: Option<i64>) -> usize {
+        let (events, frames) =
+            frame::frame(rows, self.config.event.as_deref(), false, self.style());
         let published = events.len();
         let row_time = self.row_time(events.last());
         let mut state = self.state();
@@ -215,6 +265,9 @@ impl Feed {
         }
         let after = std::mem::replace(&mut state.head, head);
         state.ring.extend(&events, head);
+        if let Some(ended) = ended_us {
+            self.reads.record(ended, after);
+        }
         // Sent under the lock so that a joining subscriber sees each batch
         // either in the ring or on its receiver, never both or neither.
         self.send(Arc::new(Batch {
@@ -223,6 +276,30 @@ impl Feed {
             after,
             head,
             late: false,
+            ended_us,
+        }));
+        published
+    }
+
+    /// Starts a cluster follower's changes feed over at `head`, when the
+    /// batches before it are not to be had: `rows`, the current state of
+    /// every row its clients may have missed, go to the clients connected
+    /// now without ids, and the ring starts again at `head`, so that a
+    /// client resuming from before it reads the table. Returns how many
+    /// events that made.
+    pub fn resync(&self, rows: Vec<Row>, head: Cursor) -> usize {
+        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), true, self.style());
+        let published = events.len();
+        let mut state = self.state();
+        state.ring = Ring::new(self.config.tuning.ring_size, head);
+        let after = std::mem::replace(&mut state.head, head);
+        self.send(Arc::new(Batch {
+            events,
+            frames,
+            after,
+            head,
+            late: true,
+            ended_us: None,
         }));
         published
     }
@@ -242,7 +319,7 @@ impl Feed {
     /// from before them gets them only when its cursor is older than the
     /// ring and it reads from the database.
     pub fn publish_late(&self, rows: Vec<Row>) -> usize {
-        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), true, self.style);
+        let (events, frames) = frame::frame(rows, self.config.event.as_deref(), true, self.style());
         let published = events.len();
         let state = self.state();
         self.send(Arc::new(Batch {
@@ -251,6 +328,7 @@ impl Feed {
             after: state.head,
             head: state.head,
             late: true,
+            ended_us: None,
         }));
         published
     }

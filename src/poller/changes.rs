@@ -18,7 +18,7 @@
 use super::Health;
 use crate::cursor::{self, Cursor};
 use crate::feed::{CatchUpRows, Feed};
-use crate::source::horizon::{Horizon, Sample};
+use crate::source::horizon::{self, Horizon, Sample};
 use crate::source::{self, Change, ChangesQuery, Row, Source};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -45,8 +45,47 @@ pub struct ChangesSetup {
     pub max_id: Cursor,
     /// What the window held at start-up, which no client is sent: a
     /// client that was there before comes back with a cursor, and reads
-    /// the table from it.
+    /// the table from it. Empty for a cluster leader's term, which sends
+    /// the window from its head again.
     pub primed: Primed,
+    /// For a cluster leader, when its term began by the database's clock
+    /// (µs since 1970; see [`TERM_SHIFT`]).
+    pub term_began_us: Option<i64>,
+}
+
+/// A cluster leader numbers its events from its start in ms, shifted by
+/// this much: above every number an earlier leader gave (unless it sent
+/// more than a million events per ms), even those that never reached the
+/// bus, so that no number means two events. It sends the window from its
+/// head again first, so a client resuming from one of those numbers misses
+/// nothing.
+const TERM_SHIFT: u32 = 20;
+
+impl ChangesSetup {
+    /// What a cluster leader's term of `feed` starts with: its horizon
+    /// sampled afresh, and nothing primed (the term sends the window from
+    /// the feed's head again).
+    pub async fn for_term(
+        source: &Source,
+        feed: &Feed,
+        query: ChangesQuery,
+    ) -> Result<ChangesSetup, source::Error> {
+        let mut horizon = match query.xmin {
+            true => Horizon::PgXmin,
+            false => Horizon::choose(source, feed.name()).await?.horizon,
+        };
+        let first = horizon
+            .sample(source, feed.config.tuning.max_txn_age)
+            .await?;
+        Ok(ChangesSetup {
+            max_id: source.max_id(&feed.query).await?,
+            term_began_us: Some(horizon::clock_us(source).await?),
+            primed: Primed::default(),
+            query,
+            horizon,
+            first,
+        })
+    }
 }
 
 /// A read's rows and tombstones, as the poller remembers them.
@@ -99,6 +138,12 @@ pub(super) struct ChangesPoller {
     seq: u64,
     /// The window start of the last head published.
     head_since: i64,
+    /// When the last head was published: a cluster leader publishes at
+    /// least every [`HEAD_STEP_MS`], so that followers can place their
+    /// catch-up reads among its polls.
+    head_published: Instant,
+    /// The poller leads the feed in a cluster.
+    clustered: bool,
     /// The greatest id seen: a row above it is an insert.
     max_id: i128,
     /// What was last sent for each row of the last read.
@@ -166,12 +211,20 @@ impl ChangesPoller {
         setup: ChangesSetup,
         health: Arc<Health>,
     ) -> ChangesPoller {
-        let (_, head_since) = cursor::unchange(feed.head().0);
+        let (head_seq, head_since) = cursor::unchange(feed.head().0);
+        let skew = millis(setup.query.skew(feed.config.tuning.clock_skew));
+        let seq = match setup.term_began_us {
+            Some(began) => head_seq.max(u64::try_from(began / 1000).unwrap_or(0) << TERM_SHIFT),
+            None => 1,
+        };
         ChangesPoller {
             interval: feed.config.tuning.poll_interval,
-            previous: setup.first.horizon_ms,
-            seq: 1,
+            // The first read starts at the head's window or before.
+            previous: setup.first.horizon_ms.min(head_since + skew),
+            seq,
             head_since,
+            head_published: Instant::now(),
+            clustered: setup.term_began_us.is_some(),
             max_id: match setup.max_id {
                 Cursor::At(id) => id,
                 Cursor::Start => i128::MIN,
@@ -218,6 +271,15 @@ impl ChangesPoller {
             &self.health,
         )
         .await?;
+        // Followers place their catch-up reads by when the leader's ended.
+        let ended_us = match self.clustered {
+            true => {
+                let clock = horizon::clock_us(&self.source).await;
+                counters.query(&clock);
+                Some(clock?)
+            }
+            false => None,
+        };
         // Only a horizon sampled before a read that succeeded bounds the
         // stamps of what commits after it.
         self.previous = sample.horizon_ms;
@@ -299,9 +361,19 @@ impl ChangesPoller {
                 Row { id, ..row }
             })
             .collect();
-        if published || since - self.head_since >= HEAD_STEP_MS {
+        let step = Duration::from_millis(HEAD_STEP_MS as u64);
+        if published
+            || since - self.head_since >= HEAD_STEP_MS
+            || (self.clustered && self.head_published.elapsed() >= step)
+        {
             self.head_since = since;
-            let events = feed.publish(rows, cursor::change(self.seq, since));
+            self.head_published = Instant::now();
+            if self.clustered && !published {
+                // A head of its own, which the bus takes only above the last.
+                self.seq += 1;
+            }
+            let head = cursor::change(self.seq, since);
+            let events = feed.publish_read(rows, head, ended_us);
             counters.events.fetch_add(events as u64, Ordering::Relaxed);
         }
         self.interval = match published {
@@ -389,7 +461,8 @@ async fn read_all_tombstones(
 }
 
 /// A changes feed's catch-up: see [`crate::feed::Reader::changes`].
-pub(super) async fn catch_up(
+#[allow(clippy::too_many_arguments)]
+pub async fn catch_up(
     source: &Source,
     feed_query: &source::FeedQuery,
     query: &ChangesQuery,
@@ -397,7 +470,16 @@ pub(super) async fn catch_up(
     retention: Duration,
     batch: u32,
     health: &Health,
+    clock: bool,
 ) -> Result<CatchUpRows, source::Error> {
+    let began_us = match clock {
+        true => {
+            let began = horizon::clock_us(source).await;
+            health.counters.query(&began);
+            Some(began?)
+        }
+        false => None,
+    };
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, millis);
@@ -414,7 +496,11 @@ pub(super) async fn catch_up(
             .into_iter()
             .filter_map(|row| Some(change_row(envelope("insert", &row.json?), row.filters)))
             .collect();
-        return Ok(CatchUpRows { reset, rows });
+        return Ok(CatchUpRows {
+            reset,
+            rows,
+            began_us,
+        });
     }
     let mut rows = Vec::new();
     for tomb in read_all_tombstones(source, query, since, batch, health).await? {
@@ -428,5 +514,9 @@ pub(super) async fn catch_up(
         let op = if row.deleted { "delete" } else { "update" };
         rows.push(change_row(envelope(op, &json), row.filters));
     }
-    Ok(CatchUpRows { reset: false, rows })
+    Ok(CatchUpRows {
+        reset: false,
+        rows,
+        began_us,
+    })
 }

@@ -19,7 +19,9 @@ mod changes;
 mod health;
 mod reader;
 
-pub use changes::{starting_head as changes_head, ChangesSetup, Primed};
+pub use changes::{
+    catch_up as changes_catch_up, starting_head as changes_head, ChangesSetup, Primed,
+};
 pub use health::{Counters, Health};
 pub use reader::TableReader;
 

@@ -18,6 +18,9 @@ pub struct TableReader {
     /// The feed's settings.
     pub tuning: crate::config::Tuned,
     pub health: Arc<Health>,
+    /// A changes catch-up notes when it began by the database's clock (a
+    /// cluster follower places it among its leader's polls by it).
+    pub clock: bool,
 }
 
 impl Reader for TableReader {
@@ -50,6 +53,7 @@ impl Reader for TableReader {
                 self.tuning.delete_retention,
                 self.tuning.batch_size,
                 &self.health,
+                self.clock,
             )
             .await;
             let counters = &self.health.counters;

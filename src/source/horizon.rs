@@ -230,6 +230,26 @@ impl Horizon {
     }
 }
 
+/// The database's clock now, in µs since 1970: what orders one instance's
+/// reads against another's.
+pub async fn clock_us(source: &Source) -> Result<i64, Error> {
+    Ok(match source {
+        Source::Postgres(pool) => {
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8")
+                .fetch_one(pool)
+                .await?
+        }
+        Source::MySql(pool) => {
+            sqlx::query_scalar("SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000) AS SIGNED)")
+                .fetch_one(pool)
+                .await?
+        }
+        Source::Sqlite(_) => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64),
+    })
+}
+
 async fn mysql_now(pool: &sqlx::MySqlPool) -> Result<i64, Error> {
     Ok(
         sqlx::query_scalar("SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)")

@@ -96,6 +96,8 @@ fn entry(head: i64) -> Entry {
             unless_filters: None,
             event: None,
         }],
+        epoch: None,
+        ended_us: None,
     }
 }
 

@@ -16,15 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-const WRITERS: usize = 16;
+pub const WRITERS: usize = 16;
 const RUN: Duration = Duration::from_secs(20);
 /// Where a statement's stamp goes, filled in just before it runs.
 const STAMP: &str = "{STAMP}";
 
 /// Each live row's version.
-type View = BTreeMap<i64, i64>;
+pub type View = BTreeMap<i64, i64>;
 
-async fn table(db: &TestDb) -> String {
+pub async fn table(db: &TestDb) -> String {
     let t = db.table("torture");
     db.exec(&match db.kind {
         Kind::Postgres => format!(
@@ -61,7 +61,7 @@ fn stamp(kind: Kind, app_clock: bool) -> String {
     }
 }
 
-async fn write(
+pub async fn write(
     pool: AnyPool,
     kind: Kind,
     t: String,
@@ -138,7 +138,7 @@ async fn write(
 }
 
 /// The live rows' versions, as the table holds them.
-async fn table_view(db: &TestDb, t: &str) -> View {
+pub async fn table_view(db: &TestDb, t: &str) -> View {
     let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
         "SELECT id, version FROM {t} WHERE deleted_at IS NULL ORDER BY id"
     ))
@@ -150,17 +150,17 @@ async fn table_view(db: &TestDb, t: &str) -> View {
 
 /// What one client built from its events.
 #[derive(Default, Debug)]
-struct Follower {
+pub struct Follower {
     /// Every row's last version and whether it is live.
     rows: BTreeMap<i64, (i64, bool)>,
     /// Versions that went back, as `(id, had, got)`.
-    backwards: Vec<(i64, i64, i64)>,
-    connections: usize,
-    events: usize,
+    pub backwards: Vec<(i64, i64, i64)>,
+    pub connections: usize,
+    pub events: usize,
 }
 
 impl Follower {
-    fn apply(&mut self, event: &serde_json::Value) {
+    pub fn apply(&mut self, event: &serde_json::Value) {
         let op = event["op"]
             .as_str()
             .unwrap_or_else(|| panic!("no op: {event}"));
@@ -179,7 +179,7 @@ impl Follower {
         self.rows.insert(id, (version, op != "delete"));
     }
 
-    fn view(&self) -> View {
+    pub fn view(&self) -> View {
         self.rows
             .iter()
             .filter(|(_, (_, live))| *live)
@@ -212,20 +212,77 @@ async fn follow(
             + churn.map_or(Duration::from_secs(600), |(a, b)| {
                 Duration::from_millis(rng.gen_range(a..b))
             });
-        while Instant::now() < until && !*done.borrow() {
-            let Some(event) = client.next(Duration::from_millis(500)).await else {
-                break;
-            };
-            if !event.id.is_empty() {
-                last = Some(event.id.clone());
-            }
-            if event.data.is_empty() {
-                continue;
-            }
-            let mut state = state.lock().unwrap();
-            state.events += 1;
-            state.apply(&event.json());
+        apply_events(&mut client, until, &done, &mut last, &state).await;
+    }
+}
+
+/// Applies `client`'s events to `state` until `until`, `done` or a quiet
+/// half second, keeping the last id it got in `last`.
+pub async fn apply_events(
+    client: &mut Client,
+    until: Instant,
+    done: &watch::Receiver<bool>,
+    last: &mut Option<String>,
+    state: &Mutex<Follower>,
+) {
+    while Instant::now() < until && !*done.borrow() {
+        let Some(event) = client.next(Duration::from_millis(500)).await else {
+            break;
+        };
+        if !event.id.is_empty() {
+            *last = Some(event.id.clone());
         }
+        if event.data.is_empty() {
+            continue;
+        }
+        let mut state = state.lock().unwrap();
+        state.events += 1;
+        state.apply(&event.json());
+    }
+}
+
+/// Waits until every follower's view is the table's (which must hold more
+/// than 50 live rows); panics after 30 s, showing how each differs. Returns
+/// the table's view.
+pub async fn views_become_the_table(
+    db: &TestDb,
+    t: &str,
+    followers: &[Arc<Mutex<Follower>>],
+) -> View {
+    let expected = table_view(db, t).await;
+    assert!(
+        expected.len() > 50,
+        "the writers left rows: {}",
+        expected.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<View> = followers.iter().map(|f| f.lock().unwrap().view()).collect();
+        if views.iter().all(|v| *v == expected) {
+            return expected;
+        }
+        if Instant::now() > deadline {
+            for (i, view) in views.iter().enumerate() {
+                let wrong: Vec<_> = expected
+                    .iter()
+                    .filter(|(id, v)| view.get(id) != Some(v))
+                    .map(|(id, v)| (id, v, view.get(id)))
+                    .take(10)
+                    .collect();
+                let extra: Vec<_> = view
+                    .keys()
+                    .filter(|id| !expected.contains_key(id))
+                    .take(10)
+                    .collect();
+                eprintln!(
+                    "follower {i}: {} rows, expected {}; wrong {wrong:?}; extra {extra:?}",
+                    view.len(),
+                    expected.len()
+                );
+            }
+            panic!("followers' views differ from the table");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -340,41 +397,7 @@ async fn torture(kind: Kind, stamp: Stamp) {
     }
 
     // Every follower's view becomes the table's and stays so.
-    let expected = table_view(&db, &t).await;
-    assert!(
-        expected.len() > 50,
-        "the writers left rows: {}",
-        expected.len()
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let views: Vec<View> = followers.iter().map(|f| f.lock().unwrap().view()).collect();
-        if views.iter().all(|v| *v == expected) {
-            break;
-        }
-        if Instant::now() > deadline {
-            for (i, view) in views.iter().enumerate() {
-                let wrong: Vec<_> = expected
-                    .iter()
-                    .filter(|(id, v)| view.get(id) != Some(v))
-                    .map(|(id, v)| (id, v, view.get(id)))
-                    .take(10)
-                    .collect();
-                let extra: Vec<_> = view
-                    .keys()
-                    .filter(|id| !expected.contains_key(id))
-                    .take(10)
-                    .collect();
-                eprintln!(
-                    "follower {i}: {} rows, expected {}; wrong {wrong:?}; extra {extra:?}",
-                    view.len(),
-                    expected.len()
-                );
-            }
-            panic!("followers' views differ from the table");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let expected = views_become_the_table(&db, &t, &followers).await;
     done_tx.send(true).unwrap();
     for task in tasks {
         task.await.unwrap();

@@ -22,13 +22,13 @@ pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 const WRITERS: usize = 16;
 
 /// A bus prefix of this test alone.
-fn prefix() -> String {
+pub fn prefix() -> String {
     format!("t{:08x}", rand::random::<u32>())
 }
 
 /// Deletes a feed's stream from the bus: the Redis key, or the prefix's
 /// JetStream stream.
-async fn drop_stream(url: &str, prefix: &str, feed: &str) {
+pub async fn drop_stream(url: &str, prefix: &str, feed: &str) {
     if url.starts_with("nats") {
         if let Ok(client) = async_nats::connect(url).await {
             let _ = async_nats::jetstream::new(client)
@@ -173,7 +173,7 @@ async fn assert_every_row_once(clients: Vec<tokio::task::JoinHandle<Vec<i64>>>, 
     }
 }
 
-fn served(server: &Server) -> &rowcast::http::Served {
+pub fn served(server: &Server) -> &rowcast::http::Served {
     &server.feeds[0]
 }
 
@@ -284,14 +284,14 @@ async fn three_instances_poll_once_on_nats_mysql() {
 }
 
 /// A rowcast process of a clustered configuration.
-struct Instance {
+pub struct Instance {
     child: Child,
-    base: String,
-    listen: String,
+    pub base: String,
+    pub listen: String,
 }
 
 impl Instance {
-    async fn start(config: &std::path::Path, listen: &str) -> Instance {
+    pub async fn start(config: &std::path::Path, listen: &str) -> Instance {
         let mut child = rowcast(&[
             "serve",
             "--config",
@@ -322,7 +322,7 @@ impl Instance {
         body["feeds"][feed]["role"].as_str().map(str::to_owned)
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let pid = self.child.id().expect("running").to_string();
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &pid])
@@ -332,7 +332,7 @@ impl Instance {
     }
 }
 
-async fn leader_of(instances: &[Instance], feed: &str, skip: Option<usize>) -> Option<usize> {
+pub async fn leader_of(instances: &[Instance], feed: &str, skip: Option<usize>) -> Option<usize> {
     for (i, instance) in instances.iter().enumerate() {
         if Some(i) != skip && instance.role(feed).await.as_deref() == Some("leader") {
             return Some(i);
@@ -341,7 +341,7 @@ async fn leader_of(instances: &[Instance], feed: &str, skip: Option<usize>) -> O
     None
 }
 
-fn free_listen() -> String {
+pub fn free_listen() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
 }

@@ -31,6 +31,7 @@ mod changes_torture;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_changes;
 mod cursors;
 mod deletes;
 mod fanout;
