@@ -8,7 +8,7 @@
 //! lost entry delays rows and never skips them.
 
 use crate::cursor::{Cursor, IdRange, Style};
-use crate::feed::Batch;
+use crate::feed::{Batch, ReadSpan};
 use crate::source::Row;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,9 +29,8 @@ pub struct Entry {
     pub rows: Vec<Row>,
     /// The run a changes feed's leader numbers its events in.
     pub epoch: Option<u32>,
-    /// When the changes poll behind the entry ended its reads, by the
-    /// database's clock (µs since 1970).
-    pub ended_us: Option<i64>,
+    /// When the changes poll behind the entry read the table.
+    pub read: Option<ReadSpan>,
 }
 
 /// An entry's place on the bus, derived from the feed cursor it ends at:
@@ -59,8 +58,9 @@ struct Wire {
     rows: Vec<WireRow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     epoch: Option<u32>,
+    /// `[began, ended]`, µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ended_us: Option<i64>,
+    read: Option<(i64, i64)>,
 }
 
 /// `[id, json, filters, unless_filters]`.
@@ -126,7 +126,7 @@ impl Entry {
             at_ms: now_ms(),
             rows,
             epoch,
-            ended_us: batch.ended_us,
+            read: batch.read,
         }
     }
 
@@ -141,7 +141,7 @@ impl Entry {
             at_ms: now_ms(),
             rows: Vec::new(),
             epoch,
-            ended_us: None,
+            read: None,
         }
     }
 
@@ -153,7 +153,7 @@ impl Entry {
             late: self.late,
             at_ms: self.at_ms,
             epoch: self.epoch,
-            ended_us: self.ended_us,
+            read: self.read.map(|r| (r.began_us, r.ended_us)),
             rows: self
                 .rows
                 .iter()
@@ -195,7 +195,9 @@ impl Entry {
             at_ms: wire.at_ms,
             rows,
             epoch: wire.epoch,
-            ended_us: wire.ended_us,
+            read: wire
+                .read
+                .map(|(began_us, ended_us)| ReadSpan { began_us, ended_us }),
         })
     }
 
@@ -286,7 +288,7 @@ mod tests {
                 event: None,
             }],
             epoch: None,
-            ended_us: None,
+            read: None,
         }
     }
 
@@ -296,7 +298,10 @@ mod tests {
         assert_eq!(Entry::decode(&written.encode()).unwrap(), written);
         let changes = Entry {
             epoch: Some(0x5f3a_9c1e),
-            ended_us: Some(1_733_100_000_123_456),
+            read: Some(ReadSpan {
+                began_us: 1_733_100_000_120_001,
+                ended_us: 1_733_100_000_123_456,
+            }),
             ..entry(42)
         };
         assert_eq!(Entry::decode(&changes.encode()).unwrap(), changes);

@@ -11,7 +11,10 @@
 //! lost every entry), starts the feed over: the clients connected get the
 //! current state of every row changed since the feed's head, read from the
 //! database, and entries from polls that ended before that read began are
-//! passed over, since the read saw all they hold.
+//! passed over, since the read saw all they hold. Entries from a poll that
+//! read meanwhile are applied: one may bring a row's previous state once
+//! more after its current one (never a loss; the leader's next change of
+//! the row brings it back). Only a bus that lost entries leads here.
 
 use super::{Member, Membership, Plan};
 use crate::bus::{now_ms, Bus, Entry, Position, Stored};
@@ -188,7 +191,7 @@ impl Follower {
             self.start_over(entry, head).await?;
         }
         let (head, _) = self.feed.head();
-        let covered = matches!((self.covered_before_us, entry.ended_us), (Some(read), Some(ended)) if ended < read);
+        let covered = matches!((self.covered_before_us, entry.read), (Some(began), Some(read)) if read.ended_us < began);
         let rows: Vec<Row> = match covered {
             true => Vec::new(),
             false => (entry.rows.iter())
@@ -196,7 +199,7 @@ impl Follower {
                 .cloned()
                 .collect(),
         };
-        let events = self.feed.publish_read(rows, entry.head, entry.ended_us);
+        let events = self.feed.publish_read(rows, entry.head, entry.read);
         (self.health.counters.events).fetch_add(events as u64, Ordering::Relaxed);
         self.fresh = false;
         Ok(())
@@ -238,7 +241,7 @@ impl Follower {
         let rows = reset.into_iter().chain(read.rows).collect();
         let events = self.feed.resync(rows, entry.from);
         (self.health.counters.events).fetch_add(events as u64, Ordering::Relaxed);
-        self.covered_before_us = read.began_us;
+        self.covered_before_us = read.read.map(|r| r.began_us);
         Ok(())
     }
 }

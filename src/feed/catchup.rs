@@ -12,6 +12,7 @@
 //! of every row, for `0`), read between two polls, and then joins the ring
 //! at the head of that moment (a marker frame moves its cursor there).
 
+use super::reads::{Boundary, ReadSpan};
 use super::{frame, Event, Feed};
 use crate::cursor::{self, Cursor};
 use crate::source::Row;
@@ -54,9 +55,9 @@ pub struct CatchUpRows {
     pub reset: bool,
     /// The rows, enveloped.
     pub rows: Vec<Row>,
-    /// When the read began by the database's clock (µs since 1970), when
-    /// known: where a cluster follower places it among its leader's polls.
-    pub began_us: Option<i64>,
+    /// When the read was made, when known: where a cluster follower places
+    /// it among its leader's polls.
+    pub read: Option<ReadSpan>,
 }
 
 /// What a client that must start over gets first.
@@ -78,6 +79,10 @@ pub fn reset_row() -> Row {
 /// How long a cluster follower's catch-up waits for its leader's next
 /// poll to show where the read falls among the polls.
 const FOLLOWER_WAIT: Duration = Duration::from_secs(3);
+
+/// How often a cluster follower reads a catch-up again when the leader
+/// polled while it read.
+const REREADS: u32 = 5;
 
 /// Catch-ups of a changes feed start at whole seconds, so that clients that
 /// left within one second share one read.
@@ -152,24 +157,29 @@ impl Feed {
         self.catch_up
             .pages
             .try_get_with(key, async {
-                let (rows, head) = {
-                    // Between two polls: the events up to the head saw no
-                    // later state than this read, and those after it no
-                    // earlier one.
-                    let _poll = self.poll_lock.lock().await;
-                    let rows = self.catch_up.reader.changes(since).await?;
-                    (rows, self.head().0)
-                };
-                // A follower's batches come from its leader's polls, which
-                // do not take turns with this read: it joins them after the
-                // last poll that ended before the read began (which saw
-                // nothing newer than the read), never later. Without a
-                // leader's poll to tell, at the head.
-                let head = match (self.is_following(), rows.began_us) {
-                    (true, Some(began)) => {
-                        (self.reads.boundary(began, FOLLOWER_WAIT).await).unwrap_or(head)
+                let mut rereads = 0;
+                let (rows, head) = loop {
+                    let (rows, head) = {
+                        // Between two polls: the events up to the head saw
+                        // no later state than this read, and those after it
+                        // no earlier one.
+                        let _poll = self.poll_lock.lock().await;
+                        let rows = self.catch_up.reader.changes(since).await?;
+                        (rows, self.head().0)
+                    };
+                    // A follower's batches come from its leader's polls,
+                    // which do not take turns with this read: it joins them
+                    // before the first poll that read after it, and reads
+                    // again when one read meanwhile. Without a poll to
+                    // tell, at the head.
+                    let Some(read) = rows.read.filter(|_| self.is_following()) else {
+                        break (rows, head);
+                    };
+                    match self.reads.boundary(read, FOLLOWER_WAIT).await {
+                        Boundary::At(at) => break (rows, at),
+                        Boundary::Overlapped if rereads < REREADS => rereads += 1,
+                        _ => break (rows, head),
                     }
-                    _ => head,
                 };
                 let reset_first = rows.reset;
                 let Cursor::At(key_id) = key else {

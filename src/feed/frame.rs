@@ -2,7 +2,7 @@
 //! its JSON as slices of one buffer per batch.
 
 use crate::cursor::{Cursor, Style};
-use crate::feed::Filter;
+use crate::feed::{Filter, ReadSpan};
 use crate::source::Row;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -88,9 +88,8 @@ pub struct Batch {
     pub head: Cursor,
     /// Late rows, for every subscriber whatever its position.
     pub late: bool,
-    /// When the changes poll behind the batch ended its reads, by the
-    /// database's clock (µs since 1970), when known.
-    pub ended_us: Option<i64>,
+    /// When the changes poll behind the batch read the table, when known.
+    pub read: Option<ReadSpan>,
 }
 
 /// The events of `events` (in id order) after `cursor`.

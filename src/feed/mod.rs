@@ -19,6 +19,7 @@ mod subscriber;
 pub use catchup::{reset_row, CatchUpRows, Page, ReadError, Reader};
 pub use filter::Filter;
 pub use frame::{after, Batch, Event};
+pub use reads::ReadSpan;
 pub use subscriber::{Delivery, Subscriber};
 
 use crate::config::{FeedConfig, Mode};
@@ -61,7 +62,7 @@ pub struct Feed {
     /// A cluster follower's feed: its batches come from the leader's polls,
     /// which a catch-up read does not take turns with (see `catchup`).
     following: AtomicBool,
-    /// When the polls behind recent batches ended.
+    /// When the polls behind recent batches read the table.
     reads: reads::Reads,
     /// Held by each poll from its read to its publish, and by each catch-up
     /// read of a changes feed: such a read then sees everything that the
@@ -251,9 +252,9 @@ impl Feed {
         self.publish_read(rows, head, None)
     }
 
-    /// Publishes like [`Feed::publish`] the rows of a changes poll whose
-    /// reads ended at `ended_us` by the database's clock, when known.
-    pub fn publish_read(&self, rows: Vec<Row>, head: Cursor, ended_us: Option<i64>) -> usize {
+    /// Publishes like [`Feed::publish`] the rows of a changes poll that
+    /// read the table during `read`, when known.
+    pub fn publish_read(&self, rows: Vec<Row>, head: Cursor, read: Option<ReadSpan>) -> usize {
         let (events, frames) =
             frame::frame(rows, self.config.event.as_deref(), false, self.style());
         let published = events.len();
@@ -265,8 +266,8 @@ impl Feed {
         }
         let after = std::mem::replace(&mut state.head, head);
         state.ring.extend(&events, head);
-        if let Some(ended) = ended_us {
-            self.reads.record(ended, after);
+        if let Some(read) = read {
+            self.reads.record(read, after);
         }
         // Sent under the lock so that a joining subscriber sees each batch
         // either in the ring or on its receiver, never both or neither.
@@ -276,7 +277,7 @@ impl Feed {
             after,
             head,
             late: false,
-            ended_us,
+            read,
         }));
         published
     }
@@ -299,7 +300,7 @@ impl Feed {
             after,
             head,
             late: true,
-            ended_us: None,
+            read: None,
         }));
         published
     }
@@ -328,7 +329,7 @@ impl Feed {
             after: state.head,
             head: state.head,
             late: true,
-            ended_us: None,
+            read: None,
         }));
         published
     }

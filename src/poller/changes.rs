@@ -17,7 +17,7 @@
 
 use super::Health;
 use crate::cursor::{self, Cursor};
-use crate::feed::{CatchUpRows, Feed};
+use crate::feed::{CatchUpRows, Feed, ReadSpan};
 use crate::source::horizon::{self, Horizon, Sample};
 use crate::source::{self, Change, ChangesQuery, Row, Source};
 use std::collections::hash_map::DefaultHasher;
@@ -255,6 +255,7 @@ impl ChangesPoller {
         let since =
             self.previous.min(sample.horizon_ms) - millis(self.query.skew(tuning.clock_skew));
 
+        let reading = Instant::now();
         let tombstones = read_all_tombstones(
             &self.source,
             &self.query,
@@ -271,12 +272,17 @@ impl ChangesPoller {
             &self.health,
         )
         .await?;
-        // Followers place their catch-up reads by when the leader's ended.
-        let ended_us = match self.clustered {
+        // Followers place their catch-up reads among the leader's polls.
+        let read = match self.clustered {
             true => {
                 let clock = horizon::clock_us(&self.source).await;
                 counters.query(&clock);
-                Some(clock?)
+                let ended_us = clock?;
+                let took = i64::try_from(reading.elapsed().as_micros()).unwrap_or(i64::MAX);
+                Some(ReadSpan {
+                    began_us: ended_us.saturating_sub(took),
+                    ended_us,
+                })
             }
             false => None,
         };
@@ -373,7 +379,7 @@ impl ChangesPoller {
                 self.seq += 1;
             }
             let head = cursor::change(self.seq, since);
-            let events = feed.publish_read(rows, head, ended_us);
+            let events = feed.publish_read(rows, head, read);
             counters.events.fetch_add(events as u64, Ordering::Relaxed);
         }
         self.interval = match published {
@@ -496,11 +502,8 @@ pub async fn catch_up(
             .into_iter()
             .filter_map(|row| Some(change_row(envelope("insert", &row.json?), row.filters)))
             .collect();
-        return Ok(CatchUpRows {
-            reset,
-            rows,
-            began_us,
-        });
+        let read = read_span(source, began_us, health).await?;
+        return Ok(CatchUpRows { reset, rows, read });
     }
     let mut rows = Vec::new();
     for tomb in read_all_tombstones(source, query, since, batch, health).await? {
@@ -514,9 +517,27 @@ pub async fn catch_up(
         let op = if row.deleted { "delete" } else { "update" };
         rows.push(change_row(envelope(op, &json), row.filters));
     }
+    let read = read_span(source, began_us, health).await?;
     Ok(CatchUpRows {
         reset: false,
         rows,
-        began_us,
+        read,
     })
+}
+
+/// The span of a read that began at `began_us`, ending now.
+async fn read_span(
+    source: &Source,
+    began_us: Option<i64>,
+    health: &Health,
+) -> Result<Option<ReadSpan>, source::Error> {
+    let Some(began_us) = began_us else {
+        return Ok(None);
+    };
+    let ended = horizon::clock_us(source).await;
+    health.counters.query(&ended);
+    Ok(Some(ReadSpan {
+        began_us,
+        ended_us: ended?,
+    }))
 }

@@ -97,7 +97,7 @@ fn entry(head: i64) -> Entry {
             event: None,
         }],
         epoch: None,
-        ended_us: None,
+        read: None,
     }
 }
 

@@ -461,7 +461,7 @@ async fn a_terminated_lock_session_hands_over_and_nothing_is_lost() {
 /// A bus server of one test's own, which it may stop and start: Redis
 /// keeping nothing on disk (as this machine's), or NATS with JetStream
 /// keeping its streams in a directory of the test.
-struct PrivateBus {
+pub struct PrivateBus {
     nats: bool,
     /// Redis: the password it asks for, if any.
     password: Option<&'static str>,
@@ -471,7 +471,7 @@ struct PrivateBus {
 }
 
 impl PrivateBus {
-    async fn start(nats: bool) -> PrivateBus {
+    pub async fn start(nats: bool) -> PrivateBus {
         let port = free_listen().rsplit_once(':').unwrap().1.parse().unwrap();
         let store = tempfile::tempdir().unwrap();
         let mut bus = PrivateBus {
@@ -485,14 +485,14 @@ impl PrivateBus {
         bus
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         match self.nats {
             true => format!("nats://127.0.0.1:{}", self.port),
             false => format!("redis://127.0.0.1:{}", self.port),
         }
     }
 
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         let port = self.port.to_string();
         let mut command = match self.nats {
             true => {
@@ -532,7 +532,7 @@ impl PrivateBus {
         }
     }
 
-    async fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }

@@ -7,7 +7,9 @@
 //! sees a row's version go back.
 
 use crate::changes_torture::{self as torture, Follower, WRITERS};
-use crate::cluster::{drop_stream, free_listen, leader_of, prefix, served, Instance, REDIS_URL};
+use crate::cluster::{
+    drop_stream, free_listen, leader_of, prefix, served, Instance, PrivateBus, REDIS_URL,
+};
 use crate::common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::atomic::Ordering;
@@ -19,11 +21,12 @@ use tokio::sync::watch;
 const RUN: Duration = Duration::from_secs(10);
 
 /// Follows the feed from every row's current state, each connection on the
-/// next instance of `bases` and resuming from the last id it got, until
-/// `done`.
+/// next instance of `bases` and resuming from the last id it got after
+/// `pause`, until `done`.
 async fn roam(
     bases: Arc<Vec<String>>,
     first: usize,
+    pause: Duration,
     state: Arc<Mutex<Follower>>,
     done: watch::Receiver<bool>,
 ) {
@@ -33,6 +36,9 @@ async fn roam(
     while !*done.borrow() {
         let base = &bases[next % bases.len()];
         next += 1;
+        if last.is_some() {
+            tokio::time::sleep(pause).await;
+        }
         let url = match last {
             Some(_) => format!("{base}/events/feed"),
             None => format!("{base}/events/feed?after=0"),
@@ -47,7 +53,9 @@ async fn roam(
     }
 }
 
-/// Starts `count` roaming clients, each on its own first instance.
+/// Starts `count` roaming clients, each on its own first instance; the
+/// last pauses between connections long enough to fall behind the ring, so
+/// that it resumes from the table (on followers too).
 fn spawn_clients(
     bases: &Arc<Vec<String>>,
     count: usize,
@@ -55,7 +63,13 @@ fn spawn_clients(
 ) -> (Vec<Arc<Mutex<Follower>>>, Vec<tokio::task::JoinHandle<()>>) {
     let followers: Vec<Arc<Mutex<Follower>>> = (0..count).map(|_| Arc::default()).collect();
     let tasks = (followers.iter().enumerate())
-        .map(|(i, f)| tokio::spawn(roam(bases.clone(), i, f.clone(), done.clone())))
+        .map(|(i, f)| {
+            let pause = match i + 1 == count {
+                true => Duration::from_millis(2500),
+                false => Duration::ZERO,
+            };
+            tokio::spawn(roam(bases.clone(), i, pause, f.clone(), done.clone()))
+        })
         .collect();
     (followers, tasks)
 }
@@ -131,7 +145,7 @@ async fn three_instances_follow_one_changes_poller(kind: Kind) {
     }
     let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
     let (done, until_done) = watch::channel(false);
-    let (followers, tasks) = spawn_clients(&bases, 4, &until_done);
+    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
     let writers = spawn_writers(&db, &t, Instant::now() + RUN);
 
     tokio::time::sleep(RUN / 2).await;
@@ -165,6 +179,17 @@ async fn three_instances_follow_one_changes_poller(kind: Kind) {
         assert_eq!(s.health.counters.polls.load(Ordering::SeqCst), 0);
         assert!(s.membership.applied.load(Ordering::SeqCst) > 0);
     }
+    // The pausing client fell behind the rings and resumed from the table.
+    let catch_ups: u64 = (servers.iter())
+        .map(|s| {
+            served(s)
+                .health
+                .counters
+                .catch_up_queries
+                .load(Ordering::SeqCst)
+        })
+        .sum();
+    assert!(catch_ups > 0, "no client resumed from the table");
     for server in servers {
         server.stop().await;
     }
@@ -195,7 +220,7 @@ async fn a_killed_changes_leader_hands_over(kind: Kind) {
     }
     let bases = Arc::new(instances.iter().map(|i| i.base.clone()).collect::<Vec<_>>());
     let (done, until_done) = watch::channel(false);
-    let (followers, tasks) = spawn_clients(&bases, 4, &until_done);
+    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
     let writers = spawn_writers(&db, &t, Instant::now() + RUN);
     let mut takeovers = Vec::new();
     for _ in 0..2 {
@@ -241,4 +266,40 @@ async fn a_killed_changes_leader_hands_over_and_every_view_ends_right_postgres()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_changes_leader_hands_over_and_every_view_ends_right_mysql() {
     a_killed_changes_leader_hands_over(Kind::MySql).await;
+}
+
+/// The bus goes away mid-run and comes back empty: followers start over
+/// from the database, and every client's view still ends right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_under_a_changes_feed_leaves_every_view_right() {
+    let (db, t) = changes_table(Kind::Postgres).await;
+    let mut bus = PrivateBus::start(false).await;
+    let rowcast = Rowcast::on(&db)
+        .feed("feed", &t, |f| f.set("mode", "changes").ring_size(300))
+        .cluster(&bus.url(), "rowcast");
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(rowcast.start().await);
+    }
+    let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
+    let (done, until_done) = watch::channel(false);
+    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
+    let writers = spawn_writers(&db, &t, Instant::now() + RUN);
+    tokio::time::sleep(RUN / 3).await;
+    bus.kill().await;
+    let health = wait_health(&bases[0], 503).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bus.restart().await;
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_views_end_as_the_table(&db, &t, &followers, done, tasks).await;
+    let filled: u64 = (servers.iter())
+        .map(|s| served(s).membership.filled.load(Ordering::SeqCst))
+        .sum();
+    assert!(filled > 0, "no follower started over from the database");
+    for server in servers {
+        server.stop().await;
+    }
 }
