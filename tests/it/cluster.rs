@@ -292,6 +292,15 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(config: &std::path::Path, listen: &str) -> Instance {
+        Instance::start_with(config, listen, &[]).await
+    }
+
+    /// An instance with these environment variables besides.
+    pub async fn start_with(
+        config: &std::path::Path,
+        listen: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Instance {
         let mut child = rowcast(&[
             "serve",
             "--config",
@@ -299,6 +308,7 @@ impl Instance {
             "--listen",
             listen,
         ])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -26,6 +26,7 @@ mod common;
 mod apps;
 mod auth;
 mod bus;
+mod bus_tls;
 mod changes;
 mod changes_torture;
 mod cli;
