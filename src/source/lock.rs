@@ -55,8 +55,11 @@ impl LeaderLock {
                     .options([
                         ("tcp_keepalives_idle", "1"),
                         ("tcp_keepalives_interval", "1"),
-                        ("tcp_keepalives_count", "2"),
-                        ("tcp_user_timeout", "3000"),
+                        ("tcp_keepalives_count", "1"),
+                        // Once a probe is out, 1.5 s without an answer ends
+                        // the session: a vanished leader's lock is free
+                        // about 2 s after its last word.
+                        ("tcp_user_timeout", "1500"),
                     ]);
                 Ok(Session::Postgres(
                     PgConnection::connect_with(&options).await?,
@@ -135,7 +138,7 @@ async fn mysql_try_lock(session: &mut MySqlConnection, name: &str) -> Result<boo
 }
 
 async fn set_wait_timeout(session: &mut MySqlConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SET SESSION wait_timeout = 3")
+    sqlx::query("SET SESSION wait_timeout = 2")
         .execute(session)
         .await
         .map(drop)

@@ -365,51 +365,103 @@ enum Takeover {
     Terminate,
 }
 
+/// Three rowcast processes of one `messages` feed on Redis, six clients
+/// roaming over them, and sixteen writers.
+pub struct Processes {
+    pub db: TestDb,
+    pub prefix: String,
+    /// The instances' configuration file.
+    pub path: std::path::PathBuf,
+    pub instances: Vec<Instance>,
+    table: String,
+    clients: Vec<tokio::task::JoinHandle<Vec<i64>>>,
+    done: watch::Sender<Option<usize>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Processes {
+    /// Starts the instances and the clients, then writers for `writing`.
+    pub async fn start(kind: Kind, writing: Duration) -> Processes {
+        let db = TestDb::new(kind).await;
+        let table = db.messages("messages").await;
+        let prefix = prefix();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rowcast.toml");
+        let config = Rowcast::on(&db)
+            .feed("messages", &table, |f| f)
+            .cluster(REDIS_URL, &prefix);
+        std::fs::write(&path, config.toml()).unwrap();
+        let mut instances = Vec::new();
+        for _ in 0..3 {
+            instances.push(Instance::start(&path, &free_listen()).await);
+        }
+        let bases = Arc::new(instances.iter().map(|i| i.base.clone()).collect::<Vec<_>>());
+        let (done, expected) = watch::channel(None);
+        let clients: Vec<_> = (0..6)
+            .map(|i| roam(bases.clone(), "messages".into(), i, expected.clone()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let writers = spawn_writers(&db, &table, Instant::now() + writing);
+        Processes {
+            db,
+            prefix,
+            path,
+            instances,
+            table,
+            clients,
+            done,
+            writers,
+            _dir: dir,
+        }
+    }
+
+    /// The instance that leads the feed now; panics after 10 s without.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(leader) = leader_of(&self.instances, "messages", None).await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the writers, checks that every client got every committed
+    /// row once, in order, and stops the instances.
+    pub async fn finish(self) {
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        let rows = committed(&self.db, &self.table).await;
+        self.done.send_replace(Some(rows.len()));
+        assert_every_row_once(self.clients, &rows).await;
+        drop(self.instances);
+        drop_stream(REDIS_URL, &self.prefix, "messages").await;
+    }
+}
+
 /// Three rowcast processes, clients roaming over them, sixteen writers;
 /// three times in a row the leader is taken away: another takes over within
 /// about two seconds, and no client misses or repeats a row.
 async fn failover(kind: Kind, takeover: Takeover) {
-    let db = TestDb::new(kind).await;
-    let table = db.messages("messages").await;
-    let prefix = prefix();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rowcast.toml");
-    let config = Rowcast::on(&db)
-        .feed("messages", &table, |f| f)
-        .cluster(REDIS_URL, &prefix);
-    std::fs::write(&path, config.toml()).unwrap();
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::start(&path, &free_listen()).await);
-    }
-    let bases = Arc::new(instances.iter().map(|i| i.base.clone()).collect::<Vec<_>>());
-    let (done, expected) = watch::channel(None);
-    let clients: Vec<_> = (0..6)
-        .map(|i| roam(bases.clone(), "messages".into(), i, expected.clone()))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let writers = spawn_writers(&db, &table, Instant::now() + Duration::from_secs(9));
+    let mut cluster = Processes::start(kind, Duration::from_secs(9)).await;
     let mut takeovers = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // A leader that could not tell within a second that it still holds
         // its lock (a loaded machine) steps down: wait for the next one.
-        let mut leader = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while leader.is_none() {
-            assert!(Instant::now() < deadline, "no leader within 10 s");
-            leader = leader_of(&instances, "messages", None).await;
-        }
-        let leader = leader.unwrap();
+        let leader = cluster.leader().await;
         let taken = Instant::now();
         match takeover {
-            Takeover::Kill => instances[leader].kill(),
+            Takeover::Kill => cluster.instances[leader].kill(),
             Takeover::Terminate => {
                 let name = "rowcast leader messages";
                 let ended: Vec<bool> = sqlx::query_scalar(&format!(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}' AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
                 ))
-                .fetch_all(&db.pool)
+                .fetch_all(&cluster.db.pool)
                 .await
                 .unwrap();
                 assert!(!ended.is_empty(), "no lock session to terminate");
@@ -417,7 +469,7 @@ async fn failover(kind: Kind, takeover: Takeover) {
         }
         let skip = (takeover == Takeover::Kill).then_some(leader);
         loop {
-            if let Some(new) = leader_of(&instances, "messages", skip).await {
+            if let Some(new) = leader_of(&cluster.instances, "messages", skip).await {
                 if takeover == Takeover::Kill
                     || new != leader
                     || taken.elapsed() > Duration::from_secs(1)
@@ -434,23 +486,16 @@ async fn failover(kind: Kind, takeover: Takeover) {
         takeovers.push(taken.elapsed());
         if takeover == Takeover::Kill {
             // Back on its address, as a supervisor would restart it.
-            let listen = instances[leader].listen.clone();
-            instances[leader] = Instance::start(&path, &listen).await;
+            let listen = cluster.instances[leader].listen.clone();
+            cluster.instances[leader] = Instance::start(&cluster.path, &listen).await;
         }
     }
-    for w in writers {
-        w.await.unwrap();
-    }
-    let rows = committed(&db, &table).await;
-    done.send_replace(Some(rows.len()));
-    assert_every_row_once(clients, &rows).await;
+    cluster.finish().await;
     eprintln!("takeovers: {takeovers:?}");
     assert!(
         takeovers.iter().all(|t| *t < Duration::from_secs(4)),
         "takeovers {takeovers:?}"
     );
-    drop(instances);
-    drop_stream(REDIS_URL, &prefix, "messages").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

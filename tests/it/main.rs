@@ -33,6 +33,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod cluster_changes;
+mod cluster_netcut;
 mod cursors;
 mod deletes;
 mod fanout;
