@@ -120,10 +120,13 @@ impl LeaderLock {
 }
 
 async fn pg_try_lock(session: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(name)
-        .fetch_one(session)
-        .await
+    // Advisory locks are the server's, not one database's.
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended($1 || ':' || current_database(), 0))",
+    )
+    .bind(name)
+    .fetch_one(session)
+    .await
 }
 
 async fn mysql_try_lock(session: &mut MySqlConnection, name: &str) -> Result<bool, sqlx::Error> {

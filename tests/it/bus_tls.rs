@@ -126,7 +126,7 @@ async fn a_feed_crosses_a_tls_bus(nats: bool) {
     let path = dir.path().join("rowcast.toml");
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(&url, "rowcast");
+        .cluster(&url, &crate::cluster::prefix());
     std::fs::write(&path, config.toml()).unwrap();
     let ca = certs.path("ca.pem");
     let trusted = [("SSL_CERT_FILE", ca.as_path())];

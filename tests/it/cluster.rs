@@ -603,7 +603,7 @@ async fn a_bus_restart_loses_no_row(nats: bool) {
     let mut bus = PrivateBus::start(nats).await;
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(&bus.url(), "rowcast");
+        .cluster(&bus.url(), &prefix());
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(config.start().await);
@@ -699,9 +699,10 @@ async fn a_redis_password_in_the_bus_url_is_used_and_kept_out_of_sight() {
     bus.password = Some("s3cret-pass");
     bus.restart().await;
     let good = format!("redis://:s3cret-pass@127.0.0.1:{}", bus.port);
+    let prefix = prefix();
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(&good, "rowcast");
+        .cluster(&good, &prefix);
     let leader = config.start().await;
     let follower = config.start().await;
     let mut client = Client::connect(&format!("{}/events/messages", follower.url), None).await;
@@ -718,7 +719,7 @@ async fn a_redis_password_in_the_bus_url_is_used_and_kept_out_of_sight() {
     let bad = format!("redis://:wrong-pass@127.0.0.1:{}", bus.port);
     let wrong = Rowcast::on(&db)
         .feed("messages", &table, |f| f)
-        .cluster(&bad, "rowcast")
+        .cluster(&bad, &prefix)
         .start()
         .await;
     let health = wait_health(&wrong.url, 503).await;

@@ -69,7 +69,7 @@ async fn lock_session_port(db: &TestDb, prefix: &str) -> Option<u16> {
         // An advisory lock on a 64-bit key shows as its two halves.
         Kind::Postgres => sqlx::query_scalar(
             "SELECT a.client_port::int8 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, \
-             (SELECT hashtextextended($1, 0) AS k) AS h \
+             (SELECT hashtextextended($1 || ':' || current_database(), 0) AS k) AS h \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
              AND l.classid = ((h.k >> 32) & 4294967295)::oid AND l.objid = (h.k & 4294967295)::oid",
         )
