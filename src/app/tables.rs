@@ -92,8 +92,8 @@ pub(super) async fn prepare(
             health: health.clone(),
             clock: clustered(bus, source, &setup).is_some(),
         });
-        // A clustered append feed catches clients up from the bus first.
-        if let Some((bus, Plan::Append(_))) = clustered(bus, source, &setup) {
+        // A clustered feed catches clients up from the bus first.
+        if let Some((bus, _)) = clustered(bus, source, &setup) {
             reader = Arc::new(cluster::BusFirst {
                 bus,
                 feed: feed.name.clone(),

@@ -1,7 +1,9 @@
 //! Catch-up reads of a clustered feed: a client behind an instance's ring
 //! is caught up from the bus's retained entries when they reach back far
 //! enough, and from the database otherwise, so that a reconnect storm on
-//! many instances costs the database little more than on one.
+//! many instances costs the database little more than on one. A changes
+//! feed's events come back from the bus by their numbers, exactly as they
+//! were sent.
 
 use crate::bus::{Bus, Key};
 use crate::cursor::{Cursor, Style};
@@ -78,6 +80,10 @@ impl Reader for BusFirst {
                 None => self.table.read(after, upto, limit).await,
             }
         })
+    }
+
+    fn retained(&self, after: Cursor, upto: Cursor, limit: u32) -> BoxFuture<'_, Option<Vec<Row>>> {
+        Box::pin(self.read_bus(after, upto, limit))
     }
 
     fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, ReadError>> {

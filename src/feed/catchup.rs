@@ -41,6 +41,15 @@ pub trait Reader: Send + Sync {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<Row>, ReadError>>;
 
+    /// The rows of (`after`, `upto`] (at most `limit`) as the feed
+    /// published them, from where its batches were relayed (a cluster's
+    /// bus) when that still holds them without a hole; `None` when it does
+    /// not, or keeps nothing.
+    fn retained(&self, after: Cursor, upto: Cursor, limit: u32) -> BoxFuture<'_, Option<Vec<Row>>> {
+        let _ = (after, upto, limit);
+        Box::pin(async { None })
+    }
+
     /// A changes feed's catch-up: every row stamped at or after `since_ms`
     /// as a change (tombstones first), or with `since_ms` 0 every live row;
     /// each row's JSON an envelope, its id left for the feed to set.
@@ -131,17 +140,35 @@ impl Feed {
                 let (upto, _) = self.head();
                 let limit = self.config.tuning.batch_size;
                 let rows = self.catch_up.reader.read(after, upto, limit).await?;
-                let complete_to = match rows.last() {
-                    Some(last) if rows.len() == limit as usize => Cursor::At(last.id),
-                    _ => upto.max(after),
-                };
-                let (events, _) =
-                    frame::frame(rows, self.config.event.as_deref(), false, self.style());
-                Ok(Arc::new(Page {
-                    events,
-                    complete_to,
-                    whole: false,
-                }))
+                Ok(Arc::new(self.page(rows, after, upto, limit)))
+            })
+            .await
+    }
+
+    /// The page of `rows`, read after `after` up to `upto`, at most `limit`.
+    fn page(&self, rows: Vec<Row>, after: Cursor, upto: Cursor, limit: u32) -> Page {
+        let complete_to = match rows.last() {
+            Some(last) if rows.len() == limit as usize => Cursor::At(last.id),
+            _ => upto.max(after),
+        };
+        let (events, _) = frame::frame(rows, self.config.event.as_deref(), false, self.style());
+        Page {
+            events,
+            complete_to,
+            whole: false,
+        }
+    }
+
+    /// A changes feed's events after `after`, as numbered, from where they
+    /// were relayed (a cluster's bus), when it still holds them.
+    async fn retained_changes(&self, after: Cursor) -> Option<Arc<Page>> {
+        self.catch_up
+            .pages
+            .optionally_get_with(after, async {
+                let (upto, _) = self.head();
+                let limit = self.config.tuning.batch_size;
+                let rows = self.catch_up.reader.retained(after, upto, limit).await?;
+                Some(Arc::new(self.page(rows, after, upto, limit)))
             })
             .await
     }
@@ -151,7 +178,14 @@ impl Feed {
     /// starts it again; the last is a marker that moves the client to the
     /// head the read was made at.
     async fn catch_up_changes(&self, after: Cursor) -> Result<Arc<Page>, Arc<ReadError>> {
-        let (_, since) = cursor::unchange(after);
+        let (seq, since) = cursor::unchange(after);
+        // An event of this run that the bus still holds, with those after
+        // it: exactly what the client missed.
+        if seq != 0 {
+            if let Some(page) = self.retained_changes(after).await {
+                return Ok(page);
+            }
+        }
         let since = since - since.rem_euclid(CHANGES_ROUNDING_MS);
         let key = cursor::change(0, since);
         self.catch_up

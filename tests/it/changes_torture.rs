@@ -179,6 +179,11 @@ impl Follower {
         self.rows.insert(id, (version, op != "delete"));
     }
 
+    /// Forgets every row, for a client that starts over from `?after=0`.
+    pub fn forget(&mut self) {
+        self.rows.clear();
+    }
+
     pub fn view(&self) -> View {
         self.rows
             .iter()

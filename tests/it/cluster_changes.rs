@@ -1,8 +1,10 @@
 //! A changes feed on three instances: one polls it (its leader), the
 //! others apply the bus. Sixteen writers insert, update (in bursts), soft-
 //! and hard-delete; clients move from instance to instance with their
-//! `Last-Event-ID`, and midway the leader goes away (stopped, or killed
-//! with `kill -9` and restarted). Every client's view, built by applying
+//! `Last-Event-ID` (one after pauses that leave it behind the rings, so
+//! that the bus catches it up; one starting over from `?after=0` each
+//! time, which reads the table), and midway the leader goes away (stopped,
+//! or killed with `kill -9` and restarted). Every client's view, built by applying
 //! its events in arrival order, ends equal to the table, and no client
 //! sees a row's version go back.
 
@@ -20,13 +22,25 @@ use tokio::sync::watch;
 /// How long the writers write.
 const RUN: Duration = Duration::from_secs(10);
 
+/// How a roaming client comes back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// At once, from the last id it got.
+    Now,
+    /// After a pause that leaves it behind the rings, from the last id it
+    /// got: the bus has the events it missed.
+    Late,
+    /// After such a pause, from every row's current state (`?after=0`),
+    /// which the database has.
+    Over,
+}
+
 /// Follows the feed from every row's current state, each connection on the
-/// next instance of `bases` and resuming from the last id it got after
-/// `pause`, until `done`.
+/// next instance of `bases`, coming back as `resume` says, until `done`.
 async fn roam(
     bases: Arc<Vec<String>>,
     first: usize,
-    pause: Duration,
+    resume: Resume,
     state: Arc<Mutex<Follower>>,
     done: watch::Receiver<bool>,
 ) {
@@ -36,8 +50,12 @@ async fn roam(
     while !*done.borrow() {
         let base = &bases[next % bases.len()];
         next += 1;
-        if last.is_some() {
-            tokio::time::sleep(pause).await;
+        if last.is_some() && resume != Resume::Now {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        if resume == Resume::Over {
+            last = None;
+            state.lock().unwrap().forget();
         }
         let url = match last {
             Some(_) => format!("{base}/events/feed"),
@@ -54,8 +72,8 @@ async fn roam(
 }
 
 /// Starts `count` roaming clients, each on its own first instance; the
-/// last pauses between connections long enough to fall behind the ring, so
-/// that it resumes from the table (on followers too).
+/// last two pause between connections long enough to fall behind the
+/// rings, one resuming from its last id, the other from `?after=0`.
 fn spawn_clients(
     bases: &Arc<Vec<String>>,
     count: usize,
@@ -64,11 +82,12 @@ fn spawn_clients(
     let followers: Vec<Arc<Mutex<Follower>>> = (0..count).map(|_| Arc::default()).collect();
     let tasks = (followers.iter().enumerate())
         .map(|(i, f)| {
-            let pause = match i + 1 == count {
-                true => Duration::from_millis(2500),
-                false => Duration::ZERO,
+            let resume = match count - i {
+                1 => Resume::Over,
+                2 => Resume::Late,
+                _ => Resume::Now,
             };
-            tokio::spawn(roam(bases.clone(), i, pause, f.clone(), done.clone()))
+            tokio::spawn(roam(bases.clone(), i, resume, f.clone(), done.clone()))
         })
         .collect();
     (followers, tasks)
@@ -145,7 +164,7 @@ async fn three_instances_follow_one_changes_poller(kind: Kind) {
     }
     let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
     let (done, until_done) = watch::channel(false);
-    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
+    let (followers, tasks) = spawn_clients(&bases, 6, &until_done);
     let writers = spawn_writers(&db, &t, Instant::now() + RUN);
 
     tokio::time::sleep(RUN / 2).await;
@@ -179,7 +198,7 @@ async fn three_instances_follow_one_changes_poller(kind: Kind) {
         assert_eq!(s.health.counters.polls.load(Ordering::SeqCst), 0);
         assert!(s.membership.applied.load(Ordering::SeqCst) > 0);
     }
-    // The pausing client fell behind the rings and resumed from the table.
+    // The client that starts over read the table.
     let catch_ups: u64 = (servers.iter())
         .map(|s| {
             served(s)
@@ -220,7 +239,7 @@ async fn a_killed_changes_leader_hands_over(kind: Kind) {
     }
     let bases = Arc::new(instances.iter().map(|i| i.base.clone()).collect::<Vec<_>>());
     let (done, until_done) = watch::channel(false);
-    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
+    let (followers, tasks) = spawn_clients(&bases, 6, &until_done);
     let writers = spawn_writers(&db, &t, Instant::now() + RUN);
     let mut takeovers = Vec::new();
     for _ in 0..2 {
@@ -276,14 +295,14 @@ async fn a_redis_restart_under_a_changes_feed_leaves_every_view_right() {
     let mut bus = PrivateBus::start(false).await;
     let rowcast = Rowcast::on(&db)
         .feed("feed", &t, |f| f.set("mode", "changes").ring_size(300))
-        .cluster(&bus.url(), "rowcast");
+        .cluster(&bus.url(), &prefix());
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(rowcast.start().await);
     }
     let bases = Arc::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>());
     let (done, until_done) = watch::channel(false);
-    let (followers, tasks) = spawn_clients(&bases, 5, &until_done);
+    let (followers, tasks) = spawn_clients(&bases, 6, &until_done);
     let writers = spawn_writers(&db, &t, Instant::now() + RUN);
     tokio::time::sleep(RUN / 3).await;
     bus.kill().await;
@@ -302,4 +321,68 @@ async fn a_redis_restart_under_a_changes_feed_leaves_every_view_right() {
     for server in servers {
         server.stop().await;
     }
+}
+
+/// A client behind a follower's ring of five resumes from its last id: the
+/// bus's entries give it the very events it missed, with their ids, and the
+/// database is not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_a_changes_client_up_from_the_bus() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let t = torture::table(&db).await;
+    let prefix = prefix();
+    let config = Rowcast::on(&db)
+        .feed("feed", &t, |f| f.set("mode", "changes").ring_size(5))
+        .cluster(REDIS_URL, &prefix);
+    let leader = config.start().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leads(&leader) {
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let follower = config.start().await;
+    let url = format!("{}/events/feed", follower.url);
+    let mut live = Client::connect(&url, None).await;
+    for _ in 0..30 {
+        db.exec(&format!("INSERT INTO {t} (writer) VALUES (1)"))
+            .await;
+    }
+    let events = live.take(30).await;
+    let ops: Vec<(String, i64)> = (events.iter())
+        .map(|e| {
+            let event = e.json();
+            (
+                event["op"].as_str().unwrap().to_owned(),
+                event["row"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(ops.iter().all(|(op, _)| op == "insert"), "{ops:?}");
+    let queries = |s: &Server| {
+        served(s)
+            .health
+            .counters
+            .catch_up_queries
+            .load(Ordering::SeqCst)
+    };
+    let before = queries(&follower);
+
+    // From its fourth event: far behind a ring of five.
+    let mut behind = Client::connect(&url, Some(&events[3].id)).await;
+    let resumed = behind.take(26).await;
+    let frames = |events: &[Ev]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (e.id.clone(), e.data.clone()))
+            .collect()
+    };
+    assert_eq!(
+        frames(&resumed),
+        frames(&events[4..]),
+        "the same events, ids and all"
+    );
+    assert_eq!(queries(&follower), before, "the bus had every entry");
+    follower.stop().await;
+    leader.stop().await;
+    drop_stream(REDIS_URL, &prefix, "feed").await;
 }
