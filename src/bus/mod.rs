@@ -129,17 +129,16 @@ impl Bus {
     }
 
     /// Up to `count` entries of `feed` with keys above `after` (from the
-    /// first when `None`), in order; `None` when this bus cannot find
-    /// entries by key (JetStream numbers its own).
+    /// first when `None`), in order.
     pub async fn range(
         &self,
         feed: &str,
         after: Option<Key>,
         count: usize,
-    ) -> Result<Option<Vec<Stored>>, Error> {
+    ) -> Result<Vec<Stored>, Error> {
         match self {
-            Bus::Redis(bus) => bus.range(feed, after, count).await.map(Some),
-            Bus::Nats(_) => Ok(None),
+            Bus::Redis(bus) => bus.range(feed, after, count).await,
+            Bus::Nats(bus) => bus.range(feed, after, count).await,
         }
     }
 

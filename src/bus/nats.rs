@@ -5,6 +5,7 @@
 //! sequence); when another came first, the append is stale unless its key
 //! is above that one's.
 
+mod range;
 mod reader;
 mod url;
 

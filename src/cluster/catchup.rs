@@ -32,15 +32,18 @@ impl BusFirst {
         let mut position = after;
         let mut start = Key::last_at(after, self.style);
         while position < upto {
-            let entries = self.bus.range(&self.feed, start, ENTRIES).await.ok()??;
+            let entries = self.bus.range(&self.feed, start, ENTRIES).await.ok()?;
             if entries.is_empty() {
                 return None;
             }
             for stored in entries {
                 let Ok(entry) = stored.entry else { return None };
-                if let crate::bus::Position::Redis(key) = stored.position {
-                    start = Some(key);
-                }
+                // The next read starts after this entry: its Redis id, or
+                // the last key its head can have.
+                start = match stored.position {
+                    crate::bus::Position::Redis(key) => Some(key),
+                    _ => Key::last_at(entry.head, self.style),
+                };
                 if entry.late || entry.head <= position {
                     continue;
                 }

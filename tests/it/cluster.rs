@@ -649,14 +649,13 @@ async fn a_nats_restart_loses_no_row() {
 
 /// A client behind a follower's ring is caught up from the bus's retained
 /// entries, without a query; once the bus has lost them, from the database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_reads_the_bus_before_the_database() {
+async fn catch_up_reads_the_bus_before_the_database(bus: &str) {
     let db = TestDb::new(Kind::Postgres).await;
     let table = db.messages("messages").await;
     let prefix = prefix();
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| f.ring_size(5))
-        .cluster(REDIS_URL, &prefix);
+        .cluster(bus, &prefix);
     let leader = config.start().await;
     wait_until_leader(&leader).await;
     let follower = config.start().await;
@@ -676,7 +675,7 @@ async fn catch_up_reads_the_bus_before_the_database() {
     assert_eq!(ids(&behind.take(29).await), written[1..]);
     assert_eq!(queries(&follower), 0, "the bus had every entry");
 
-    drop_stream(REDIS_URL, &prefix, "messages").await;
+    drop_stream(bus, &prefix, "messages").await;
     let mut behind = Client::connect(&url, Some(&written[9].to_string())).await;
     assert_eq!(ids(&behind.take(20).await), written[10..]);
     assert!(
@@ -685,6 +684,17 @@ async fn catch_up_reads_the_bus_before_the_database() {
     );
     follower.stop().await;
     leader.stop().await;
+    drop_stream(bus, &prefix, "messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_reads_redis_before_the_database() {
+    catch_up_reads_the_bus_before_the_database(REDIS_URL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_reads_nats_before_the_database() {
+    catch_up_reads_the_bus_before_the_database(NATS_URL).await;
 }
 
 /// A Redis that asks for a password: the bus URL's password lets the

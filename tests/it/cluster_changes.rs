@@ -10,7 +10,7 @@
 
 use crate::changes_torture::{self as torture, Follower, WRITERS};
 use crate::cluster::{
-    drop_stream, free_listen, leader_of, prefix, served, Instance, PrivateBus, REDIS_URL,
+    drop_stream, free_listen, leader_of, prefix, served, Instance, PrivateBus, NATS_URL, REDIS_URL,
 };
 use crate::common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -326,14 +326,13 @@ async fn a_redis_restart_under_a_changes_feed_leaves_every_view_right() {
 /// A client behind a follower's ring of five resumes from its last id: the
 /// bus's entries give it the very events it missed, with their ids, and the
 /// database is not asked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_catches_a_changes_client_up_from_the_bus() {
+async fn a_follower_catches_a_changes_client_up_from_the_bus(bus: &str) {
     let db = TestDb::new(Kind::Postgres).await;
     let t = torture::table(&db).await;
     let prefix = prefix();
     let config = Rowcast::on(&db)
         .feed("feed", &t, |f| f.set("mode", "changes").ring_size(5))
-        .cluster(REDIS_URL, &prefix);
+        .cluster(bus, &prefix);
     let leader = config.start().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !leads(&leader) {
@@ -384,5 +383,15 @@ async fn a_follower_catches_a_changes_client_up_from_the_bus() {
     assert_eq!(queries(&follower), before, "the bus had every entry");
     follower.stop().await;
     leader.stop().await;
-    drop_stream(REDIS_URL, &prefix, "feed").await;
+    drop_stream(bus, &prefix, "feed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_a_changes_client_up_from_redis() {
+    a_follower_catches_a_changes_client_up_from_the_bus(REDIS_URL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_a_changes_client_up_from_nats() {
+    a_follower_catches_a_changes_client_up_from_the_bus(NATS_URL).await;
 }
