@@ -56,6 +56,21 @@ pub trait Reader: Send + Sync {
     fn changes(&self, since_ms: i64) -> BoxFuture<'_, Result<CatchUpRows, ReadError>>;
 }
 
+/// A reader's answer that events after the cursor asked for are no longer
+/// kept (a topic stream trimmed them): the client is told so with a
+/// `reset` event, and goes on from `resume`, before the oldest event kept.
+#[derive(Debug, thiserror::Error)]
+#[error("events after this cursor are no longer kept")]
+pub struct Expired {
+    /// Every event up to here is gone.
+    pub resume: Cursor,
+}
+
+/// What a client whose events are gone gets in their place: an event named
+/// `reset`, so that `onmessage` handlers do not take it for one of the
+/// feed's (a multi-feed stream names it after its feed, like the others).
+const EXPIRED: &str = r#"{"op":"reset","reason":"events after the cursor are no longer kept"}"#;
+
 /// What a changes feed's catch-up read.
 #[derive(Debug, Default)]
 pub struct CatchUpRows {
@@ -139,10 +154,35 @@ impl Feed {
             .try_get_with(after, async {
                 let (upto, _) = self.head();
                 let limit = self.config.tuning.batch_size;
-                let rows = self.catch_up.reader.read(after, upto, limit).await?;
-                Ok(Arc::new(self.page(rows, after, upto, limit)))
+                match self.catch_up.reader.read(after, upto, limit).await {
+                    Ok(rows) => Ok(Arc::new(self.page(rows, after, upto, limit))),
+                    Err(err) => match err.downcast_ref::<Expired>() {
+                        Some(expired) => Ok(Arc::new(self.expired(expired.resume))),
+                        None => Err(err),
+                    },
+                }
             })
             .await
+    }
+
+    /// The page of a client whose events up to `resume` are gone: one
+    /// `reset` event, for it whatever its filter, with `resume` as its id.
+    fn expired(&self, resume: Cursor) -> Page {
+        let Cursor::At(id) = resume else {
+            unreachable!("events that are gone end at one")
+        };
+        let row = Row {
+            id,
+            json: Some(EXPIRED.to_owned()),
+            event: Some("reset".to_owned()),
+            ..reset_row()
+        };
+        let (events, _) = frame::frame(vec![row], None, false, self.style());
+        Page {
+            events: events.iter().map(|e| Arc::new(e.for_everyone())).collect(),
+            complete_to: resume,
+            whole: true,
+        }
     }
 
     /// The page of `rows`, read after `after` up to `upto`, at most `limit`.

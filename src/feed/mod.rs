@@ -16,7 +16,7 @@ mod reads;
 mod ring;
 mod subscriber;
 
-pub use catchup::{reset_row, CatchUpRows, Page, ReadError, Reader};
+pub use catchup::{reset_row, CatchUpRows, Expired, Page, ReadError, Reader};
 pub use filter::Filter;
 pub use frame::{after, Batch, Event};
 pub use reads::ReadSpan;

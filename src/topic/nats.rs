@@ -9,11 +9,12 @@
 use super::{Decoder, Error, Prepared, FIRST_RETRY};
 use crate::config::{FeedConfig, Topic};
 use crate::cursor::{Cursor, IdRange, Style};
-use crate::feed::{CatchUpRows, Feed, ReadError, Reader};
+use crate::feed::{CatchUpRows, Expired, Feed, ReadError, Reader};
 use crate::poller::Health;
 use crate::source::Row;
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
@@ -266,6 +267,45 @@ struct CatchUp {
 }
 
 impl CatchUp {
+    /// Up to where the stream has lost the subject's messages after
+    /// `after`, if it may have. Limits take a stream's oldest messages
+    /// first, so while the message at `after` is kept nothing after it is
+    /// gone; once it is gone, the subject's messages before its oldest kept
+    /// one count as gone (JetStream does not say which it took).
+    async fn lost_after(&self, after: Cursor) -> Result<Option<Cursor>, Error> {
+        let Cursor::At(after) = after else {
+            return Ok(None);
+        };
+        let Ok(seq) = u64::try_from(after) else {
+            return Ok(None);
+        };
+        if seq == 0 {
+            return Ok(None);
+        }
+        let not_found = |err: &async_nats::jetstream::stream::RawMessageError| {
+            err.kind() == LastRawMessageErrorKind::NoMessageFound
+        };
+        match self.stream.get_raw_message(seq).await {
+            Ok(_) => return Ok(None),
+            Err(err) if not_found(&err) => {}
+            Err(err) => return Err(Error::nats("get message", err)),
+        }
+        let oldest = match self
+            .stream
+            .get_first_raw_message_by_subject(&self.subject, seq + 1)
+            .await
+        {
+            Ok(message) => message.sequence - 1,
+            Err(err) if not_found(&err) => {
+                let info =
+                    (self.stream.get_info().await).map_err(|e| Error::nats("stream info", e))?;
+                info.state.last_sequence
+            }
+            Err(err) => return Err(Error::nats("get message", err)),
+        };
+        Ok((oldest > seq).then(|| Cursor::At(i128::from(oldest))))
+    }
+
     async fn fetch(&self, after: Cursor, upto: Cursor, limit: u32) -> Result<Vec<Row>, Error> {
         if upto <= after {
             return Ok(Vec::new());
@@ -319,6 +359,11 @@ impl Reader for CatchUp {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<Row>, ReadError>> {
         Box::pin(async move {
+            let lost = super::within(self.lost_after(after)).await;
+            self.health.counters.query(&lost);
+            if let Some(resume) = lost? {
+                return Err(Box::new(Expired { resume }) as ReadError);
+            }
             let rows = super::within(self.fetch(after, upto, limit)).await;
             let counters = &self.health.counters;
             counters.query(&rows);

@@ -7,7 +7,7 @@
 use super::{Decoder, Error, Prepared, ANSWER_WITHIN, FIRST_RETRY};
 use crate::config::{FeedConfig, Topic};
 use crate::cursor::{self, Cursor, Style};
-use crate::feed::{CatchUpRows, Feed, ReadError, Reader};
+use crate::feed::{CatchUpRows, Expired, Feed, ReadError, Reader};
 use crate::poller::Health;
 use crate::source::Row;
 use futures::future::BoxFuture;
@@ -237,6 +237,52 @@ struct CatchUp {
     health: Arc<Health>,
 }
 
+impl CatchUp {
+    /// Up to where the stream has lost entries (trimmed or deleted), if it
+    /// has: a client after an id below that may have missed some for good.
+    /// Redis does not say which ids a trim took, so every id before the
+    /// oldest kept counts as gone once any entry was taken.
+    async fn deleted_up_to(&self) -> Result<Option<Cursor>, Error> {
+        let info: Result<redis::Value, Error> = self
+            .stream
+            .query(redis::cmd("XINFO").arg("STREAM").arg(&self.stream.key))
+            .await;
+        self.health.counters.query(&info);
+        let info = info?;
+        let pairs: Vec<(&redis::Value, &redis::Value)> = match &info {
+            redis::Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+            redis::Value::Array(flat) => flat.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
+            _ => Vec::new(),
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| matches!(k, redis::Value::BulkString(b) if b == name.as_bytes()))
+                .map(|(_, v)| *v)
+        };
+        let number = |name: &str| match field(name) {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        };
+        let id = |name: &str| match field(name) {
+            Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(cursor::parse_stream_id),
+            _ => None,
+        };
+        let deleted = id("max-deleted-entry-id").filter(|gone| *gone != Cursor::At(0));
+        let trimmed = match (number("entries-added") > number("length"), number("length")) {
+            (false, _) => None,
+            (true, 0) => id("last-generated-id"),
+            (true, _) => id("recorded-first-entry-id").map(|first| match first {
+                Cursor::At(first) => Cursor::At(first - 1),
+                Cursor::Start => Cursor::Start,
+            }),
+        };
+        Ok(deleted.max(trimmed))
+    }
+}
+
 impl Reader for CatchUp {
     fn read(
         &self,
@@ -254,6 +300,11 @@ impl Reader for CatchUp {
                 Cursor::Start => "-".to_owned(),
                 _ => format!("({ms}-{seq}"),
             };
+            if after != Cursor::Start {
+                if let Some(gone) = self.deleted_up_to().await?.filter(|gone| *gone > after) {
+                    return Err(Box::new(Expired { resume: gone }) as ReadError);
+                }
+            }
             let entries: Result<Entries, Error> = self
                 .stream
                 .query(

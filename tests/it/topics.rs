@@ -91,18 +91,24 @@ fn catch_ups(server: &Server) -> u64 {
     (server.feeds[0].health.counters.catch_up_queries).load(Ordering::SeqCst)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_stream_is_followed_resumed_and_filtered() {
-    let key = unique("stream");
-    let _keys = Keys(vec![key.clone()]);
-    let server = Rowcast::without_database()
+/// A server with feed `events` of Redis stream `key`, filtered by
+/// `room_id`, with a ring of two.
+async fn stream_feed(key: &str) -> Server {
+    Rowcast::without_database()
         .topic("events", "redis-stream", REDIS_URL, |f| {
-            f.set("stream", key.as_str())
+            f.set("stream", key)
                 .filter_columns(["room_id"])
                 .ring_size(2)
         })
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stream_is_followed_resumed_and_filtered() {
+    let key = unique("stream");
+    let _keys = Keys(vec![key.clone()]);
+    let server = stream_feed(&key).await;
     let url = format!("{}/events/events", server.url);
     let mut live = Client::connect(&url, None).await;
     let mut room_5 = Client::connect(&format!("{url}?room_id=5"), None).await;
@@ -164,6 +170,56 @@ async fn a_redis_stream_is_followed_resumed_and_filtered() {
     let next = xadd(&mut c, &key, &[("data", json!({ "n": 5 }).to_string())]).await;
     assert_eq!(ids_of(&from_2nd.take(1).await), [next.as_str()]);
     assert_eq!(ids_of(&live.take(1).await), [next.as_str()]);
+    server.stop().await;
+}
+
+/// A client resuming from an id the stream has trimmed since is told so by
+/// a `reset` event, whatever its filter, then gets what the stream kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trimmed_redis_stream_says_reset_to_a_client_that_missed_entries() {
+    let key = unique("trimmed");
+    let _keys = Keys(vec![key.clone()]);
+    let server = stream_feed(&key).await;
+    let url = format!("{}/events/events", server.url);
+    let mut live = Client::connect(&url, None).await;
+    let mut c = redis_at(REDIS_URL).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let data = json!({ "n": n, "room_id": 5 }).to_string();
+        ids.push(xadd(&mut c, &key, &[("data", data)]).await);
+    }
+    assert_eq!(ids_of(&live.take(6).await), ids);
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    // From the 2nd: the 3rd and 4th are gone.
+    let mut behind = Client::connect(&format!("{url}?room_id=5"), Some(&ids[1])).await;
+    let events = behind.take(3).await;
+    assert_eq!(events[0].event, "reset", "{events:?}");
+    assert_eq!(
+        events[0].json(),
+        json!({"op": "reset", "reason": "events after the cursor are no longer kept"})
+    );
+    assert_eq!(ids_of(&events[1..]), &ids[4..]);
+    behind.expect_quiet(Duration::from_millis(300)).await;
+    // The reset's id is just before the oldest entry kept: resuming from
+    // it misses nothing more.
+    let mut after_reset = Client::connect(&url, Some(&events[0].id)).await;
+    assert_eq!(ids_of(&after_reset.take(2).await), &ids[4..]);
+    after_reset.expect_quiet(Duration::from_millis(300)).await;
+    // JSON polling gets the same reset first.
+    let (status, body) = get_json(&format!(
+        "{}/feeds/events/rows?after={}",
+        server.url, ids[0]
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["op"], "reset", "{body}");
     server.stop().await;
 }
 

@@ -114,3 +114,47 @@ async fn a_nats_subject_resumes_by_sequence_with_jetstream_and_is_live_without()
     server.stop().await;
     jetstream.delete().await;
 }
+
+/// A client resuming from a sequence the stream no longer holds gets a
+/// `reset` event first, then what the stream kept of the subject; one
+/// resuming from a sequence it still holds gets no reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_jetstream_subject_says_reset_to_a_client_that_missed_messages() {
+    let base = unique("purged").replace('_', ".");
+    let jetstream = JetStream::create(&format!("{base}.>")).await;
+    let subject = format!("{base}.created");
+    let server = Rowcast::without_database()
+        .topic("orders", "nats", NATS_URL, |f| {
+            f.set("subject", subject.as_str()).ring_size(1)
+        })
+        .start()
+        .await;
+    let url = format!("{}/events/orders", server.url);
+    let mut live = Client::connect(&url, None).await;
+    let mut seqs = Vec::new();
+    for n in 0..6 {
+        seqs.push(
+            jetstream
+                .publish(&subject, json!({ "n": n }))
+                .await
+                .to_string(),
+        );
+    }
+    assert_eq!(ids_of(&live.take(6).await), seqs);
+    let stream = jetstream.context.get_stream(&jetstream.name).await.unwrap();
+    stream.purge().filter(&subject).keep(3).await.unwrap();
+
+    // From the 2nd: the 3rd is gone.
+    let mut behind = Client::connect(&url, Some(&seqs[1])).await;
+    let events = behind.take(4).await;
+    assert_eq!(events[0].event, "reset", "{events:?}");
+    assert_eq!(events[0].json()["op"], "reset");
+    assert_eq!(events[0].id, seqs[2], "just before the oldest message kept");
+    assert_eq!(ids_of(&events[1..]), &seqs[3..]);
+    // From the 4th, kept but behind the ring of one: no reset.
+    let mut kept = Client::connect(&url, Some(&seqs[3])).await;
+    assert_eq!(ids_of(&kept.take(2).await), &seqs[4..]);
+    kept.expect_quiet(Duration::from_millis(300)).await;
+    server.stop().await;
+    jetstream.delete().await;
+}
