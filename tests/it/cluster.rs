@@ -809,17 +809,17 @@ async fn a_leader_cut_off_from_its_database_hands_over_mysql() {
 
 /// A row that commits after the leader passed over its gap reaches the
 /// followers' clients too, late and without an id, as it does the
-/// leader's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_row_reaches_the_followers_clients() {
+/// leader's; when it commits while the bus is down, once the bus is back
+/// (the leader keeps the late batch and appends it after its marker).
+async fn a_late_row_reaches_the_followers_clients(bus_down: bool) {
     let db = TestDb::new(Kind::Postgres).await;
     let t = db.messages("messages").await;
-    let prefix = prefix();
+    let mut bus = PrivateBus::start(false).await;
     let config = Rowcast::on(&db)
         .feed("messages", &t, |f| {
             f.set("hold_cap", "1s").set("late_check_interval", "200ms")
         })
-        .cluster(REDIS_URL, &prefix);
+        .cluster(&bus.url(), &prefix());
     let first = db.insert(&t, 1, "first").await;
     let leader = config.start().await;
     wait_until_leader(&leader).await;
@@ -840,7 +840,24 @@ async fn a_late_row_reaches_the_followers_clients() {
         after,
         "rows after the gap arrive"
     );
+    if bus_down {
+        bus.kill().await;
+    }
     open.commit().await.unwrap();
+    if bus_down {
+        // The leader finds the late row and cannot append it.
+        let late_rows = || (served(&leader).health.counters.late_rows).load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while late_rows() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the leader did not find the late row"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.expect_quiet(Duration::from_millis(500)).await;
+        bus.restart().await;
+    }
     let late = client.take(1).await;
     assert_eq!(late[0].json()["id"], serde_json::json!(first + 1));
     assert_eq!(late[0].json()["body"], "open");
@@ -852,5 +869,14 @@ async fn a_late_row_reaches_the_followers_clients() {
     client.expect_quiet(Duration::from_millis(500)).await;
     follower.stop().await;
     leader.stop().await;
-    drop_stream(REDIS_URL, &prefix, "messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_row_reaches_the_followers_clients_through_the_bus() {
+    a_late_row_reaches_the_followers_clients(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_row_while_the_bus_is_down_reaches_the_followers_clients() {
+    a_late_row_reaches_the_followers_clients(true).await;
 }
