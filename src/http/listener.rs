@@ -38,7 +38,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 /// How the listener treats its connections.
@@ -76,7 +75,8 @@ pub fn bind(address: SocketAddr) -> io::Result<(TcpListener, u32)> {
 }
 
 /// Serves `app` on `listener` until `shutdown`, then waits for the open
-/// connections to end (streams end at shutdown by themselves).
+/// connections to end (streams end at shutdown by themselves). Dropping
+/// the future closes those still open.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -84,8 +84,12 @@ pub async fn serve(
     listening: Listening,
     shutdown: CancellationToken,
 ) {
-    let tasks = TaskTracker::new();
+    // A set that aborts its tasks when dropped: a caller that stops
+    // waiting closes every connection left.
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
+        // Forget the connections that ended.
+        while tasks.try_join_next().is_some() {}
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
@@ -118,8 +122,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tasks.close();
-    tasks.wait().await;
+    while tasks.join_next().await.is_some() {}
 }
 
 fn is_connection_error(err: &io::Error) -> bool {
