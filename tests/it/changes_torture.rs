@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-pub const WRITERS: usize = 16;
+const WRITERS: usize = 16;
 const RUN: Duration = Duration::from_secs(20);
 /// Where a statement's stamp goes, filled in just before it runs.
 const STAMP: &str = "{STAMP}";

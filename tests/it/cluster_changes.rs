@@ -8,7 +8,7 @@
 //! its events in arrival order, ends equal to the table, and no client
 //! sees a row's version go back.
 
-use crate::changes_torture::{self as torture, Follower, WRITERS};
+use crate::changes_torture::{self as torture, Follower};
 use crate::cluster::{
     drop_stream, free_listen, leader_of, prefix, served, Instance, PrivateBus, NATS_URL, REDIS_URL,
 };
@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 /// How long the writers write.
 const RUN: Duration = Duration::from_secs(10);
+
+/// The torture's writers.
+const WRITERS: usize = 16;
 
 /// How a roaming client comes back.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -118,7 +121,7 @@ async fn assert_views_end_as_the_table(
     }
 }
 
-/// Starts the torture's writers on `t` until `end`.
+/// Starts [`WRITERS`] of the torture's writers on `t` until `end`.
 fn spawn_writers(db: &TestDb, t: &str, end: Instant) -> Vec<tokio::task::JoinHandle<()>> {
     let ids = Arc::new(Mutex::new(Vec::new()));
     (0..WRITERS)
