@@ -206,6 +206,10 @@ pub async fn serve(
     let token = CancellationToken::new();
     let pollers = TaskTracker::new();
     for (served, reading) in feeds.served.iter().zip(feeds.setups) {
+        pollers.spawn(served.fanout.clone().run(config.keep_alive, token.clone()));
+        if let Some(presence) = &served.presence {
+            pollers.spawn(presence.clone().run(token.clone()));
+        }
         let (setup, source) = match (reading, &feeds.source) {
             (Reading::Table(setup), Some(source)) => (setup, source),
             (Reading::Topic(follow), _) => {
@@ -215,7 +219,6 @@ pub async fn serve(
                     served.health.clone(),
                     token.clone(),
                 ));
-                pollers.spawn(served.fanout.clone().run(config.keep_alive, token.clone()));
                 continue;
             }
             (Reading::Table(_), None) => unreachable!("table feeds are prepared with a database"),
@@ -244,8 +247,6 @@ pub async fn serve(
                 token.clone(),
             )),
         };
-        let fanout = served.fanout.clone();
-        pollers.spawn(fanout.run(config.keep_alive, token.clone()));
     }
     if let (Some(source), Some(url)) = (&feeds.source, &config.database_url) {
         let tables = doorbell_tables(source, &feeds.served);

@@ -59,6 +59,7 @@ pub mod feed;
 mod gap;
 pub mod http;
 pub mod poller;
+pub mod presence;
 pub mod shutdown;
 pub mod source;
 mod sse;

@@ -150,6 +150,15 @@ tuning_table!(layered! {
         /// `on`/`true` (require it) or `off`/`false` [default: auto].
         #[arg(long, env = "ROWCAST_NOTIFY")]
         pub notify: Option<Notify>,
+        /// Track who is connected to each scope of the feed (the feed and a
+        /// filter, e.g. a room): `/presence/{feed}`, and `event: presence`
+        /// on streams that ask with `?presence=1` [default: false].
+        #[arg(long, env = "ROWCAST_PRESENCE")]
+        pub presence: Option<bool>,
+        /// Presence: token claims a member's entry shows as its `meta`,
+        /// comma-separated (the key is the token's `sub`).
+        #[arg(long, env = "ROWCAST_PRESENCE_META", value_delimiter = ',')]
+        pub presence_meta: Option<Vec<String>>,
         /// Postgres `xid8` column for exact mode [default: `rowcast_txid`, when present].
         #[arg(skip)]
         pub txid_column: Option<String>,

@@ -18,7 +18,8 @@ pub use file::{ClusterFile, FeedFile, FileConfig};
 pub use flags::ServeArgs;
 pub use tuning::{Interval, Tuned, Tuning};
 pub use types::{
-    Cluster, Config, FeedConfig, Format, GapHandling, Mode, Notify, ReadFrom, Topic, TopicKind,
-    DEFAULT_LISTEN,
+    Cluster, Config, FeedConfig, Format, GapHandling, Mode, Notify, PresenceConfig, ReadFrom,
+    Topic, TopicKind, DEFAULT_LISTEN,
 };
+pub use validate::presence::MIN_SILENCE;
 pub use validate::Error;

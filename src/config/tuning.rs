@@ -93,6 +93,10 @@ macro_rules! tuning_table {
                     "Changes mode: transactions open longer than this no longer hold back the window of re-read rows";
                 delete_retention: Interval = "7days", "ROWCAST_DELETE_RETENTION",
                     "Changes mode: how long `rowcast_deletes` keeps tombstones; a client resuming from before it starts over";
+                presence_grace: Interval = "5s", "ROWCAST_PRESENCE_GRACE",
+                    "Presence: how long a member's last connection may be gone before it leaves (a reload or reconnect within it is neither a leave nor a join)";
+                presence_timeout: Interval = "30s", "ROWCAST_PRESENCE_TIMEOUT",
+                    "Presence: longest time from a client vanishing without a word (no FIN) to its leave; more than keep_alive + presence_grace";
             }
         }
     };
@@ -226,7 +230,7 @@ mod tests {
     fn every_default_parses() {
         let tuned = Tuning::resolve(&[]);
         assert_eq!(tuned.hold_cap, Duration::from_secs(30));
-        assert_eq!(Tuning::DEFAULTS.len(), 12);
+        assert_eq!(Tuning::DEFAULTS.len(), 14);
     }
 
     #[test]

@@ -118,6 +118,15 @@ pub struct FeedConfig {
     /// Where the feed reads when it is not a table: a Redis stream or
     /// channel, or a NATS subject. `None` for a table feed.
     pub topic: Option<Topic>,
+    /// Who is connected, when the feed tracks it; `None`: no presence.
+    pub presence: Option<PresenceConfig>,
+}
+
+/// A feed's presence (its grace and timeout are in the feed's tuning).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PresenceConfig {
+    /// Token claims each member's entry shows as its `meta`.
+    pub meta: Vec<String>,
 }
 
 /// A feed's Redis or NATS topic.

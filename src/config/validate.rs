@@ -143,12 +143,14 @@ impl Config {
             return Err(invalid("metrics_listen", "must differ from `listen`"));
         }
         let cluster = cluster(args.bus.clone(), server.cluster.unwrap_or_default())?;
+        let keep_alive = positive("keep_alive", server.keep_alive, Duration::from_secs(15))?;
+        presence::check_timeouts(&feeds, keep_alive)?;
         Ok(Config {
             cluster,
             database_url,
             listen,
             metrics_listen,
-            keep_alive: positive("keep_alive", server.keep_alive, Duration::from_secs(15))?,
+            keep_alive,
             retry: server.retry.map_or(Duration::from_secs(3), |r| r.0),
             max_connections,
             client_buffer,
@@ -376,7 +378,9 @@ fn validate_feed(
         rules.filters.insert(column, claim);
     }
 
+    let presence = presence::resolve(&name, file.presence, file.presence_meta)?;
     Ok(FeedConfig {
+        presence,
         topic,
         mode,
         updated_column: file
@@ -418,6 +422,7 @@ fn validate_feed(
     })
 }
 
+pub(crate) mod presence;
 mod topic;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use super::{wire, Back, Direct, Fanout};
 use crate::cursor::{self, Cursor};
 use crate::feed::{Delivery, Feed, Filter, Subscriber};
+use crate::presence::{Seat, Watch};
 use crate::sse;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -82,6 +83,13 @@ pub struct EventStream {
     expires: Pin<Box<Sleep>>,
     /// Held until the stream ends (its place under the server's limits).
     _held: Box<dyn std::any::Any + Send + Sync>,
+    /// Its member's place in the feed's presence, given up when the
+    /// stream ends.
+    _seat: Option<Seat>,
+    /// Its scope's presence changes, when it asked for them.
+    watch: Option<Watch>,
+    /// A member's connection: how long writes may go unanswered.
+    silence: Option<Duration>,
 }
 
 /// How a stream writes: the server's settings for every stream.
@@ -99,6 +107,7 @@ pub struct Pace {
 enum Wake {
     Shutdown,
     Delivery(Option<(usize, Delivery, Cursor)>),
+    Presence(Bytes),
     KeepAlive,
 }
 
@@ -126,6 +135,19 @@ pub struct Wanted {
     pub after: Option<Cursor>,
 }
 
+/// A stream's part in its feed's presence.
+pub struct Attending {
+    /// Its member's place in the scope, while the stream is open; `None`
+    /// for a watcher without a key.
+    pub seat: Option<Seat>,
+    /// Its scope's changes, after the frames to send first; `None` when
+    /// the stream did not ask for them.
+    pub watch: Option<(Bytes, Watch)>,
+    /// How long the connection may leave writes unanswered before it
+    /// counts as gone (a client that vanished without a FIN).
+    pub silence: Duration,
+}
+
 /// How a stream starts and ends.
 pub struct Opening {
     /// Events named after their feed, with composite ids.
@@ -141,6 +163,8 @@ pub struct Opening {
     pub pace: Pace,
     /// Ends the stream when cancelled (the server stops).
     pub stopping: CancellationToken,
+    /// Its part in the feed's presence, if any.
+    pub presence: Option<Attending>,
 }
 
 impl EventStream {
@@ -153,6 +177,7 @@ impl EventStream {
             held,
             pace,
             stopping,
+            presence,
         } = opening;
         let subscribers: Vec<Subscriber> =
             feeds.iter().map(|w| w.feed.subscribe(w.after)).collect();
@@ -176,6 +201,22 @@ impl EventStream {
                 first.extend_from_slice(&sse::position(&id));
             }
         }
+        let (seat, watch, silence) = match presence {
+            Some(Attending {
+                seat,
+                watch,
+                silence,
+            }) => {
+                let watch = watch.map(|(frames, watch)| {
+                    first.extend_from_slice(&frames);
+                    watch
+                });
+                // Only a member's connection needs watching for silence.
+                let silence = seat.is_some().then_some(silence);
+                (seat, watch, silence)
+            }
+            None => (None, None, None),
+        };
         let mut subscribers = subscribers;
         let deliveries = match subscribers.len() {
             1 => Deliveries::One(subscribers.remove(0)),
@@ -205,6 +246,9 @@ impl EventStream {
             last_write: now,
             expires: Box::pin(tokio::time::sleep_until(now + expires.unwrap_or(NEVER))),
             _held: held,
+            _seat: seat,
+            watch,
+            silence,
         }
     }
 
@@ -219,6 +263,11 @@ impl EventStream {
     /// Writes the stream as a chunked body to `socket`, whose response head
     /// is written, until the stream ends or the client leaves.
     pub async fn write_to(mut self, socket: Arc<TcpStream>) {
+        if let Some(silence) = self.silence {
+            // A client that vanished without a FIN leaves its keep-alives
+            // unanswered: the kernel ends the connection after `silence`.
+            let _ = socket2::SockRef::from(&*socket).set_tcp_user_timeout(Some(silence));
+        }
         let ended = loop {
             if self.opening.is_none() {
                 match self.leave_to_fanout(&socket).await {
@@ -254,7 +303,10 @@ impl EventStream {
     /// Hands a caught-up single-feed stream to its feed's direct fan-out and
     /// waits until it comes back or the stream ends.
     async fn leave_to_fanout(&mut self, socket: &Arc<TcpStream>) -> Left {
-        let (Deliveries::One(sub), Some(fanout)) = (&mut self.deliveries, &self.fanout) else {
+        let (Deliveries::One(sub), Some(fanout), None) =
+            (&mut self.deliveries, &self.fanout, &self.watch)
+        else {
+            // Presence changes are written by the stream's own task.
             return Left::NotTaken;
         };
         let id = fanout.stream_id();
@@ -319,12 +371,17 @@ impl EventStream {
             let wake = tokio::select! {
                 biased;
                 item = self.deliveries.next() => Wake::Delivery(item),
+                frames = next_presence(&mut self.watch) => Wake::Presence(frames),
                 _ = &mut self.keep_alive => Wake::KeepAlive,
                 _ = &mut self.expires => Wake::Shutdown,
                 _ = &mut self.shutdown => Wake::Shutdown,
             };
             match wake {
                 Wake::Shutdown | Wake::Delivery(None) => return None,
+                Wake::Presence(frames) => {
+                    self.last_write = Instant::now();
+                    return Some(frames);
+                }
                 Wake::Delivery(Some((feed, delivery, position))) => {
                     let chunk = self.frame(feed, &delivery);
                     self.positions[feed] = position;
@@ -383,6 +440,15 @@ impl EventStream {
             }
         }
         (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+/// The frames of a watched scope's next changes; never, without a watch.
+/// Cancel-safe.
+async fn next_presence(watch: &mut Option<Watch>) -> Bytes {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
     }
 }
 

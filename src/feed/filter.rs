@@ -46,6 +46,11 @@ impl Filter {
         self.0.push((column, values));
     }
 
+    /// Each filtered column and its values, in the order they were added.
+    pub fn columns(&self) -> impl Iterator<Item = (usize, &[String])> {
+        self.0.iter().map(|(c, v)| (*c, v.as_slice()))
+    }
+
     /// Whether every row passes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

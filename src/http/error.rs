@@ -36,13 +36,15 @@ pub enum Error {
         "feed `{0}` is live only (pub/sub): it keeps no rows to poll; follow it with /events/{0}"
     )]
     LiveOnly(String),
+    #[error("feed `{0}` does not track presence; set `presence = true` on it")]
+    PresenceOff(String),
     #[error("{0}")]
     Unauthorized(crate::auth::Refusal),
     #[error("{0}")]
     Forbidden(crate::auth::Refusal),
     #[error("{0}")]
     TooManyStreams(String),
-    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /healthz or /metrics")]
+    #[error("no route for this path; try /events/{{feed}}, /events?feed=…, /feeds, /feeds/{{feed}}/rows, /presence/{{feed}}, /healthz or /metrics")]
     NotFound,
     #[error("the request head is larger than {max_bytes} bytes or has more than {max_headers} header lines")]
     HeadTooLarge {
@@ -66,6 +68,7 @@ impl Error {
             Error::BadCursor { .. } => "bad_cursor",
             Error::BadParameter { .. } => "bad_parameter",
             Error::LiveOnly(_) => "live_only",
+            Error::PresenceOff(_) => "presence_off",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::TooManyStreams(_) => "too_many_streams",

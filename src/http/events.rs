@@ -8,6 +8,7 @@
 use super::access::admit;
 use super::error::Error;
 use super::filter::{self, filter_index, unknown_filter, Filter};
+use super::presence;
 use super::resume::{self, resume_text};
 use super::ApiContext;
 use crate::auth::Claims;
@@ -44,6 +45,7 @@ pub async fn one_feed(
     };
     let announce = after.is_none() && resumable;
     let slot = ctx.limits.take(peer.ip(), subject(&claims))?;
+    let presence = presence::attend(&ctx, &served, claims.as_ref(), &filter, &params)?;
     let expires = claims.as_ref().and_then(Claims::expires_in);
     let wanted = Wanted {
         feed: served.feed,
@@ -51,7 +53,9 @@ pub async fn one_feed(
         filter,
         after,
     };
-    let state = EventStream::new(vec![wanted], opening(&ctx, false, announce, expires, slot));
+    let mut opening = opening(&ctx, false, announce, expires, slot);
+    opening.presence = presence;
+    let state = EventStream::new(vec![wanted], opening);
     Ok(respond(state, own_socket.is_some()))
 }
 
@@ -63,6 +67,15 @@ pub async fn many_feeds(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let claims = ctx.claims(&headers, &params)?;
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(k, _)| filter::reserved::PRESENCE.contains(&k.as_str()))
+    {
+        return Err(Error::BadParameter {
+            name: "presence",
+            problem: format!("`{name}` is for one feed's stream: /events/{{feed}}?presence=1"),
+        });
+    }
     let mut wanted: Vec<Wanted> = Vec::new();
     for (_, name) in params.iter().filter(|(k, _)| k == "feed") {
         if wanted.iter().any(|w| w.feed.name() == name) {
@@ -138,6 +151,7 @@ fn opening(
             send_timeout: ctx.settings.send_timeout,
         },
         stopping: ctx.shutdown.clone(),
+        presence: None,
     }
 }
 

@@ -13,12 +13,17 @@ pub use crate::feed::Filter;
 pub mod reserved {
     /// The token, as EventSource cannot send a header.
     pub const TOKEN: &str = "access_token";
+    /// A stream's presence: watch it, the member key without auth, and
+    /// where the watcher's list is current.
+    pub const PRESENCE: &[&str] = &["presence", "presence_key", "presence_after"];
     /// `GET /events/{feed}`.
-    pub const STREAM: &[&str] = &["after", TOKEN];
+    pub const STREAM: &[&str] = &["after", TOKEN, PRESENCE[0], PRESENCE[1], PRESENCE[2]];
     /// `GET /events?feed=…`.
     pub const STREAMS: &[&str] = &["after", "feed", TOKEN];
     /// `GET /feeds/{feed}/rows`.
     pub const ROWS: &[&str] = &["after", "limit", "wait", TOKEN];
+    /// `GET /presence/{feed}`.
+    pub const MEMBERS: &[&str] = &[TOKEN];
 }
 
 /// The filter that `params` give for `feed`; any parameter that is

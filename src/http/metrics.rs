@@ -75,7 +75,7 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let families: [Family; 24] = [
+    let families: [Family; 27] = [
         (
             "rowcast_queries_total",
             "counter",
@@ -216,6 +216,24 @@ fn exposition(feeds: &[&Served], connections: &Connections) -> impl IntoResponse
             "counter",
             "Spans a follower read from the database because the bus had not got them.",
             |s| count(&s.membership.filled),
+        ),
+        (
+            "rowcast_presence_members",
+            "gauge",
+            "Presence feeds: members seated now, over every scope (a key in two scopes counts twice).",
+            |s| s.presence.as_ref().map_or(0.0, |p| p.member_count() as f64),
+        ),
+        (
+            "rowcast_presence_joins_total",
+            "counter",
+            "Presence feeds: joins (a key's first connection in a scope).",
+            |s| s.presence.as_ref().map_or(0.0, |p| count(&p.joins)),
+        ),
+        (
+            "rowcast_presence_leaves_total",
+            "counter",
+            "Presence feeds: leaves (a key's last connection gone for presence_grace).",
+            |s| s.presence.as_ref().map_or(0.0, |p| count(&p.leaves)),
         ),
     ];
     for (name, kind, help, value) in families {

@@ -19,6 +19,7 @@ mod health;
 pub mod limits;
 pub mod listener;
 mod metrics;
+mod presence;
 mod resume;
 mod rows;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use crate::auth::Claims;
 use crate::fanout::Fanout;
 use crate::feed::Feed;
 use crate::poller::Health;
+use crate::presence::Presence;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
@@ -67,12 +69,17 @@ pub struct Served {
     pub fanout: Arc<Fanout>,
     /// The feed's place among instances sharing a bus.
     pub membership: Arc<crate::cluster::Membership>,
+    /// Who is connected, when the feed tracks it.
+    pub presence: Option<Arc<Presence>>,
 }
 
 impl Served {
     /// A feed with its fan-out, before any cluster task has placed it.
     pub fn new(feed: Arc<Feed>, health: Arc<Health>) -> Served {
+        let presence = (feed.config.presence.as_ref())
+            .map(|_| Presence::new(feed.config.tuning.presence_grace));
         Served {
+            presence,
             fanout: Fanout::of(&feed),
             feed,
             health,
@@ -136,6 +143,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/feeds", get(feeds))
         .route("/feeds/{feed}", get(feed))
         .route("/feeds/{feed}/rows", get(rows::rows))
+        .route("/presence/{feed}", get(presence::members))
         .route("/healthz", get(health::healthz));
     // With a listener of their own, metrics are not served to clients.
     let router = if ctx.metrics_apart {

@@ -308,6 +308,7 @@ fn feed_of(table: &str, schema: Option<&str>, id_column: Option<&str>) -> FeedCo
         updated_column: None,
         deleted_column: None,
         topic: None,
+        presence: None,
     }
 }
 

@@ -13,7 +13,7 @@
 //! the refusal and never retry. The clients are child processes
 //! (`clients/driver.rs`); `.ci/run` installs them.
 
-mod driver;
+pub mod driver;
 mod nginx;
 
 use crate::common::*;
@@ -430,7 +430,7 @@ fn refusal(client: Client, status: u16, body: Value) -> Vec<Saw> {
         ],
         // The page sees only an error and CLOSED; the status is the
         // network's.
-        Client::Chromium => vec![
+        Client::Chromium | Client::ChromiumTabs => vec![
             request,
             Saw::Response { status },
             Saw::Error {

@@ -6,60 +6,9 @@
 //! repeats a row.
 
 use crate::cluster::{leader_of, Processes};
+use crate::common::blackhole::Blackhole;
 use crate::common::*;
 use std::time::{Duration, Instant};
-
-/// Rules that drop every packet between the database's port and a client
-/// port on the loopback, removed when dropped.
-struct Blackhole {
-    rules: Vec<Vec<String>>,
-}
-
-impl Blackhole {
-    fn cut(db_port: u16, client_port: u16) -> Blackhole {
-        let rules: Vec<Vec<String>> = [(db_port, client_port), (client_port, db_port)]
-            .iter()
-            .map(|(from, to)| {
-                [
-                    "INPUT",
-                    "-i",
-                    "lo",
-                    "-p",
-                    "tcp",
-                    "--sport",
-                    &from.to_string(),
-                    "--dport",
-                    &to.to_string(),
-                    "-j",
-                    "DROP",
-                ]
-                .map(str::to_owned)
-                .to_vec()
-            })
-            .collect();
-        for rule in &rules {
-            iptables("-I", rule);
-        }
-        Blackhole { rules }
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        for rule in &self.rules {
-            iptables("-D", rule);
-        }
-    }
-}
-
-fn iptables(action: &str, rule: &[String]) {
-    let status = std::process::Command::new("iptables")
-        .arg(action)
-        .args(rule)
-        .status()
-        .expect("iptables runs (Debian package iptables; `.ci/run` installs it)");
-    assert!(status.success(), "iptables {action} {rule:?}");
-}
 
 /// The client port of the session that holds the leader lock of feed
 /// `messages` in the cluster of `prefix`.

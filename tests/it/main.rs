@@ -20,6 +20,8 @@
 //! - [`bus`], [`cluster`]: the cluster bus on real Redis and NATS
 //!   JetStream servers; several instances on one database and one bus.
 //! - [`topics`]: feeds of Redis streams and channels and NATS subjects.
+//! - [`presence`]: who is connected to a scope: browser tabs, vanished
+//!   clients, join/leave storms, tokens.
 
 mod common;
 
@@ -44,6 +46,7 @@ mod listener;
 mod names;
 mod notify;
 mod outage;
+mod presence;
 mod rows;
 mod scale;
 mod schema;

@@ -307,3 +307,31 @@ fn a_channel_name_that_is_no_feed_name_needs_a_name() {
         "feed `a`: `url`: `redis://h` is not a NATS URL; use nats://host:4222, or tls://… for TLS"
     );
 }
+
+#[test]
+fn presence_is_off_unless_asked_and_its_timeout_must_leave_room_for_a_silence() {
+    let merge = |text: &str| Config::merge(&args(None), file(text).unwrap());
+    let config = merge("[[feed]]\ntable = \"m\"\n").unwrap();
+    assert_eq!(config.feeds[0].presence, None);
+    let config =
+        merge("[[feed]]\ntable = \"m\"\npresence = true\npresence_meta = [\"name\"]\n").unwrap();
+    let feed = &config.feeds[0];
+    assert_eq!(feed.presence.as_ref().unwrap().meta, ["name"]);
+    assert_eq!(feed.tuning.presence_grace, Duration::from_secs(5));
+    // 30 s, less 15 s of keep-alive, 5 s of grace and the kernel's 0.5 s.
+    assert_eq!(
+        feed.tuning.presence_silence(config.keep_alive),
+        Some(Duration::from_millis(9500))
+    );
+    let err = merge("[[feed]]\ntable = \"m\"\npresence_meta = [\"name\"]\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "feed `m`: `presence_meta`: applies to feeds with `presence = true` only"
+    );
+    let err =
+        merge("keep_alive = \"25s\"\n[[feed]]\ntable = \"m\"\npresence = true\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "feed `m`: `presence_timeout`: must be at least keep_alive (25s) + presence_grace (5s) + 1.5s = 31s 500ms: a vanished client is found by a keep-alive that gets no answer"
+    );
+}

@@ -24,6 +24,7 @@ fn feed() -> FeedConfig {
         updated_column: None,
         deleted_column: None,
         topic: None,
+        presence: None,
     }
 }
 

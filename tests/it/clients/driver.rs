@@ -27,6 +27,9 @@ pub enum Client {
     Chromium,
     /// httpx with httpx-sse, and the reconnect loop its README suggests.
     HttpxSse,
+    /// Tabs of headless Chromium, opened, reloaded and closed on command
+    /// ([`Driver::command`]), each with one `EventSource`.
+    ChromiumTabs,
 }
 
 impl Client {
@@ -35,7 +38,7 @@ impl Client {
     pub fn require(self) {
         let clients = Path::new(CLIENTS);
         match self {
-            Client::NodeEventSource | Client::Chromium => {
+            Client::NodeEventSource | Client::Chromium | Client::ChromiumTabs => {
                 let node = clients.join("node");
                 let packages = [
                     "node_modules/.bin/node",
@@ -45,7 +48,9 @@ impl Client {
                 if let Some(missing) = packages.iter().find(|p| !node.join(p).exists()) {
                     panic!("Node packages missing in tests/it/clients/node (no {missing}): run `npm ci` there, or `.ci/run`");
                 }
-                if matches!(self, Client::Chromium) && !Path::new(CHROMIUM).exists() {
+                if matches!(self, Client::Chromium | Client::ChromiumTabs)
+                    && !Path::new(CHROMIUM).exists()
+                {
                     panic!("Chromium missing ({CHROMIUM}): `apt-get install chromium`, or run `.ci/run`");
                 }
             }
@@ -68,6 +73,7 @@ impl Client {
         match self {
             Client::NodeEventSource => (node, clients.join("node/eventsource.mjs")),
             Client::Chromium => (node, clients.join("node/chromium.mjs")),
+            Client::ChromiumTabs => (node, clients.join("node/tabs.mjs")),
             Client::HttpxSse => (
                 clients.join("python/.venv/bin/python"),
                 clients.join("python/driver.py"),
@@ -146,6 +152,8 @@ pub enum Saw {
     },
     /// The client gave up on the stream for good.
     Closed,
+    /// A command ([`Driver::command`]) was carried out.
+    Done { op: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +261,27 @@ impl Driver {
                 Err(_) => self.fail(&format!("no {what} within {WAIT:?}")),
             }
         }
+    }
+
+    /// Tells the client to carry out `op` on `stream` (`{"op":…, "tab":…}`
+    /// and `extra`'s fields) and waits until it has.
+    pub async fn command(&mut self, op: &str, stream: &str, extra: serde_json::Value) {
+        use tokio::io::AsyncWriteExt;
+        let mut line = serde_json::json!({ "op": op, "tab": stream });
+        if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
+            line.extend(extra.clone());
+        }
+        let stdin = self.stdin.as_mut().expect("the client is running");
+        let text = format!("{line}\n");
+        if stdin.write_all(text.as_bytes()).await.is_err() {
+            self.fail(&format!("the client took no command {line}"));
+        }
+        let mark = self.mark();
+        let done = Saw::Done { op: op.to_owned() };
+        self.wait_for(&format!("{op} of {stream}"), |d| {
+            d.saw_since(stream, mark).contains(&done)
+        })
+        .await;
     }
 
     /// Reads what the client prints for `window`, for a check that nothing

@@ -3,6 +3,7 @@
 //! with [`Rowcast`], and a real SSE client.
 
 pub mod auth;
+pub mod blackhole;
 pub mod proxy;
 pub mod services;
 pub mod setup;
