@@ -12,6 +12,7 @@ use crate::doorbell;
 use crate::feed::Feed;
 use crate::http::{self, connections::Connections, listener::Listening, Served};
 use crate::poller::{self, Health, Setup};
+use crate::presence;
 use crate::source::{self, FeedQuery, GapSetup, Source};
 use crate::topic;
 use std::future::Future;
@@ -209,6 +210,11 @@ pub async fn serve(
         pollers.spawn(served.fanout.clone().run(config.keep_alive, token.clone()));
         if let Some(presence) = &served.presence {
             pollers.spawn(presence.clone().run(token.clone()));
+            if let Some(bus) = &feeds.bus {
+                let (presence, bus) = (presence.clone(), bus.clone());
+                let name = served.feed.name().to_owned();
+                pollers.spawn(presence::share(presence, bus, name, token.clone()));
+            }
         }
         let (setup, source) = match (reading, &feeds.source) {
             (Reading::Table(setup), Some(source)) => (setup, source),

@@ -9,10 +9,12 @@
 //! expected last sequence), so two instances that both think they lead
 //! for a moment cannot append the same span twice.
 
+mod chatter;
 mod entry;
 mod nats;
 mod redis;
 
+pub use chatter::Listener;
 pub use entry::{now_ms, Entry, Key, Malformed};
 
 use std::time::Duration;
@@ -35,6 +37,8 @@ pub enum Error {
     },
     #[error("bus: no answer within {0:?}")]
     Timeout(Duration),
+    #[error("bus: the connection was lost")]
+    Lost,
 }
 
 /// A bus URL as logs and errors show it: a password, or a bare token

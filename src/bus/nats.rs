@@ -170,13 +170,18 @@ impl NatsBus {
     }
 
     fn subject(&self, feed: &str) -> Result<String, Error> {
-        if !is_token(feed) {
+        self.subject_of("feed", feed)
+    }
+
+    /// The subject `<prefix>.<kind>.<name>`, when `name` can be a token.
+    fn subject_of(&self, kind: &str, name: &str) -> Result<String, Error> {
+        if !is_token(name) {
             return Err(Error::Nats {
                 what: "subject",
-                source: format!("feed `{feed}` cannot be a subject token").into(),
+                source: format!("{kind} `{name}` cannot be a subject token").into(),
             });
         }
-        Ok(format!("{}.feed.{feed}", self.inner.prefix))
+        Ok(format!("{}.{kind}.{name}", self.inner.prefix))
     }
 
     /// The stream, created if it does not exist (with settings of our
@@ -336,6 +341,30 @@ impl NatsBus {
     /// Asks JetStream for the account's state: the server answers, and so
     /// does JetStream. Read as plain JSON, so that a server of another
     /// version than the client's types does not fail it.
+    /// Publishes `message` on the core subject of what instances say on
+    /// `name`.
+    pub async fn say(&self, name: &str, message: bytes::Bytes) -> Result<(), Error> {
+        let subject = self.subject_of("chatter", name)?;
+        let client = &self.link().await?.client;
+        let sent = self.bounded(RESPONSE_TIMEOUT, client.publish(subject, message));
+        sent.await?.map_err(|err| failed("publish", err))
+    }
+
+    /// What instances say on `name`, from a subscription of its own.
+    pub async fn listen(
+        &self,
+        name: &str,
+    ) -> Result<futures::stream::BoxStream<'static, bytes::Bytes>, Error> {
+        use futures::StreamExt;
+        let subject = self.subject_of("chatter", name)?;
+        let client = &self.link().await?.client;
+        let subscriber = client
+            .subscribe(subject)
+            .await
+            .map_err(|err| failed("subscribe", err))?;
+        Ok(subscriber.map(|m| m.payload).boxed())
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         let js = &self.link().await?.js;
         let empty = serde_json::json!({});

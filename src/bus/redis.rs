@@ -18,7 +18,7 @@ const READ_COUNT: usize = 512;
 /// their own ([`RedisReader`]).
 #[derive(Clone)]
 pub struct RedisBus {
-    client: Arc<redis::Client>,
+    pub(super) client: Arc<redis::Client>,
     prefix: Arc<str>,
     /// The shared connection, opened on first use and again after it fails.
     connection: Arc<Mutex<Option<MultiplexedConnection>>>,
@@ -69,9 +69,17 @@ impl RedisBus {
         format!("{}:{feed}", self.prefix)
     }
 
+    /// The pub/sub channel of what instances say on `name`.
+    pub(super) fn channel(&self, name: &str) -> String {
+        format!("{}:chatter:{name}", self.prefix)
+    }
+
     /// Runs `cmd` on the shared connection; a failure drops it, so the next
     /// command connects again.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Error> {
         let mut slot = self.connection.lock().await;
         let mut connection = match &*slot {
             Some(connection) => connection.clone(),

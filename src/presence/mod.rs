@@ -12,17 +12,26 @@
 //! closing is its seat's drop.
 
 mod json;
+mod remote;
+mod share;
 
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Notify};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use json::Cursor;
+pub use remote::{Heard, Said};
+pub use share::{share, HEARTBEAT, TTL};
+
+/// A run's changes are numbered from a random multiple of 2^40: 2^40
+/// changes before they reach the next run's, 2^23 runs to draw from.
+const RUN_SHIFT: u32 = 40;
+const RUN_MASK: u64 = (1 << 23) - 1;
 
 /// Changes a scope keeps for watchers that resume from a cursor; one
 /// further back gets the members instead.
@@ -30,7 +39,7 @@ const LOG: usize = 1024;
 
 /// A scope: the filter of the streams it gathers, each column's values
 /// sorted, the columns in order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Scope(Box<[(usize, Box<[String]>)]>);
 
 impl Scope {
@@ -52,6 +61,9 @@ pub struct Presence {
     state: Mutex<State>,
     /// Rings the leave task when a leave is scheduled.
     wake: Notify,
+    /// Where this instance's own joins and leaves go, when other instances
+    /// share the feed's presence.
+    said: std::sync::OnceLock<mpsc::UnboundedSender<Said>>,
     /// Members joined and left since start, for `/metrics`.
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
@@ -59,14 +71,17 @@ pub struct Presence {
 
 struct State {
     rooms: HashMap<Scope, Room>,
-    /// The number of the latest change, in any scope. It starts at the
-    /// start time in milliseconds, shifted, so that a cursor of an earlier
-    /// run is older than every scope's log of this one.
+    /// The number of the latest change, in any scope. Its top bits are
+    /// random per run, so that a cursor of an earlier run or of another
+    /// instance falls outside every scope's log here.
     latest: u64,
     /// Members whose last connection is gone, by when they leave.
     leaving: BTreeMap<(Instant, u64), (Scope, Arc<str>)>,
     /// Tells entries of `leaving` apart.
     next_leave: u64,
+    /// Each other instance sharing the feed's presence: when it was last
+    /// heard, and the members it has.
+    instances: HashMap<u64, remote::Instance>,
 }
 
 /// One scope.
@@ -81,16 +96,41 @@ struct Room {
     changed: watch::Sender<u64>,
 }
 
-/// A key in a scope.
+/// A key in a scope, here or on other instances.
 struct Member {
-    /// Its open streams.
+    /// Its open streams on this instance.
     connections: usize,
     /// When it joined.
     since: SystemTime,
     /// What its entry shows besides the key (the first connection's).
     meta: serde_json::Value,
-    /// Its entry in `leaving`, while its last connection is gone.
+    /// Its entry in `leaving`, while its last connection here is gone.
     leaving: Option<(Instant, u64)>,
+    /// Its open streams on each other instance that has it, by instance.
+    remote: BTreeMap<u64, usize>,
+}
+
+impl Member {
+    /// A member that no instance has a stream of yet.
+    fn new(since: SystemTime, meta: serde_json::Value) -> Member {
+        Member {
+            connections: 0,
+            since,
+            meta,
+            leaving: None,
+            remote: BTreeMap::new(),
+        }
+    }
+
+    /// Whether this instance has the member (connected, or in its grace).
+    fn is_here(&self) -> bool {
+        self.connections > 0 || self.leaving.is_some()
+    }
+
+    /// Whether some instance has it.
+    fn is_anywhere(&self) -> bool {
+        self.is_here() || !self.remote.is_empty()
+    }
 }
 
 /// A join or a leave, framed.
@@ -103,17 +143,20 @@ impl Presence {
     /// A feed's presence, whose members leave `grace` after their last
     /// connection closed.
     pub fn new(grace: Duration) -> Arc<Presence> {
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        use std::hash::{BuildHasher, Hasher};
+        let run = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         Arc::new(Presence {
             grace,
             state: Mutex::new(State {
                 rooms: HashMap::new(),
-                latest: start_ms << 20,
+                latest: (run & RUN_MASK) << RUN_SHIFT,
                 leaving: BTreeMap::new(),
                 next_leave: 0,
+                instances: HashMap::new(),
             }),
+            said: std::sync::OnceLock::new(),
             wake: Notify::new(),
             joins: AtomicU64::new(0),
             leaves: AtomicU64::new(0),
@@ -142,27 +185,25 @@ impl Presence {
             Some((key, _)) => key.clone(),
             None => key.into(),
         };
-        match room.members.get_mut(&key) {
-            Some(member) => {
-                member.connections += 1;
-                if let Some(entry) = member.leaving.take() {
-                    leaving.remove(&entry);
-                }
-            }
-            None => {
-                let frame = json::change("join", &key, &meta, *latest + 1);
-                room.push(latest, frame);
-                room.members.insert(
-                    key.clone(),
-                    Member {
-                        connections: 1,
-                        since: SystemTime::now(),
-                        meta,
-                        leaving: None,
-                    },
-                );
-                self.joins.fetch_add(1, Ordering::Relaxed);
-            }
+        let member = (room.members.entry(key.clone()))
+            .or_insert_with(|| Member::new(SystemTime::now(), meta.clone()));
+        let (was_here, was_anywhere) = (member.is_here(), member.is_anywhere());
+        member.connections += 1;
+        if let Some(entry) = member.leaving.take() {
+            leaving.remove(&entry);
+        }
+        let since = member.since;
+        if !was_anywhere {
+            room.push(latest, json::change("join", &key, &meta, *latest + 1));
+            self.joins.fetch_add(1, Ordering::Relaxed);
+        }
+        if !was_here {
+            self.say(Said::Join {
+                scope: scope.clone(),
+                key: key.to_string(),
+                meta,
+                since,
+            });
         }
         Seat {
             presence: self.clone(),
@@ -263,17 +304,56 @@ impl Presence {
             let Some(room) = rooms.get_mut(&scope) else {
                 continue;
             };
-            if room.members.get(&key).is_none_or(|m| m.leaving != Some(at)) {
+            let Some(member) = room.members.get_mut(&key) else {
+                continue;
+            };
+            if member.leaving != Some(at) {
                 continue;
             }
-            let member = room.members.remove(&key).expect("just found");
-            let frame = json::change("leave", &key, &member.meta, *latest + 1);
-            room.push(latest, frame);
-            self.leaves.fetch_add(1, Ordering::Relaxed);
+            member.leaving = None;
+            self.say(Said::Leave {
+                scope: scope.clone(),
+                key: key.to_string(),
+            });
+            room.settle(&key, latest, &self.leaves);
             if room.is_unused() {
                 rooms.remove(&scope);
             }
         }
+    }
+
+    /// Sends this instance's join or leave to the instances that share
+    /// the feed's presence, if any.
+    fn say(&self, said: Said) {
+        if let Some(to) = self.said.get() {
+            let _ = to.send(said);
+        }
+    }
+
+    /// This instance's joins and leaves from now on, for sharing with
+    /// other instances; once.
+    pub fn share(&self) -> Option<mpsc::UnboundedReceiver<Said>> {
+        let (to, from) = mpsc::unbounded_channel();
+        self.said.set(to).ok().map(|()| from)
+    }
+
+    /// The members this instance has, with their streams here, for other
+    /// instances.
+    pub fn here(&self) -> Vec<Heard> {
+        let state = self.state();
+        let mut here = Vec::new();
+        for (scope, room) in &state.rooms {
+            for (key, member) in room.members.iter().filter(|(_, m)| m.is_here()) {
+                here.push(Heard {
+                    scope: scope.clone(),
+                    key: key.to_string(),
+                    meta: member.meta.clone(),
+                    since: member.since,
+                    connections: member.connections,
+                });
+            }
+        }
+        here
     }
 }
 
@@ -302,6 +382,22 @@ impl Room {
         self.changed.send_replace(*latest);
     }
 
+    /// Removes `key` when no instance has it any more, with its leave.
+    fn settle(&mut self, key: &Arc<str>, latest: &mut u64, leaves: &AtomicU64) {
+        let Some(member) = self.members.get(key) else {
+            return;
+        };
+        if member.is_anywhere() {
+            return;
+        }
+        let member = self.members.remove(key).expect("just found");
+        self.push(
+            latest,
+            json::change("leave", key, &member.meta, *latest + 1),
+        );
+        leaves.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// What a watcher that has everything up to `seen` is missing, and
     /// moves `seen` to `latest`: the changes after it, or the members
     /// when the log does not reach back that far.
@@ -322,7 +418,10 @@ impl Room {
     /// The members as entries, by key.
     fn entries(&self) -> Vec<serde_json::Value> {
         (self.members.iter())
-            .map(|(key, m)| json::member(key, m.connections, m.since, &m.meta))
+            .map(|(key, m)| {
+                let connections = m.connections + m.remote.values().sum::<usize>();
+                json::member(key, connections, m.since, &m.meta)
+            })
             .collect()
     }
 

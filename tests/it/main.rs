@@ -36,6 +36,7 @@ mod clients;
 mod cluster;
 mod cluster_changes;
 mod cluster_netcut;
+mod cluster_presence;
 mod cursors;
 mod deletes;
 mod fanout;

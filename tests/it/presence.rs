@@ -44,15 +44,15 @@ fn token(sub: &str, name: &str, rooms: &[i64]) -> String {
 /// What a watcher's presence events add up to: each member's key and meta,
 /// and every event it applied, as `op key`.
 #[derive(Default, Debug)]
-struct Seen {
-    members: BTreeMap<String, Value>,
-    log: Vec<String>,
+pub struct Seen {
+    pub members: BTreeMap<String, Value>,
+    pub log: Vec<String>,
 }
 
 impl Seen {
     /// Applies one presence event, checking that it makes sense: a join of
     /// a key not yet there, a leave of one that is.
-    fn apply(&mut self, event: &Ev) {
+    pub fn apply(&mut self, event: &Ev) {
         assert_eq!(event.event, "presence", "{event:?}");
         let data = event.json();
         let op = data["op"].as_str().unwrap();
@@ -77,13 +77,13 @@ impl Seen {
         assert!(data["cursor"].as_str().unwrap().parse::<u64>().is_ok());
     }
 
-    fn keys(&self) -> Vec<String> {
+    pub fn keys(&self) -> Vec<String> {
         self.members.keys().cloned().collect()
     }
 }
 
 /// Reads `client`'s presence events into `seen` until `done` holds.
-async fn watch_until(
+pub async fn watch_until(
     client: &mut Client,
     seen: &mut Seen,
     what: &str,
