@@ -14,6 +14,8 @@
 //!   and a reconnect storm.
 //! - `memory` ([`memory`]): resident memory before and after bursts of
 //!   long-polls and stalled connections.
+//! - `presence` ([`presence`]): the memory of a member on idle connections,
+//!   and join/leave latency among a thousand watching members.
 //!
 //! It is a crate of its own in the workspace, left out of a plain
 //! `cargo build`: it drives the binary and never links the library. Run it by
@@ -27,6 +29,7 @@
 //! cargo run --release -p rowcast-bench -- polling
 //! cargo run --release -p rowcast-bench -- fanout
 //! cargo run --release -p rowcast-bench -- memory
+//! cargo run --release -p rowcast-bench -- presence
 //! ```
 
 mod cluster;
@@ -37,6 +40,7 @@ mod http;
 mod latency;
 mod memory;
 mod polling;
+mod presence;
 mod server;
 
 use anyhow::{bail, Context as _};
@@ -77,6 +81,9 @@ enum Bench {
     /// Resident memory before and after bursts of long-polls and stalled
     /// connections: whether rowcast gives memory back.
     Memory(MemoryArgs),
+    /// Presence: memory of a member on idle connections, and join/leave
+    /// latency among watching members.
+    Presence(presence::PresenceArgs),
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -89,6 +96,7 @@ async fn main() -> ExitCode {
         Bench::Memory(args) => memory::memory(args).await,
         Bench::Cluster(args) => cluster::cluster(args).await,
         Bench::Crowd(args) => cluster::crowd::serve(args).await,
+        Bench::Presence(args) => presence::presence(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
