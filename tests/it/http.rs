@@ -50,7 +50,7 @@ async fn bad_requests_get_a_status_and_a_json_body_naming_the_problem() {
         (format!("{base}/events?feed=messages&feed=other&other.room_id=1"), None, 400, "unknown_filter",
          "`other.room_id` is not a filter of feed `messages`, feed `other`; filters: room_id"),
         (format!("{base}/nowhere"), None, 404, "not_found",
-         "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics"),
+         "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /presence/{feed}, /healthz or /metrics"),
     ];
     for (url, last_event_id, status, code, detail) in cases {
         let (got_status, body) = get_with(&url, last_event_id).await;
@@ -289,7 +289,7 @@ async fn a_metrics_listener_keeps_metrics_and_feed_health_apart() {
             404,
             serde_json::json!({
                 "error": "not_found",
-                "detail": "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics"
+                "detail": "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /presence/{feed}, /healthz or /metrics"
             })
         )
     );

@@ -351,6 +351,18 @@ async fn a_thousand_clients_joining_and_leaving_at_once_block_no_row_and_lose_no
             &seen.log[..8]
         );
     }
+    // The server's list is the same: each member once, with its stream.
+    let (_, list) = get_json(&format!("{}/presence/messages?room_id=5", server.url)).await;
+    let listed: Vec<(String, u64)> = (list["members"].as_array().unwrap().iter())
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_owned(),
+                m["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let one_each: Vec<(String, u64)> = expected_sorted.iter().map(|k| (k.clone(), 1)).collect();
+    assert_eq!(listed, one_each);
     let rows = reader.take(ids.len()).await;
     assert_eq!(
         crate::common::ids(&rows),

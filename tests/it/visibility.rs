@@ -230,7 +230,7 @@ async fn the_operators_listener_shows_every_feed_without_a_token() {
     // for an admin.
     assert_eq!(
         get(&format!("{}/metrics", server.url), Some(&admin), None).await,
-        error(404, "not_found", "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /healthz or /metrics")
+        error(404, "not_found", "no route for this path; try /events/{feed}, /events?feed=…, /feeds, /feeds/{feed}/rows, /presence/{feed}, /healthz or /metrics")
     );
     wait_health(&server.url, 200).await;
     assert_eq!(
