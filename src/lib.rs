@@ -35,9 +35,13 @@
 //! - [`fanout`]: writes each batch straight to the sockets of caught-up
 //!   streams, from one task per core, and writes a stream on its own socket
 //!   otherwise: the one owner of a stream's socket.
+//! - [`presence`]: beside the streams, who is connected to each scope of a
+//!   feed: a stream with a member key holds a seat, watchers get joins and
+//!   leaves; with a bus, every instance says its members to the others.
 //! - [`http`]: the listener (reads request heads, answers event stream
 //!   requests on the socket and hands them to the fan-out) and the axum
-//!   router: `/events` (SSE), `/feeds`, `/healthz`, `/metrics`, `/`.
+//!   router: `/events` (SSE), `/feeds`, `/presence`, `/healthz`,
+//!   `/metrics`, `/`.
 //!
 //! `app` wires them together and stops them. Beside the flow: `sse`
 //! (pure event framing), [`cursor`] (event ids as text), [`auth`] (tokens

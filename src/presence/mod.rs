@@ -64,8 +64,9 @@ pub struct Presence {
     /// Where this instance's own joins and leaves go, when other instances
     /// share the feed's presence.
     said: std::sync::OnceLock<mpsc::UnboundedSender<Said>>,
-    /// Members joined and left since start, for `/metrics`.
+    /// Joins since start, for `/metrics`.
     pub joins: AtomicU64,
+    /// Leaves since start, for `/metrics`.
     pub leaves: AtomicU64,
 }
 
