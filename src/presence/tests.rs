@@ -151,3 +151,17 @@ fn scopes_ignore_the_order_filters_were_given_in() {
     assert_eq!(Scope::of(&a), Scope::of(&b));
     assert_ne!(Scope::of(&a), room("5"));
 }
+
+#[test]
+fn a_change_reads_op_first_and_carries_no_id() {
+    let frame = json::change(
+        "join",
+        "ann",
+        &json!({"name": "Ann", "avatar": "a.png"}),
+        42,
+    );
+    assert_eq!(
+        std::str::from_utf8(&frame).unwrap(),
+        "event: presence\ndata: {\"op\":\"join\",\"key\":\"ann\",\"meta\":{\"name\":\"Ann\",\"avatar\":\"a.png\"},\"cursor\":\"42\"}\n\n"
+    );
+}
