@@ -42,6 +42,11 @@ pub struct Heard {
 }
 
 impl Presence {
+    /// Whether `instance` has been heard from (and not forgotten since).
+    pub fn knows(&self, instance: u64) -> bool {
+        self.state().instances.contains_key(&instance)
+    }
+
     /// Takes what `instance` says it has: its whole list when `whole`,
     /// else members it adds.
     pub fn heard(&self, instance: u64, members: Vec<Heard>, whole: bool) {

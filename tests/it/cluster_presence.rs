@@ -25,7 +25,7 @@ async fn members_everywhere(bus: &str) {
     let db = TestDb::new(Kind::Sqlite).await;
     let table = db.messages("messages").await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rowcast.toml");
+    let config_file = dir.path().join("rowcast.toml");
     let config = Rowcast::on(&db)
         .feed("messages", &table, |f| {
             f.filter_columns(["room_id"])
@@ -33,27 +33,26 @@ async fn members_everywhere(bus: &str) {
                 .set("presence_grace", "1s")
         })
         .cluster(bus, &prefix());
-    std::fs::write(&path, config.toml()).unwrap();
+    std::fs::write(&config_file, config.toml()).unwrap();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        instances.push(Instance::start(&path, &free_listen()).await);
+        instances.push(Instance::start(&config_file, &free_listen()).await);
     }
-    let path = |key: &str| format!("/events/messages?room_id=5&presence_key={key}");
     let mut watchers = Vec::new();
     for (i, instance) in instances.iter().enumerate() {
-        let url = format!("{}{}&presence=1", instance.base, path(&format!("w{i}")));
+        let url = format!("{}{}&presence=1", instance.base, path_of(&format!("w{i}")));
         watchers.push((Client::connect(&url, None).await, Seen::default()));
     }
     let mut members = Vec::new();
     for (i, instance) in instances.iter().enumerate() {
         for tab in ["a", "b"] {
             let key = format!("i{i}-{tab}");
-            members.push(Wire::open(&instance.base, &path(&key), "").await);
+            members.push(Wire::open(&instance.base, &path_of(&key), "").await);
         }
     }
     // One key with a tab on instance 0 and one on instance 2.
     for i in [0, 2] {
-        members.push(Wire::open(&instances[i].base, &path("roamer"), "").await);
+        members.push(Wire::open(&instances[i].base, &path_of("roamer"), "").await);
     }
     let everyone = [
         "i0-a", "i0-b", "i1-a", "i1-b", "i2-a", "i2-b", "roamer", "w0", "w1", "w2",
@@ -119,15 +118,29 @@ async fn members_everywhere(bus: &str) {
         "a dead instance's members leave within the TTL (3 s) and a heartbeat, took {took:?}"
     );
     eprintln!("killed instance → its members' leaves: {took:?}");
-    let (_, list) = get_json(&format!(
-        "{}/presence/messages?room_id=5",
-        instances[1].base
-    ))
+    // An instance that starts now asks the others for their lists: its
+    // watcher has every member at once, without waiting for joins.
+    let late = Instance::start(&config_file, &free_listen()).await;
+    let started = Instant::now();
+    let url = format!("{}{}&presence=1", late.base, path_of("w3"));
+    let mut seen = Seen::default();
+    let mut watcher = Client::connect(&url, None).await;
+    let with_w3 = ["i0-a", "i0-b", "i1-a", "i1-b", "roamer", "w0", "w1", "w3"];
+    watch_until(&mut watcher, &mut seen, "the others' members", |s| {
+        s.keys() == with_w3
+    })
     .await;
-    let roamer = (list["members"].as_array().unwrap().iter())
-        .find(|m| m["key"] == "roamer")
-        .unwrap()
-        .clone();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "a new instance has the others' lists within a heartbeat or two (whole lists otherwise come every 10 s), took {took:?}"
+    );
+    assert!(
+        seen.log.iter().all(|l| !l.starts_with("leave")),
+        "nobody left: {:?}",
+        seen.log
+    );
+    let roamer = roamer(&members_of(&instances[1].base).await);
     assert_eq!(
         (roamer["connections"].clone(), roamer["meta"].clone()),
         (json!(1), json!({}))
@@ -143,4 +156,9 @@ async fn members_of(base: &str) -> Vec<serde_json::Value> {
 
 fn roamer(list: &[serde_json::Value]) -> serde_json::Value {
     list.iter().find(|m| m["key"] == "roamer").unwrap().clone()
+}
+
+/// A member's stream of room 5, as `key`.
+fn path_of(key: &str) -> String {
+    format!("/events/messages?room_id=5&presence_key={key}")
 }
