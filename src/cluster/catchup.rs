@@ -32,12 +32,22 @@ impl BusFirst {
         let mut position = after;
         let mut start = Key::last_at(after, self.style);
         while position < upto {
-            let entries = self.bus.range(&self.feed, start, ENTRIES).await.ok()?;
+            let entries = match self.bus.range(&self.feed, start, ENTRIES).await {
+                Ok(entries) => entries,
+                Err(err) => {
+                    tracing::debug!(feed = %self.feed, cause = %err, "catch-up from the bus failed; reading the table");
+                    return None;
+                }
+            };
             if entries.is_empty() {
+                tracing::debug!(feed = %self.feed, ?position, "the bus has no entries after the cursor; reading the table");
                 return None;
             }
             for stored in entries {
-                let Ok(entry) = stored.entry else { return None };
+                let Ok(entry) = stored.entry else {
+                    tracing::debug!(feed = %self.feed, "an entry on the bus is unreadable; reading the table");
+                    return None;
+                };
                 // The next read starts after this entry: its Redis id, or
                 // the last key its head can have.
                 start = match stored.position {
@@ -49,6 +59,7 @@ impl BusFirst {
                 }
                 // A hole before this entry: the database has what it lacks.
                 if entry.from > position {
+                    tracing::debug!(feed = %self.feed, ?position, from = ?entry.from, "the bus has a hole before the next entry; reading the table");
                     return None;
                 }
                 for row in entry.rows {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use json::Cursor;
 pub use remote::{Heard, Said};
-pub use share::{share, FULL_EVERY, HEARTBEAT, TTL};
+pub use share::share;
 
 /// A run's changes are numbered from a random multiple of 2^40: 2^40
 /// changes before they reach the next run's, 2^23 runs to draw from.

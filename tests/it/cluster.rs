@@ -650,6 +650,7 @@ async fn a_nats_restart_loses_no_row() {
 /// A client behind a follower's ring is caught up from the bus's retained
 /// entries, without a query; once the bus has lost them, from the database.
 async fn catch_up_reads_the_bus_before_the_database(bus: &str) {
+    logs();
     let db = TestDb::new(Kind::Postgres).await;
     let table = db.messages("messages").await;
     let prefix = prefix();

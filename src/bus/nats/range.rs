@@ -3,9 +3,16 @@
 //! sequences: the first entry after a key is found by halving the span of
 //! sequences the stream holds, then the entries are read one by one.
 
-use super::{failed, NatsBus, KEY_HEADER, RESPONSE_TIMEOUT};
+use super::{failed, NatsBus, KEY_HEADER};
 use crate::bus::{Entry, Error, Key, Malformed, Position, Stored};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+
+/// How long one request of a catch-up read may take: longer than other
+/// requests' bound (a catch-up read makes one request per entry, and one
+/// slow answer on a loaded server would send the whole read to the
+/// database), under the client's own, so that ours decides. A bus that is
+/// down fails at once all the same.
+const RANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1900);
 
 /// An entry as the stream holds it.
 struct Message {
@@ -26,7 +33,7 @@ impl NatsBus {
     ) -> Result<Vec<Stored>, Error> {
         let subject = self.subject(feed)?;
         let stream = self.stream().await?;
-        let info = (self.bounded(RESPONSE_TIMEOUT, stream.get_info()).await?)
+        let info = (self.bounded(RANGE_TIMEOUT, stream.get_info()).await?)
             .map_err(|err| failed("range", err))?;
         let (mut from, mut to) = (info.state.first_sequence, info.state.last_sequence + 1);
         if let Some(after) = after {
@@ -64,7 +71,7 @@ impl NatsBus {
         seq: u64,
     ) -> Result<Option<Message>, Error> {
         let get = stream.get_first_raw_message_by_subject(subject, seq);
-        match self.bounded(RESPONSE_TIMEOUT, get).await? {
+        match self.bounded(RANGE_TIMEOUT, get).await? {
             Ok(message) => Ok(Some(Message {
                 seq: message.sequence,
                 key: (message.headers.get(KEY_HEADER)).and_then(|k| k.as_str().parse().ok()),
