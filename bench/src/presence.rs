@@ -14,12 +14,11 @@
 //!    probe's join and leave, once.
 
 use crate::cpu::rss_kib;
-use crate::db::Db;
+use crate::db::{Database, Db};
 use crate::server::{metric, Server};
 use crate::{locate_rowcast, now_us, percentile};
 use anyhow::{bail, Context as _};
 use clap::Args;
-use sqlx::postgres::PgPoolOptions;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,12 +54,9 @@ pub struct PresenceArgs {
 pub async fn presence(args: PresenceArgs) -> anyhow::Result<bool> {
     let rowcast = locate_rowcast(args.rowcast.clone())?;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let pool = PgPoolOptions::new()
-        .max_connections(3)
-        .connect(&args.postgres_url)
+    let db = Db::connect(Database::Postgres, &args.postgres_url)
         .await
         .with_context(|| format!("cannot connect to {}", args.postgres_url))?;
-    let db = Db::Postgres(pool);
     println!(
         "presence: {} idle connections per server, {} watching members, {} probes",
         args.idle, args.members, args.probes

@@ -179,15 +179,8 @@ impl Presence {
             leaving,
             ..
         } = &mut *state;
-        let room = rooms
-            .entry(scope.clone())
-            .or_insert_with(|| Room::new(*latest));
-        let key: Arc<str> = match room.members.get_key_value(key) {
-            Some((key, _)) => key.clone(),
-            None => key.into(),
-        };
-        let member = (room.members.entry(key.clone()))
-            .or_insert_with(|| Member::new(SystemTime::now(), meta.clone()));
+        let room = Room::of(rooms, scope, *latest);
+        let (key, member) = room.member(key, SystemTime::now(), &meta);
         let (was_here, was_anywhere) = (member.is_here(), member.is_anywhere());
         member.connections += 1;
         if let Some(entry) = member.leaving.take() {
@@ -195,8 +188,7 @@ impl Presence {
         }
         let since = member.since;
         if !was_anywhere {
-            room.push(latest, json::change("join", &key, &meta, *latest + 1));
-            self.joins.fetch_add(1, Ordering::Relaxed);
+            room.joined(&key, latest, &self.joins);
         }
         if !was_here {
             self.say(Said::Join {
@@ -245,10 +237,7 @@ impl Presence {
     pub fn watch(self: &Arc<Self>, scope: &Scope, after: Option<Cursor>) -> (Bytes, Watch) {
         let mut state = self.state();
         let latest = state.latest;
-        let room = state
-            .rooms
-            .entry(scope.clone())
-            .or_insert_with(|| Room::new(latest));
+        let room = Room::of(&mut state.rooms, scope, latest);
         let changed = room.changed.subscribe();
         let mut seen = after.map_or(0, |c| c.0);
         let first = room.since(&mut seen, latest);
@@ -359,13 +348,41 @@ impl Presence {
 }
 
 impl Room {
-    fn new(latest: u64) -> Room {
-        Room {
+    /// The room of `scope`, made (its log complete after `latest`) if new.
+    fn of<'a>(rooms: &'a mut HashMap<Scope, Room>, scope: &Scope, latest: u64) -> &'a mut Room {
+        rooms.entry(scope.clone()).or_insert_with(|| Room {
             members: BTreeMap::new(),
             log: VecDeque::new(),
             floor: latest,
             changed: watch::Sender::new(latest),
-        }
+        })
+    }
+
+    /// The member `key`, added with `since` and `meta` (and no stream yet)
+    /// if new, and its key as the room holds it.
+    fn member(
+        &mut self,
+        key: &str,
+        since: SystemTime,
+        meta: &serde_json::Value,
+    ) -> (Arc<str>, &mut Member) {
+        let key: Arc<str> = match self.members.get_key_value(key) {
+            Some((key, _)) => key.clone(),
+            None => key.into(),
+        };
+        let member =
+            (self.members.entry(key.clone())).or_insert_with(|| Member::new(since, meta.clone()));
+        (key, member)
+    }
+
+    /// The join of `key`, which no instance had a stream of until now.
+    fn joined(&mut self, key: &Arc<str>, latest: &mut u64, joins: &AtomicU64) {
+        let Some(member) = self.members.get(key) else {
+            return;
+        };
+        let frame = json::change("join", key, &member.meta, *latest + 1);
+        self.push(latest, frame);
+        joins.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Numbers a change `latest + 1`, keeps it and tells the watchers.

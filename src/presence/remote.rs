@@ -2,9 +2,9 @@
 //! scopes here as they do there, and a key any instance has stays a
 //! member. An instance that goes silent is forgotten, with its members.
 
-use super::{json, Member, Presence, Room, Scope, State};
+use super::{Presence, Room, Scope, State};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -74,18 +74,13 @@ impl Presence {
             }
         }
         for heard in members {
-            let key: Arc<str> = Arc::from(heard.key.as_str());
-            known.members.insert((heard.scope.clone(), key.clone()));
-            let room = rooms
-                .entry(heard.scope.clone())
-                .or_insert_with(|| Room::new(*latest));
-            let member = (room.members.entry(key.clone()))
-                .or_insert_with(|| Member::new(heard.since, heard.meta.clone()));
+            let room = Room::of(rooms, &heard.scope, *latest);
+            let (key, member) = room.member(&heard.key, heard.since, &heard.meta);
             let was_anywhere = member.is_anywhere();
             member.remote.insert(instance, heard.connections);
+            known.members.insert((heard.scope, key.clone()));
             if !was_anywhere {
-                room.push(latest, json::change("join", &key, &heard.meta, *latest + 1));
-                self.joins.fetch_add(1, Ordering::Relaxed);
+                room.joined(&key, latest, &self.joins);
             }
         }
     }

@@ -38,12 +38,11 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn settle(presence: &Arc<Presence>) {
-    // Lets the leave task run what is due.
+/// Lets the leave task run what is due.
+async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    let _ = presence;
 }
 
 #[tokio::test(start_paused = true)]
@@ -63,10 +62,10 @@ async fn a_key_joins_once_and_leaves_after_its_last_connection_and_the_grace() {
     drop(tab1);
     drop(tab2);
     tokio::time::sleep(Duration::from_millis(4900)).await;
-    settle(&presence).await;
+    settle().await;
     assert_eq!(presence.member_count(), 1, "still within the grace");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    settle(&presence).await;
+    settle().await;
     assert_eq!(events(&watch.next().await), pairs(&[("leave", "ann")]));
     assert_eq!(presence.members(&five)["members"], json!([]));
     stop.cancel();
@@ -85,7 +84,7 @@ async fn a_reconnect_within_the_grace_is_neither_a_leave_nor_a_join() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reloaded = presence.connect(&five, "ann", json!({}));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    settle(&presence).await;
+    settle().await;
     let bob = presence.connect(&five, "bob", json!({}));
     // The next change is bob's join: ann neither left nor joined again.
     assert_eq!(events(&watch.next().await), pairs(&[("join", "bob")]));
@@ -108,7 +107,7 @@ async fn a_watcher_resumes_after_its_cursor_or_gets_the_members() {
     let _carl = presence.connect(&six, "carl", json!({}));
     let bob = presence.connect(&five, "bob", json!({}));
     drop(ann);
-    settle(&presence).await;
+    settle().await;
 
     // From the cursor: what happened in room 5 since, and nothing of 6.
     let (first, _) = presence.watch(&five, Some(cursor));
